@@ -1,0 +1,210 @@
+//! Scanning a host directory into a [`Tree`].
+//!
+//! Entries are read, then sorted bytewise, so the result never depends on `readdir` order.
+//! Only `lstat` fields that are content are used: type, permission bits, owner (optionally),
+//! size, `rdev`, mtime with nanoseconds. atime and ctime are never read. Holes are found with
+//! `SEEK_DATA`/`SEEK_HOLE` for files whose allocated blocks are fewer than their size.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::model::{DataRun, DirData, FileData, InodeId, Kind, Meta, Source, Timestamp, Tree, Xattr};
+use crate::TreeError;
+
+/// How to turn host metadata into tree metadata.
+#[derive(Clone, Debug, Default)]
+pub struct ScanOptions {
+    /// Keep host uid/gid; otherwise everything is root:root.
+    pub keep_owner: bool,
+    /// Clamp mtimes newer than this (Unix seconds) to it, as `SOURCE_DATE_EPOCH` asks.
+    pub source_date_epoch: Option<i64>,
+    /// Skip extended attributes.
+    pub no_xattrs: bool,
+}
+
+/// Scan `dir` (which must be a directory) into a new tree.
+///
+/// # Errors
+/// The directory or anything under it cannot be read; names the path.
+pub fn scan(dir: &Path, opts: &ScanOptions) -> Result<Tree, TreeError> {
+    let md = fs::symlink_metadata(dir).map_err(|e| TreeError::io(dir, e))?;
+    if !md.is_dir() {
+        return Err(TreeError::NotADirectory { path: dir.display().to_string() });
+    }
+    let root_meta = meta_of(dir, &md, opts)?;
+    let mut tree = Tree::new(root_meta);
+    scan_children(&mut tree, InodeId::ROOT, dir, opts)?;
+    Ok(tree)
+}
+
+/// Scan host directory `host` into the existing directory `dir` of `tree` (its entries are
+/// merged; a name that already exists is an error).
+///
+/// # Errors
+/// As [`scan`], or a name collision.
+pub fn scan_into(tree: &mut Tree, dir: InodeId, host: &Path, opts: &ScanOptions) -> Result<(), TreeError> {
+    scan_children(tree, dir, host, opts)
+}
+
+fn meta_of(path: &Path, md: &fs::Metadata, opts: &ScanOptions) -> Result<Meta, TreeError> {
+    let perm = u16::try_from(md.mode() & 0o7777).unwrap_or(0);
+    let (uid, gid) = if opts.keep_owner { (md.uid(), md.gid()) } else { (0, 0) };
+    let nsec = u32::try_from(md.mtime_nsec()).unwrap_or(0).min(999_999_999);
+    let mut mtime = Timestamp { sec: md.mtime(), nsec };
+    if let Some(sde) = opts.source_date_epoch {
+        if mtime > Timestamp::from_secs(sde) {
+            mtime = Timestamp::from_secs(sde);
+        }
+    }
+    let xattrs = if opts.no_xattrs { Vec::new() } else { read_xattrs(path)? };
+    Ok(Meta { perm, uid, gid, mtime, xattrs })
+}
+
+fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, TreeError> {
+    use rustix::io::Errno;
+    let mut buf = vec![0u8; 4096];
+    let n = loop {
+        match rustix::fs::llistxattr(path, &mut buf[..]) {
+            Ok(n) => break n,
+            Err(Errno::RANGE) => {
+                let need: usize = rustix::fs::llistxattr(path, &mut [0u8; 0][..]).map_err(|e| TreeError::io(path, e.into()))?;
+                buf.resize(need.max(buf.len().saturating_mul(2)), 0);
+            }
+            Err(Errno::NOTSUP | Errno::PERM) => return Ok(Vec::new()),
+            Err(e) => return Err(TreeError::io(path, e.into())),
+        }
+    };
+    let mut out = Vec::new();
+    for name in buf[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
+        let mut val = vec![0u8; 256];
+        let len = loop {
+            match rustix::fs::lgetxattr(path, name, &mut val[..]) {
+                Ok(len) => break len,
+                Err(Errno::RANGE) => {
+                    let need: usize = rustix::fs::lgetxattr(path, name, &mut [0u8; 0][..]).map_err(|e| TreeError::io(path, e.into()))?;
+                    val.resize(need.max(val.len().saturating_mul(2)), 0);
+                }
+                Err(Errno::NODATA) => break usize::MAX,
+                Err(e) => return Err(TreeError::io(path, e.into())),
+            }
+        };
+        if len == usize::MAX {
+            continue;
+        }
+        val.truncate(len);
+        out.push(Xattr { name: name.to_vec(), value: val });
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Find data runs of a possibly sparse file.
+fn data_runs(path: &Path, size: u64, md: &fs::Metadata) -> Result<Vec<DataRun>, TreeError> {
+    if size == 0 {
+        return Ok(Vec::new());
+    }
+    // Fully allocated files (the common case) cost no extra syscalls.
+    if md.blocks().saturating_mul(512) >= size {
+        return Ok(vec![DataRun { offset: 0, len: size }]);
+    }
+    use rustix::fs::SeekFrom;
+    use rustix::io::Errno;
+    let f = fs::File::open(path).map_err(|e| TreeError::io(path, e))?;
+    let mut runs = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let data = match rustix::fs::seek(&f, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(Errno::NXIO) => break,
+            // No SEEK_DATA support: treat as dense.
+            Err(Errno::INVAL) => return Ok(vec![DataRun { offset: 0, len: size }]),
+            Err(e) => return Err(TreeError::io(path, e.into())),
+        };
+        if data >= size {
+            break;
+        }
+        let hole = match rustix::fs::seek(&f, SeekFrom::Hole(data)) {
+            Ok(h) => h.min(size),
+            Err(e) => return Err(TreeError::io(path, e.into())),
+        };
+        if hole <= data {
+            break;
+        }
+        runs.push(DataRun { offset: data, len: hole - data });
+        pos = hole;
+    }
+    Ok(runs)
+}
+
+struct Pending {
+    dir: InodeId,
+    host: PathBuf,
+}
+
+fn scan_children(tree: &mut Tree, dir: InodeId, host: &Path, opts: &ScanOptions) -> Result<(), TreeError> {
+    let mut links: HashMap<(u64, u64), InodeId> = HashMap::new();
+    let mut stack = vec![Pending { dir, host: host.to_path_buf() }];
+    while let Some(Pending { dir, host }) = stack.pop() {
+        let rd = fs::read_dir(&host).map_err(|e| TreeError::io(&host, e))?;
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        for ent in rd {
+            let ent = ent.map_err(|e| TreeError::io(&host, e))?;
+            names.push(ent.file_name().as_bytes().to_vec());
+        }
+        names.sort_unstable();
+        let merging = tree.inode(dir).as_dir().is_some_and(|d| !d.entries.is_empty());
+        let mut subdirs = Vec::new();
+        for name in names {
+            let path = host.join(std::ffi::OsStr::from_bytes(&name));
+            let md = fs::symlink_metadata(&path).map_err(|e| TreeError::io(&path, e))?;
+            let ft = md.file_type();
+            if !ft.is_dir() && md.nlink() > 1 {
+                if let Some(&target) = links.get(&(md.dev(), md.ino())) {
+                    if merging {
+                        tree.add_hardlink(dir, &name, target)?;
+                    } else {
+                        tree.add_hardlink_sorted(dir, name, target)?;
+                    }
+                    continue;
+                }
+            }
+            let meta = meta_of(&path, &md, opts)?;
+            let kind = if ft.is_dir() {
+                Kind::Dir(DirData { parent: dir, entries: Vec::new() })
+            } else if ft.is_file() {
+                let size = md.len();
+                let runs = data_runs(&path, size, &md)?;
+                Kind::File(FileData { size, source: Source::Host(path.clone()), runs })
+            } else if ft.is_symlink() {
+                let t = fs::read_link(&path).map_err(|e| TreeError::io(&path, e))?;
+                Kind::Symlink(t.as_os_str().as_bytes().to_vec())
+            } else if ft.is_char_device() {
+                Kind::CharDev(md.rdev())
+            } else if ft.is_block_device() {
+                Kind::BlockDev(md.rdev())
+            } else if ft.is_fifo() {
+                Kind::Fifo
+            } else if ft.is_socket() {
+                Kind::Socket
+            } else {
+                return Err(TreeError::UnsupportedType { path: path.display().to_string() });
+            };
+            let is_dir = matches!(kind, Kind::Dir(_));
+            let id = if merging {
+                tree.add(dir, &name, kind, meta)?
+            } else {
+                tree.add_sorted(dir, name, kind, meta)?
+            };
+            if is_dir {
+                subdirs.push(Pending { dir: id, host: path });
+            } else if md.nlink() > 1 {
+                links.insert((md.dev(), md.ino()), id);
+            }
+        }
+        stack.extend(subdirs.into_iter().rev());
+    }
+    Ok(())
+}
