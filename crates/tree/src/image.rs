@@ -160,7 +160,11 @@ impl Region {
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), ImageError> {
         let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
         let abs = self.check(offset, len)?;
-        self.file.write_all_at(data, abs).map_err(|e| ImageError::Write { region: self.name.to_string(), offset, source: e })
+        self.file.write_all_at(data, abs).map_err(|e| ImageError::Write {
+            region: self.name.to_string(),
+            offset,
+            source: e,
+        })
     }
 
     /// Read `buf.len()` bytes at `offset` (for read-modify-write of boot sectors and tests).
@@ -170,7 +174,11 @@ impl Region {
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ImageError> {
         let len = u64::try_from(buf.len()).unwrap_or(u64::MAX);
         let abs = self.check(offset, len)?;
-        self.file.read_exact_at(buf, abs).map_err(|e| ImageError::Write { region: self.name.to_string(), offset, source: e })
+        self.file.read_exact_at(buf, abs).map_err(|e| ImageError::Write {
+            region: self.name.to_string(),
+            offset,
+            source: e,
+        })
     }
 
     /// Copy `len` bytes from `src` at `src_offset` to `offset` in this region, with
@@ -179,7 +187,14 @@ impl Region {
     ///
     /// # Errors
     /// Out of bounds, the source is short or unreadable, or the write fails.
-    pub fn copy_from_file(&self, src: &File, src_path: &Path, src_offset: u64, offset: u64, len: u64) -> Result<(), ImageError> {
+    pub fn copy_from_file(
+        &self,
+        src: &File,
+        src_path: &Path,
+        src_offset: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), ImageError> {
         let abs = self.check(offset, len)?;
         let src_err = |e: io::Error| ImageError::Source { path: src_path.to_path_buf(), source: e };
         let mut done = 0u64;
@@ -192,7 +207,12 @@ impl Region {
                 let mut off_out = abs + done;
                 let chunk = usize::try_from(remaining.min(1 << 30)).unwrap_or(1 << 30);
                 match rustix::fs::copy_file_range(src, Some(&mut off_in), &*self.file, Some(&mut off_out), chunk) {
-                    Ok(0) => return Err(src_err(io::Error::new(io::ErrorKind::UnexpectedEof, "source file is shorter than when scanned"))),
+                    Ok(0) => {
+                        return Err(src_err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "source file is shorter than when scanned",
+                        )))
+                    }
                     Ok(n) => {
                         done += u64::try_from(n).unwrap_or(0);
                         continue;
@@ -203,9 +223,11 @@ impl Region {
             let chunk = usize::try_from(remaining.min(1 << 20)).unwrap_or(1 << 20);
             buf.resize(chunk, 0);
             src.read_exact_at(&mut buf, src_offset + done).map_err(src_err)?;
-            self.file
-                .write_all_at(&buf, abs + done)
-                .map_err(|e| ImageError::Write { region: self.name.to_string(), offset: offset + done, source: e })?;
+            self.file.write_all_at(&buf, abs + done).map_err(|e| ImageError::Write {
+                region: self.name.to_string(),
+                offset: offset + done,
+                source: e,
+            })?;
             done += u64::try_from(chunk).unwrap_or(0);
         }
         Ok(())
@@ -225,7 +247,12 @@ impl Region {
                 let e = src_offset.checked_add(len).and_then(|e| usize::try_from(e).ok());
                 match (s, e) {
                     (Some(s), Some(e)) if e <= b.len() => self.write_at(offset, &b[s..e]),
-                    _ => Err(ImageError::OutOfBounds { region: "in-memory source".into(), offset: src_offset, len, size: b.len() as u64 }),
+                    _ => Err(ImageError::OutOfBounds {
+                        region: "in-memory source".into(),
+                        offset: src_offset,
+                        len,
+                        size: b.len() as u64,
+                    }),
                 }
             }
             Source::Host(p) => {

@@ -330,7 +330,12 @@ impl Tree {
 
     /// Append an entry without searching; callers guarantee `name` sorts after every existing
     /// entry (used by the scanner, which reads directories in sorted order).
-    pub(crate) fn append_entry_sorted(&mut self, dir: InodeId, name: Vec<u8>, target: InodeId) -> Result<(), TreeError> {
+    pub(crate) fn append_entry_sorted(
+        &mut self,
+        dir: InodeId,
+        name: Vec<u8>,
+        target: InodeId,
+    ) -> Result<(), TreeError> {
         check_name(&name)?;
         let d = self.dir_mut(dir)?;
         if let Some(last) = d.entries.last() {
@@ -368,7 +373,13 @@ impl Tree {
     }
 
     /// Add an inode that the caller guarantees sorts after every entry of `dir`.
-    pub(crate) fn add_sorted(&mut self, dir: InodeId, name: Vec<u8>, kind: Kind, meta: Meta) -> Result<InodeId, TreeError> {
+    pub(crate) fn add_sorted(
+        &mut self,
+        dir: InodeId,
+        name: Vec<u8>,
+        kind: Kind,
+        meta: Meta,
+    ) -> Result<InodeId, TreeError> {
         check_name(&name)?;
         let kind = match kind {
             Kind::Dir(mut d) => {
@@ -420,7 +431,12 @@ impl Tree {
         Ok(())
     }
 
-    pub(crate) fn add_hardlink_sorted(&mut self, dir: InodeId, name: Vec<u8>, target: InodeId) -> Result<(), TreeError> {
+    pub(crate) fn add_hardlink_sorted(
+        &mut self,
+        dir: InodeId,
+        name: Vec<u8>,
+        target: InodeId,
+    ) -> Result<(), TreeError> {
         let shown = show(&name);
         self.append_entry_sorted(dir, name, target)?;
         let inode = &mut self.inodes[target.index()];
@@ -448,10 +464,7 @@ impl Tree {
         let mut cur = InodeId::ROOT;
         for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
             let found = {
-                let d = self
-                    .inode(cur)
-                    .as_dir()
-                    .ok_or_else(|| TreeError::NotADirectory { path: show(path) })?;
+                let d = self.inode(cur).as_dir().ok_or_else(|| TreeError::NotADirectory { path: show(path) })?;
                 d.entries.binary_search_by(|e| e.name.as_slice().cmp(comp)).ok().map(|p| d.entries[p].inode)
             };
             cur = match found {

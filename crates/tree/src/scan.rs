@@ -70,7 +70,8 @@ fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, TreeError> {
         match rustix::fs::llistxattr(path, &mut buf[..]) {
             Ok(n) => break n,
             Err(Errno::RANGE) => {
-                let need: usize = rustix::fs::llistxattr(path, &mut [0u8; 0][..]).map_err(|e| TreeError::io(path, e.into()))?;
+                let need: usize =
+                    rustix::fs::llistxattr(path, &mut [0u8; 0][..]).map_err(|e| TreeError::io(path, e.into()))?;
                 buf.resize(need.max(buf.len().saturating_mul(2)), 0);
             }
             Err(Errno::NOTSUP | Errno::PERM) => return Ok(Vec::new()),
@@ -84,7 +85,8 @@ fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, TreeError> {
             match rustix::fs::lgetxattr(path, name, &mut val[..]) {
                 Ok(len) => break len,
                 Err(Errno::RANGE) => {
-                    let need: usize = rustix::fs::lgetxattr(path, name, &mut [0u8; 0][..]).map_err(|e| TreeError::io(path, e.into()))?;
+                    let need: usize = rustix::fs::lgetxattr(path, name, &mut [0u8; 0][..])
+                        .map_err(|e| TreeError::io(path, e.into()))?;
                     val.resize(need.max(val.len().saturating_mul(2)), 0);
                 }
                 Err(Errno::NODATA) => break usize::MAX,
@@ -193,11 +195,7 @@ fn scan_children(tree: &mut Tree, dir: InodeId, host: &Path, opts: &ScanOptions)
                 return Err(TreeError::UnsupportedType { path: path.display().to_string() });
             };
             let is_dir = matches!(kind, Kind::Dir(_));
-            let id = if merging {
-                tree.add(dir, &name, kind, meta)?
-            } else {
-                tree.add_sorted(dir, name, kind, meta)?
-            };
+            let id = if merging { tree.add(dir, &name, kind, meta)? } else { tree.add_sorted(dir, name, kind, meta)? };
             if is_dir {
                 subdirs.push(Pending { dir: id, host: path });
             } else if md.nlink() > 1 {
