@@ -4,14 +4,13 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use mkdisk_fat::{plan, write, FatError, FatLayout, FatOptions, FatType};
-use mkdisk_tree::{scan, FileData, Meta, NoProgress, Region, ScanOptions, Timestamp, Tree};
+use mkdisk_tree::{scan, FileData, Meta, NoProgress, Region, ScanOptions, Source, Timestamp, Tree};
 use sha2::{Digest, Sha256};
 
 const MIB: u64 = 1 << 20;
@@ -192,12 +191,12 @@ fn assert_same(what: &str, got: &Expect, want: &Expect) {
 }
 
 /// fsck, mcopy and fatfs all agree with the host tree.
-fn check_all(img: &Path, host: &Path, work: &Path) -> String {
+fn check_all(img: &Path, host: &Path, work: &Path, labelled: bool) -> String {
     let text = fsck(img);
     let want = expect_host(host);
     assert_same("fatfs", &read_fatfs(img), &want);
     assert_same("mcopy", &read_mcopy(img, work), &want);
-    assert_eq!(main_line_files(&text), want.len() as u64 + 1, "{text}");
+    assert_eq!(main_line_files(&text), want.len() as u64 + u64::from(labelled), "{text}");
     text
 }
 
@@ -245,15 +244,340 @@ fn esp_tree(root: &Path, big: bool) {
     set_mtime(&root.join("loader/loader.conf"), 1);
 }
 
+/// A stress tree: 2,000 files with long and mixed-case names, 20 levels of nesting, empty
+/// files and directories, names that collide after 8.3 shortening, hard links.
+fn stress_tree(root: &Path) {
+    let many = root.join("Many Files");
+    fs::create_dir_all(&many).unwrap();
+    for i in 0..2000u64 {
+        let name = match i % 4 {
+            0 => format!("A Rather Long File Name Number {i:04}.Config"),
+            1 => format!("file{i}.txt"),
+            2 => format!("F{i}.BIN"),
+            _ => format!("MiXeD.CaSe.{i}.TeXt"),
+        };
+        let len = (i * 37 % 700) as usize;
+        fs::write(many.join(name), pattern(len, i)).unwrap();
+    }
+    let mut deep = root.join("deep");
+    for level in 0..20 {
+        deep = deep.join(format!("level {level:02} directory"));
+    }
+    write_file(&deep.join("bottom.txt"), b"the bottom\n");
+    let coll = root.join("collide");
+    fs::create_dir_all(&coll).unwrap();
+    for name in [
+        "longfilename1.txt", "longfilename2.txt", "LongFileName.TXT1", "A+B", "A_B~1", "A_B~2", ".bashrc",
+        "bashrc", "ver +1.2.text", "über.txt", "uber.txt", "with space.txt", "x.tar.gz", "x.tar.gZip", "name.",
+        "NAME~1", "日本語のファイル名.efi", "e\u{301}.txt", "a;b,c=d[e]", "..hidden", "0123456789abcdef.0123456789",
+    ] {
+        let name = name.trim_end_matches('.');
+        fs::write(coll.join(name), name.as_bytes()).unwrap();
+    }
+    fs::write(coll.join("x".repeat(255)), b"max length").unwrap();
+    fs::create_dir_all(root.join("empty dir/also empty")).unwrap();
+    fs::write(root.join("empty dir/empty file"), b"").unwrap();
+    fs::write(root.join("EMPTY"), b"").unwrap();
+    fs::hard_link(root.join("collide/bashrc"), root.join("hardlink-to-bashrc")).unwrap();
+    // Exactly one cluster, one byte more, at the largest cluster size used.
+    fs::write(root.join("exact-4096"), pattern(4096, 7)).unwrap();
+    fs::write(root.join("exact-4097"), pattern(4097, 8)).unwrap();
+    set_mtime(&root.join("EMPTY"), 4_400_000_000);
+}
+
+fn opts(size_bytes: u64, hidden: u32, label: Option<&str>) -> FatOptions {
+    FatOptions {
+        size_bytes,
+        volume_id: 0xAD69_BA1F,
+        label: label.map(str::to_owned),
+        hidden_sectors: hidden,
+        fat_type: None,
+    }
+}
+
 #[test]
-fn esp_smoke() {
+fn small_volume_33_mib_poisoned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = tmp.path().join("src");
+    esp_tree(&host, false);
+    stress_tree(&host.join("stress"));
+    let tree = scan_host(&host);
+    let img = tmp.path().join("esp.img");
+    let layout = build(&tree, &opts(33 * MIB, 0, Some("esp")), &img, true);
+    assert_eq!(layout.fat_type(), FatType::Fat32);
+    assert_eq!(layout.geometry().sectors_per_cluster, 1);
+    let text = check_all(&img, &host, tmp.path(), true);
+    assert!(text.contains("0 hidden sectors"), "{text}");
+    // The label is in the boot sector, its backup and the root directory.
+    let bytes = fs::read(&img).unwrap();
+    assert_eq!(&bytes[0x47..0x52], b"ESP        ");
+    assert_eq!(&bytes[6 * 512..7 * 512], &bytes[..512]);
+    assert_eq!(&bytes[0x43..0x47], &0xAD69_BA1Fu32.to_le_bytes());
+}
+
+#[test]
+fn esp_sizes_256m_512m_2g() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = tmp.path().join("src");
+    esp_tree(&host, true);
+    stress_tree(&host.join("stress"));
+    let tree = scan_host(&host);
+    let img = tmp.path().join("esp.img");
+    for (size, hidden, label, poison, spc) in [
+        (256 * MIB, 2048, None, true, 1),
+        (512 * MIB, 4096, Some("NIXOS_ESP"), false, 8),
+        (2048 * MIB, 2048, None, false, 8),
+    ] {
+        let layout = build(&tree, &opts(size, hidden, label), &img, poison);
+        assert_eq!(layout.fat_type(), FatType::Fat32);
+        assert_eq!(layout.geometry().sectors_per_cluster, spc);
+        let text = check_all(&img, &host, tmp.path(), label.is_some());
+        assert!(text.contains(&format!("{hidden} hidden sectors")), "{text}");
+        assert!(text.contains(&format!("{} data clusters", layout.geometry().cluster_count)), "{text}");
+        let used = layout.used_clusters();
+        assert!(text.contains(&format!(" {used}/{} clusters", layout.geometry().cluster_count)), "{text}");
+    }
+}
+
+#[test]
+fn fat16_below_fat32_minimum() {
     let tmp = tempfile::tempdir().unwrap();
     let host = tmp.path().join("src");
     esp_tree(&host, false);
     let tree = scan_host(&host);
     let img = tmp.path().join("esp.img");
-    let opts = FatOptions { size_bytes: 64 * MIB, volume_id: 0x1234_ABCD, label: None, ..FatOptions::default() };
-    let layout = build(&tree, &opts, &img, true);
-    assert_eq!(layout.fat_type(), FatType::Fat32);
-    check_all(&img, &host, tmp.path());
+    for size in [16 * MIB, 32 * MIB] {
+        let layout = build(&tree, &opts(size, 63, Some("SMALL")), &img, true);
+        assert_eq!(layout.fat_type(), FatType::Fat16);
+        let text = check_all(&img, &host, tmp.path(), true);
+        assert!(text.contains("16 bit entries"), "{text}");
+    }
+    // Forced FAT16 on a larger volume is fine too.
+    let mut o = opts(200 * MIB, 0, None);
+    o.fat_type = Some(FatType::Fat16);
+    let layout = build(&tree, &o, &img, false);
+    assert_eq!(layout.fat_type(), FatType::Fat16);
+    check_all(&img, &host, tmp.path(), false);
+    // Forcing FAT32 where it cannot be valid is an explicit error.
+    let mut o = opts(32 * MIB, 0, None);
+    o.fat_type = Some(FatType::Fat32);
+    let err = plan(&tree, &o).unwrap_err();
+    assert!(matches!(err, FatError::Fat32TooSmall { .. }), "{err}");
+}
+
+fn sha_file(p: &Path) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut f = File::open(p).unwrap();
+    let mut buf = vec![0u8; 4 * MIB as usize];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().into()
+}
+
+#[test]
+fn reproducible_across_threads_and_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = tmp.path().join("src");
+    esp_tree(&host, false);
+    stress_tree(&host.join("stress"));
+    for i in 0..64u64 {
+        write_file(&host.join(format!("data/blob{i}")), &pattern((i * 40_000) as usize, i));
+    }
+    let mut hashes = Vec::new();
+    for threads in [1, 2, 1, 2] {
+        let tree = scan_host(&host);
+        let img = tmp.path().join(format!("esp-{}.img", hashes.len()));
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| build(&tree, &opts(100 * MIB, 2048, Some("ESP")), &img, false));
+        hashes.push(sha_file(&img));
+        fs::remove_file(&img).unwrap();
+    }
+    assert!(hashes.iter().all(|h| *h == hashes[0]));
+}
+
+/// Planner sweep 33 MiB..32 GiB: valid cluster counts, the FAT covers every cluster, the
+/// free count equals the FAT's zero entries.
+#[test]
+fn planner_sweep() {
+    let mut tree = Tree::new(Meta::new(0o755));
+    let d = tree.mkdir_p(b"/EFI/BOOT", &Meta::new(0o755)).unwrap();
+    tree.add_file(d, b"BOOTX64.EFI", FileData::from_bytes(pattern(100_000, 1)), Meta::new(0o644)).unwrap();
+    let mut size = 33 * MIB;
+    let mut seen = 0;
+    while size <= 32 * 1024 * MIB {
+        let layout = plan(&tree, &opts(size, 0, None)).unwrap();
+        let g = *layout.geometry();
+        assert_eq!(g.fat_type, FatType::Fat32, "{size}");
+        assert!((65_525..=0x0FFF_FFF5).contains(&g.cluster_count), "{size}: {g:?}");
+        assert!(u64::from(g.cluster_count) + 2 <= u64::from(g.fat_sectors) * 128, "{size}: {g:?}");
+        let data_end = u64::from(g.data_start_sector()) + u64::from(g.cluster_count) * u64::from(g.sectors_per_cluster);
+        assert!(data_end * 512 <= size, "{size}: {g:?}");
+        let fat = layout.fat_bytes();
+        let entries: Vec<u32> =
+            fat.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(entries[0], 0x0FFF_FFF8);
+        assert_eq!(entries[1], 0x0FFF_FFFF);
+        let n = g.cluster_count as usize + 2;
+        let free = entries[2..n].iter().filter(|&&e| e == 0).count();
+        assert_eq!(free as u32, layout.free_clusters(), "{size}");
+        assert!(entries[n..].iter().all(|&e| e == 0));
+        assert_eq!(layout.next_free_cluster(), 2 + layout.used_clusters());
+        assert_eq!(entries[layout.next_free_cluster() as usize], 0);
+        size = size * 6 / 5 / 512 * 512 + 512 * 7;
+        seen += 1;
+    }
+    assert!(seen > 30);
+}
+
+fn err_of(tree: &Tree) -> String {
+    plan(tree, &opts(64 * MIB, 0, None)).unwrap_err().to_string()
+}
+
+#[test]
+fn errors_name_the_path() {
+    let m = Meta::new(0o644);
+    let small = || FileData::from_bytes(&b"x"[..]);
+    // Symlink.
+    let mut t = Tree::new(Meta::new(0o755));
+    let d = t.mkdir_p(b"/EFI/BOOT", &m).unwrap();
+    t.add_symlink(d, b"link", b"target", m.clone()).unwrap();
+    assert!(err_of(&t).contains("/EFI/BOOT/link"), "{}", err_of(&t));
+    // Case collision.
+    let mut t = Tree::new(Meta::new(0o755));
+    t.add_dir(mkdisk_tree::InodeId::ROOT, b"EFI", m.clone()).unwrap();
+    t.add_dir(mkdisk_tree::InodeId::ROOT, b"efi", m.clone()).unwrap();
+    let e = err_of(&t);
+    assert!(e.contains("/efi") && e.contains("/EFI"), "{e}");
+    // Forbidden characters, non-UTF-8, too long, trailing dot.
+    for name in [&b"a:b"[..], b"q?", b"\xff\xfe", &[b'n'; 256], b"dot.", b"tab\t"] {
+        let mut t = Tree::new(Meta::new(0o755));
+        let d = t.mkdir_p(b"/dir", &m).unwrap();
+        t.add_file(d, name, small(), m.clone()).unwrap();
+        let e = err_of(&t);
+        assert!(e.contains("/dir/"), "{e}");
+    }
+    // Devices and FIFOs.
+    let mut t = Tree::new(Meta::new(0o755));
+    t.add(mkdisk_tree::InodeId::ROOT, b"null", mkdisk_tree::Kind::CharDev(0x103), m.clone()).unwrap();
+    assert!(err_of(&t).contains("/null"));
+    // Content larger than the partition.
+    let mut t = Tree::new(Meta::new(0o755));
+    let d = t.mkdir_p(b"/big", &m).unwrap();
+    t.add_file(d, b"huge.img", FileData::dense(100 * MIB, Source::Host("/nonexistent".into())), m.clone()).unwrap();
+    let e = err_of(&t);
+    assert!(e.contains("/big/huge.img") && e.contains("does not fit"), "{e}");
+    // A file FAT cannot hold at all.
+    let mut t = Tree::new(Meta::new(0o755));
+    t.add_file(mkdisk_tree::InodeId::ROOT, b"4g", FileData::dense(1 << 32, Source::Host("/x".into())), m.clone())
+        .unwrap();
+    assert!(err_of(&t).contains("/4g"));
+    // Bad labels and impossible sizes.
+    let t = Tree::new(Meta::new(0o755));
+    assert!(plan(&t, &opts(64 * MIB, 0, Some("TWELVE_CHARS"))).is_err());
+    assert!(plan(&t, &opts(64 * MIB, 0, Some("A:B"))).is_err());
+    assert!(plan(&t, &opts(MIB, 0, None)).is_err());
+    assert!(plan(&t, &opts(0, 0, None)).is_err());
+    assert!(plan(&t, &opts(u64::MAX, 0, None)).is_err());
+}
+
+#[test]
+fn timestamps_clamped_and_even() {
+    let mut t = Tree::new(Meta::new(0o755).with_mtime(Timestamp::from_secs(1_700_000_001)));
+    let m = |s| Meta::new(0o644).with_mtime(Timestamp::from_secs(s));
+    for (name, secs) in [("old", 1), ("odd", 1_700_000_001), ("future", 5_000_000_000), ("negative", -100)] {
+        t.add_file(mkdisk_tree::InodeId::ROOT, name.as_bytes(), FileData::from_bytes(name.as_bytes()), m(secs)).unwrap();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("t.img");
+    build(&t, &opts(40 * MIB, 0, None), &img, true);
+    fsck(&img);
+    let got = read_fatfs(&img);
+    assert_eq!(got["/old"].1, 315_532_800);
+    assert_eq!(got["/negative"].1, 315_532_800);
+    assert_eq!(got["/odd"].1, 1_700_000_000);
+    assert_eq!(got["/future"].1, 4_354_819_198);
+}
+
+/// A volume inside a larger file at an offset (the region is exactly the partition).
+#[test]
+fn region_at_offset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = tmp.path().join("src");
+    esp_tree(&host, false);
+    let tree = scan_host(&host);
+    let img = tmp.path().join("disk.img");
+    let offset = 2048 * 512;
+    build_at(&tree, &opts(40 * MIB, 2048, None), &img, true, offset);
+    let part = tmp.path().join("part.img");
+    let bytes = fs::read(&img).unwrap();
+    assert!(bytes[..offset as usize].iter().all(|&b| b == 0xD1));
+    fs::write(&part, &bytes[offset as usize..]).unwrap();
+    check_all(&part, &host, tmp.path(), false);
+}
+
+mod roundtrip {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Node {
+        File(Vec<u8>),
+        Dir(Vec<(String, Node)>),
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9_~+ .-]{0,14}[a-zA-Z0-9_~+-]".prop_map(|s| s.trim_start().to_owned()).prop_filter("non-empty", |s| {
+            !s.is_empty() && s != "." && s != ".."
+        })
+    }
+
+    fn node() -> impl Strategy<Value = Node> {
+        let leaf = prop::collection::vec(any::<u8>(), 0..3000).prop_map(Node::File);
+        leaf.prop_recursive(5, 64, 8, |inner| {
+            prop::collection::vec((name(), inner), 0..8).prop_map(Node::Dir)
+        })
+    }
+
+    fn add(tree: &mut Tree, dir: mkdisk_tree::InodeId, children: &[(String, Node)], path: &str, want: &mut Expect) {
+        let mut seen = std::collections::BTreeSet::new();
+        for (n, child) in children {
+            if !seen.insert(n.to_uppercase()) {
+                continue;
+            }
+            let p = format!("{path}/{n}");
+            match child {
+                Node::File(data) => {
+                    tree.add_file(dir, n.as_bytes(), FileData::from_bytes(data.clone()), Meta::new(0o644)).unwrap();
+                    want.insert(p, (Some(sha(data)), 315_532_800));
+                }
+                Node::Dir(kids) => {
+                    let d = tree.add_dir(dir, n.as_bytes(), Meta::new(0o755)).unwrap();
+                    want.insert(p.clone(), (None, 315_532_800));
+                    add(tree, d, kids, &p, want);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        /// Arbitrary small trees: plan, write, fsck clean, fatfs reads back the same tree.
+        #[test]
+        fn fat_roundtrip(kids in prop::collection::vec((name(), node()), 0..12), fat16 in any::<bool>()) {
+            let mut tree = Tree::new(Meta::new(0o755));
+            let mut want = Expect::new();
+            add(&mut tree, mkdisk_tree::InodeId::ROOT, &kids, "", &mut want);
+            let tmp = tempfile::tempdir().unwrap();
+            let img = tmp.path().join("p.img");
+            let size = if fat16 { 8 * MIB } else { 34 * MIB };
+            build(&tree, &opts(size, 0, None), &img, true);
+            fsck(&img);
+            prop_assert_eq!(read_fatfs(&img), want);
+        }
+    }
 }
