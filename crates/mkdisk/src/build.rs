@@ -1,0 +1,370 @@
+//! Build orchestration: spec → placement → source split → per-partition plans → images.
+//!
+//! Everything that can fail on input is decided before the first byte is written: the
+//! placement of every disk, the split of `--root` by mount point, and the plan of every
+//! filesystem. Only then are the images created (as temporary files in `--out`), written, and
+//! renamed into place together; any error drops the temporaries so `--out` is left as it was.
+
+use std::path::{Path, PathBuf};
+
+use mkdisk_gpt::{DiskLayout, DiskRequest, PartitionRequest, Placed};
+use mkdisk_tree::{ids, Image, Meta, Progress, ScanOptions, Timestamp, Tree};
+use uuid::Uuid;
+
+use crate::spec::{Content, Disk, Spec};
+use crate::swap::{SwapError, SwapOptions};
+
+/// What `mkdisk build` needs besides the spec.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// Output directory (`<imageName>.raw` per disk).
+    pub out_dir: PathBuf,
+    /// Source root to split by mount point; `None` builds empty filesystems.
+    pub root: Option<PathBuf>,
+    /// Seed for every identifier the spec leaves open.
+    pub seed: Uuid,
+    /// Worker threads (`None` = rayon's default: all cores).
+    pub threads: Option<usize>,
+    /// Keep host uid/gid instead of root:root.
+    pub keep_owner: bool,
+    /// `SOURCE_DATE_EPOCH`: clamps source mtimes, stamps filesystem creation times.
+    pub source_date_epoch: Option<i64>,
+}
+
+impl BuildOptions {
+    /// Defaults: no root, the default seed, all cores, root ownership, no epoch.
+    #[must_use]
+    pub fn new(out_dir: impl Into<PathBuf>) -> Self {
+        BuildOptions {
+            out_dir: out_dir.into(),
+            root: None,
+            seed: ids::DEFAULT_SEED,
+            threads: None,
+            keep_owner: false,
+            source_date_epoch: None,
+        }
+    }
+}
+
+/// Build errors, each with the disk/partition it concerns.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The layout does not place.
+    #[error(transparent)]
+    Place(#[from] mkdisk_gpt::PlaceError),
+    /// Scanning or splitting the source failed.
+    #[error("source tree: {0}")]
+    Tree(#[from] mkdisk_tree::TreeError),
+    /// The output could not be created or written.
+    #[error(transparent)]
+    Image(#[from] mkdisk_tree::ImageError),
+    /// Writing the partition table failed.
+    #[error("disk {disk}: {source}")]
+    Gpt {
+        /// Disk name.
+        disk: String,
+        /// Cause.
+        source: mkdisk_gpt::GptError,
+    },
+    /// A partition's writer failed.
+    #[error("disk {disk}, partition {partition}: {message}")]
+    Partition {
+        /// Disk name.
+        disk: String,
+        /// Partition name.
+        partition: String,
+        /// Cause, rendered.
+        message: String,
+    },
+    /// A format mkdisk does not write yet.
+    #[error("disk {disk}, partition {partition}: {what} is not implemented yet")]
+    NotImplemented {
+        /// Disk name.
+        disk: String,
+        /// Partition name.
+        partition: String,
+        /// The format.
+        what: String,
+    },
+    /// `--root` is missing or not a directory.
+    #[error("--root {}: {message}", path.display())]
+    Root {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// `--out` is not a writable directory.
+    #[error("--out {}: {message}", path.display())]
+    Out {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The thread pool could not be built.
+    #[error("thread pool: {0}")]
+    Threads(String),
+}
+
+/// One placed disk and what goes in each partition.
+#[derive(Debug)]
+pub struct DiskPlan {
+    /// The spec disk.
+    pub disk: Disk,
+    /// Its placement.
+    pub layout: DiskLayout,
+}
+
+/// Place every disk of `spec`.
+///
+/// # Errors
+/// A disk does not place.
+pub fn place_all(spec: &Spec, seed: &Uuid) -> Result<Vec<DiskPlan>, BuildError> {
+    spec.disks
+        .iter()
+        .map(|d| {
+            let req = DiskRequest {
+                name: d.name.clone(),
+                size_bytes: d.size_bytes,
+                partitions: d
+                    .partitions
+                    .iter()
+                    .map(|p| PartitionRequest {
+                        name: p.name.clone(),
+                        label: p.label.clone(),
+                        type_guid: p.type_guid,
+                        start: p.start.clone(),
+                        end: p.end.clone(),
+                        alignment: p.alignment,
+                        priority: p.priority,
+                        attributes: p.attributes.clone(),
+                        uuid: p.uuid,
+                    })
+                    .collect(),
+            };
+            // Each disk gets its own key so two disks of one spec never share GUIDs.
+            let disk_seed = if spec.disks.len() == 1 { *seed } else { ids::derive(seed, d.name.as_bytes()) };
+            let layout = mkdisk_gpt::place(&req, &disk_seed)?;
+            Ok(DiskPlan { disk: d.clone(), layout })
+        })
+        .collect()
+}
+
+/// The spec partition that a placed partition came from.
+fn spec_part<'a>(disk: &'a Disk, placed: &Placed) -> Option<&'a crate::spec::Partition> {
+    disk.partitions.iter().find(|p| p.name == placed.name)
+}
+
+/// Where one split tree goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    /// A filesystem partition: (disk, partition index in the spec disk).
+    Part(usize, usize),
+    /// A btrfs subvolume (disk, partition, subvolume index).
+    Subvol(usize, usize, usize),
+    /// A nodev mount: content dropped.
+    Nodev(usize),
+}
+
+/// Per-partition source trees after splitting `--root` by every mount point.
+#[derive(Debug, Default)]
+pub struct Sources {
+    trees: Vec<(Target, Tree)>,
+    empty: Option<Tree>,
+}
+
+impl Sources {
+    fn get(&self, t: Target) -> Option<&Tree> {
+        self.trees.iter().find(|(x, _)| *x == t).map(|(_, tr)| tr).or(self.empty.as_ref())
+    }
+}
+
+fn default_root_meta(sde: Option<i64>) -> Meta {
+    Meta::new(0o755).with_mtime(Timestamp::from_secs(sde.unwrap_or(0)))
+}
+
+/// Scan `--root` and split it by the spec's mount points.
+///
+/// # Errors
+/// The root is not a directory, mount points collide, scanning fails.
+pub fn split_sources(spec: &Spec, opts: &BuildOptions, warn: &mut dyn FnMut(String)) -> Result<Sources, BuildError> {
+    let default_meta = default_root_meta(opts.source_date_epoch);
+    let mut targets: Vec<(Target, String)> = Vec::new();
+    for (di, d) in spec.disks.iter().enumerate() {
+        for (pi, p) in d.partitions.iter().enumerate() {
+            match &p.content {
+                Content::Filesystem(fs) => {
+                    if let Some(m) = &fs.mountpoint {
+                        targets.push((Target::Part(di, pi), m.clone()));
+                    }
+                }
+                Content::Btrfs(b) => {
+                    if let Some(m) = &b.mountpoint {
+                        targets.push((Target::Part(di, pi), m.clone()));
+                    }
+                    for (si, s) in b.subvolumes.iter().enumerate() {
+                        if let Some(m) = &s.mountpoint {
+                            targets.push((Target::Subvol(di, pi, si), m.clone()));
+                        }
+                    }
+                }
+                Content::Swap(_) | Content::None => {}
+            }
+        }
+    }
+    for (ni, n) in spec.nodev.iter().enumerate() {
+        targets.push((Target::Nodev(ni), n.mountpoint.clone()));
+    }
+    let Some(root) = &opts.root else {
+        return Ok(Sources { trees: Vec::new(), empty: Some(Tree::new(default_meta)) });
+    };
+    match std::fs::metadata(root) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(BuildError::Root { path: root.clone(), message: "not a directory".into() }),
+        Err(e) => return Err(BuildError::Root { path: root.clone(), message: e.to_string() }),
+    }
+    let scan_opts =
+        ScanOptions { keep_owner: opts.keep_owner, source_date_epoch: opts.source_date_epoch, no_xattrs: false };
+    let tree = mkdisk_tree::scan(root, &scan_opts)?;
+    let mounts: Vec<Vec<u8>> =
+        targets.iter().map(|(_, m)| mkdisk_tree::normalize_mountpoint(m)).collect::<Result<_, _>>()?;
+    let split = mkdisk_tree::split(&tree, &mounts, &default_meta)?;
+    for u in &split.unclaimed {
+        warn(format!("{}: not under any mount point of the layout; dropped", String::from_utf8_lossy(u)));
+    }
+    let mut trees = Vec::new();
+    for ((t, m), tree) in targets.into_iter().zip(split.trees) {
+        if let Target::Nodev(i) = t {
+            if !tree.root_is_empty() {
+                let fs = &spec.nodev[i].fs_type;
+                warn(format!(
+                    "{m}: {fs} mount (nodev) is empty at boot; {} entries under it in --root dropped",
+                    tree.len() - 1
+                ));
+            }
+        }
+        trees.push((t, tree));
+    }
+    Ok(Sources { trees, empty: Some(Tree::new(default_meta)) })
+}
+
+/// A partition's planned content.
+enum FsPlan {
+    None,
+    Swap(SwapOptions),
+}
+
+fn plan_partition(dp: &DiskPlan, placed: &Placed, di: usize, _sources: &Sources) -> Result<FsPlan, BuildError> {
+    let disk = &dp.disk;
+    let Some((pi, part)) = disk.partitions.iter().enumerate().find(|(_, p)| p.name == placed.name) else {
+        return Ok(FsPlan::None);
+    };
+    let _ = (pi, di);
+    let not_impl = |what: &str| BuildError::NotImplemented {
+        disk: disk.name.clone(),
+        partition: part.name.clone(),
+        what: what.to_string(),
+    };
+    let part_err = |e: &dyn std::fmt::Display| BuildError::Partition {
+        disk: disk.name.clone(),
+        partition: part.name.clone(),
+        message: e.to_string(),
+    };
+    match &part.content {
+        Content::None => Ok(FsPlan::None),
+        Content::Swap(s) => {
+            let mut o = SwapOptions { uuid: ids::fs_uuid(&placed.guid), label: None };
+            o.apply_extra_args(&s.extra_args).map_err(|e| part_err(&e))?;
+            // Validate the header now so a too-small partition fails before any write.
+            crate::swap::swap_header(placed.size_bytes(), &o).map_err(|e| part_err(&e))?;
+            Ok(FsPlan::Swap(o))
+        }
+        Content::Btrfs(_) => Err(not_impl("the btrfs writer")),
+        Content::Filesystem(fs) => match fs.format.as_str() {
+            "vfat" => Err(not_impl("the vfat writer")),
+            "ext4" => Err(not_impl("the ext4 writer")),
+            "btrfs" => Err(not_impl("the btrfs writer")),
+            other => Err(not_impl(&format!("format {other:?}"))),
+        },
+    }
+}
+
+fn check_out_dir(out: &Path) -> Result<(), BuildError> {
+    match std::fs::metadata(out) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(BuildError::Out { path: out.to_path_buf(), message: "not a directory".into() }),
+        Err(e) => Err(BuildError::Out { path: out.to_path_buf(), message: e.to_string() }),
+    }
+}
+
+/// Build every disk of `spec` into `opts.out_dir`. Returns the written image paths.
+///
+/// # Errors
+/// Any placement, source, planning or write error; no image is left behind on error.
+pub fn build(
+    spec: &Spec,
+    opts: &BuildOptions,
+    progress: &dyn Progress,
+    warn: &mut dyn FnMut(String),
+) -> Result<Vec<PathBuf>, BuildError> {
+    check_out_dir(&opts.out_dir)?;
+    let plans = place_all(spec, &opts.seed)?;
+    let sources = split_sources(spec, opts, warn)?;
+    // Plan every filesystem before touching the output.
+    let mut fs_plans: Vec<Vec<FsPlan>> = Vec::new();
+    for (di, dp) in plans.iter().enumerate() {
+        let mut v = Vec::new();
+        for placed in &dp.layout.partitions {
+            v.push(plan_partition(dp, placed, di, &sources)?);
+        }
+        fs_plans.push(v);
+    }
+    let mut pool = rayon::ThreadPoolBuilder::new();
+    if let Some(n) = opts.threads {
+        pool = pool.num_threads(n);
+    }
+    let pool = pool.build().map_err(|e| BuildError::Threads(e.to_string()))?;
+    let mut images = Vec::new();
+    for (dp, fsp) in plans.iter().zip(&fs_plans) {
+        let path = opts.out_dir.join(format!("{}.raw", dp.disk.image_name));
+        let image = Image::create(&path, dp.layout.sectors * mkdisk_gpt::SECTOR_SIZE)
+            .map_err(|e| BuildError::Out { path: opts.out_dir.clone(), message: e.to_string() })?;
+        mkdisk_gpt::write_gpt(&dp.layout, &image.whole())
+            .map_err(|e| BuildError::Gpt { disk: dp.disk.name.clone(), source: e })?;
+        pool.install(|| -> Result<(), BuildError> {
+            for (placed, plan) in dp.layout.partitions.iter().zip(fsp) {
+                let region = image.region(&placed.label, placed.offset_bytes(), placed.size_bytes())?;
+                let part_err = |e: &dyn std::fmt::Display| BuildError::Partition {
+                    disk: dp.disk.name.clone(),
+                    partition: placed.name.clone(),
+                    message: e.to_string(),
+                };
+                match plan {
+                    FsPlan::None => {}
+                    FsPlan::Swap(o) => crate::swap::write_swap(&region, o).map_err(|e: SwapError| part_err(&e))?,
+                }
+            }
+            let _ = progress;
+            Ok(())
+        })?;
+        images.push(image);
+    }
+    let mut out = Vec::new();
+    for image in images {
+        out.push(image.persist()?);
+    }
+    Ok(out)
+}
+
+/// For `mkdisk plan`: a placed partition and its spec content.
+#[must_use]
+pub fn describe(dp: &DiskPlan, placed: &Placed) -> String {
+    match spec_part(&dp.disk, placed).map(|p| &p.content) {
+        Some(Content::Filesystem(f)) => f.format.clone(),
+        Some(Content::Btrfs(_)) => "btrfs".into(),
+        Some(Content::Swap(_)) => "swap".into(),
+        Some(Content::None) | None => "-".into(),
+    }
+}

@@ -1,0 +1,526 @@
+//! The disko layout: the JSON of `disko.devices` (as `nix eval --json` exports it with the
+//! `_`-prefixed attributes removed), or a hand-written minimal form in JSON or TOML with the
+//! same field names where omitted fields get disko's defaults.
+//!
+//! Parsing walks a `serde_json::Value` by hand so that every error names its JSON path
+//! (`disk.main.content.partitions.luks.content`) and what is wrong there.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// A spec error: where and what.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{path}: {message}")]
+pub struct SpecError {
+    /// JSON path (`disk.main.content.partitions.ESP.size`).
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn err<T>(path: &str, message: impl Into<String>) -> Result<T, SpecError> {
+    Err(SpecError { path: path.to_string(), message: message.into() })
+}
+
+/// The whole layout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spec {
+    /// Disks in attribute-name order.
+    pub disks: Vec<Disk>,
+    /// `nodev` mounts (tmpfs etc.): their content is dropped.
+    pub nodev: Vec<Nodev>,
+}
+
+/// One disk (one output image).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disk {
+    /// Attribute name.
+    pub key: String,
+    /// `name` (default: attribute name with `/` → `_`).
+    pub name: String,
+    /// Output file stem (`imageName`, default `name`).
+    pub image_name: String,
+    /// `imageSize` as written.
+    pub image_size: String,
+    /// Image size in bytes.
+    pub size_bytes: u64,
+    /// Partitions in attribute-name order (placement sorts them).
+    pub partitions: Vec<Partition>,
+}
+
+/// One GPT partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition {
+    /// Attribute name.
+    pub key: String,
+    /// `name`.
+    pub name: String,
+    /// GPT partition name.
+    pub label: String,
+    /// `type` as written (`EF00`, a GUID).
+    pub type_code: String,
+    /// Resolved type GUID.
+    pub type_guid: Uuid,
+    /// `size`.
+    pub size: String,
+    /// `start`.
+    pub start: String,
+    /// `end`.
+    pub end: String,
+    /// `alignment` (0 = default).
+    pub alignment: u64,
+    /// `priority`.
+    pub priority: i64,
+    /// `uuid`.
+    pub uuid: Option<Uuid>,
+    /// `attributes`.
+    pub attributes: Vec<u8>,
+    /// What goes into it.
+    pub content: Content,
+}
+
+/// A partition's content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Content {
+    /// Nothing (e.g. the EF02 BIOS boot partition).
+    None,
+    /// `type = "filesystem"`.
+    Filesystem(Filesystem),
+    /// `type = "btrfs"` with subvolumes.
+    Btrfs(Btrfs),
+    /// `type = "swap"`.
+    Swap(Swap),
+}
+
+/// A plain filesystem.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Filesystem {
+    /// `format` (vfat, ext4, btrfs, ...).
+    pub format: String,
+    /// `mountpoint`.
+    pub mountpoint: Option<String>,
+    /// `mountOptions`.
+    pub mount_options: Vec<String>,
+    /// `extraArgs` for mkfs.
+    pub extra_args: Vec<String>,
+}
+
+/// A btrfs filesystem with subvolumes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Btrfs {
+    /// `mountpoint` of the top-level subvolume.
+    pub mountpoint: Option<String>,
+    /// `mountOptions`.
+    pub mount_options: Vec<String>,
+    /// `extraArgs` for mkfs.btrfs.
+    pub extra_args: Vec<String>,
+    /// Subvolumes in attribute-name order.
+    pub subvolumes: Vec<Subvolume>,
+}
+
+/// A btrfs subvolume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subvolume {
+    /// `name`: path relative to the top level (`/root`, `@home`, `a/b`).
+    pub name: String,
+    /// `mountpoint`.
+    pub mountpoint: Option<String>,
+    /// `mountOptions`.
+    pub mount_options: Vec<String>,
+    /// `extraArgs`.
+    pub extra_args: Vec<String>,
+}
+
+/// A swap partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Swap {
+    /// `extraArgs` (for mkswap: `-L label`, `-U uuid` are honoured).
+    pub extra_args: Vec<String>,
+    /// `randomEncryption`: the partition is re-keyed at boot; we still write a signature.
+    pub random_encryption: bool,
+}
+
+/// A `nodev` mount (tmpfs, ...).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nodev {
+    /// Attribute name.
+    pub key: String,
+    /// `fsType`.
+    pub fs_type: String,
+    /// `mountpoint`.
+    pub mountpoint: String,
+}
+
+impl Spec {
+    /// Parse a spec from JSON or TOML text (JSON if it starts with `{`).
+    ///
+    /// # Errors
+    /// Syntax errors, unsupported content, malformed fields; each names its path.
+    pub fn parse(text: &str) -> Result<Spec, SpecError> {
+        let trimmed = text.trim_start();
+        let v: Value = if trimmed.starts_with('{') {
+            serde_json::from_str(text).map_err(|e| SpecError { path: "(json)".into(), message: e.to_string() })?
+        } else {
+            toml::from_str(text).map_err(|e| SpecError { path: "(toml)".into(), message: e.to_string() })?
+        };
+        Spec::from_value(&v)
+    }
+
+    /// Parse from an already decoded value.
+    ///
+    /// # Errors
+    /// As [`Spec::parse`].
+    pub fn from_value(v: &Value) -> Result<Spec, SpecError> {
+        let top = obj(v, "")?;
+        // A bare `{ "disk": ... }` or the export wrapped in `disko.devices`.
+        if let Some(inner) = top.get("disko").and_then(|d| d.get("devices")) {
+            return Spec::from_value(inner);
+        }
+        for (key, what) in
+            [("mdadm", "mdadm"), ("zpool", "zpool"), ("lvm_vg", "lvm_vg"), ("bcachefs_filesystems", "bcachefs")]
+        {
+            if let Some(m) = top.get(key) {
+                let m = obj(m, key)?;
+                if let Some(name) = m.keys().next() {
+                    return err(
+                        &format!("{key}.{name}"),
+                        format!("unsupported type {what:?} (mkdisk writes GPT disks with vfat, ext4, btrfs and swap)"),
+                    );
+                }
+            }
+        }
+        for key in top.keys() {
+            if !["disk", "nodev", "mdadm", "zpool", "lvm_vg", "bcachefs_filesystems"].contains(&key.as_str()) {
+                return err(key, "unknown top-level attribute (expected disk, nodev)");
+            }
+        }
+        let mut disks = Vec::new();
+        if let Some(d) = top.get("disk") {
+            for (key, dv) in obj(d, "disk")? {
+                disks.push(parse_disk(key, dv, &format!("disk.{key}"))?);
+            }
+        }
+        if disks.is_empty() {
+            return err("disk", "no disks in the layout");
+        }
+        let mut nodev = Vec::new();
+        if let Some(n) = top.get("nodev") {
+            for (key, nv) in obj(n, "nodev")? {
+                let path = format!("nodev.{key}");
+                let o = obj(nv, &path)?;
+                check_type(o, &path, "nodev", true)?;
+                let fs_type = opt_str(o, &path, "fsType")?.unwrap_or_else(|| "tmpfs".into());
+                let mountpoint = opt_str(o, &path, "mountpoint")?.unwrap_or_else(|| key.clone());
+                nodev.push(Nodev { key: key.clone(), fs_type, mountpoint });
+            }
+        }
+        Ok(Spec { disks, nodev })
+    }
+}
+
+type Obj = serde_json::Map<String, Value>;
+
+fn obj<'a>(v: &'a Value, path: &str) -> Result<&'a Obj, SpecError> {
+    match v {
+        Value::Object(o) => Ok(o),
+        _ => err(
+            if path.is_empty() { "(top level)" } else { path },
+            format!("expected an attribute set, found {}", kind(v)),
+        ),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an attribute set",
+    }
+}
+
+fn opt_str(o: &Obj, path: &str, key: &str) -> Result<Option<String>, SpecError> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        // Numbers are accepted where disko takes strings (`size = 1024` in TOML).
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(v) => err(&format!("{path}.{key}"), format!("expected a string, found {}", kind(v))),
+    }
+}
+
+fn opt_int(o: &Obj, path: &str, key: &str) -> Result<Option<i64>, SpecError> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(i) => Ok(Some(i)),
+            None => err(&format!("{path}.{key}"), format!("expected an integer, found {n}")),
+        },
+        Some(v) => err(&format!("{path}.{key}"), format!("expected an integer, found {}", kind(v))),
+    }
+}
+
+fn opt_bool(o: &Obj, path: &str, key: &str) -> Result<Option<bool>, SpecError> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => err(&format!("{path}.{key}"), format!("expected a boolean, found {}", kind(v))),
+    }
+}
+
+fn str_list(o: &Obj, path: &str, key: &str) -> Result<Vec<String>, SpecError> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok(s.clone()),
+                _ => err(&format!("{path}.{key}[{i}]"), format!("expected a string, found {}", kind(v))),
+            })
+            .collect(),
+        Some(v) => err(&format!("{path}.{key}"), format!("expected a list of strings, found {}", kind(v))),
+    }
+}
+
+fn check_type(o: &Obj, path: &str, expected: &str, optional: bool) -> Result<(), SpecError> {
+    match opt_str(o, path, "type")? {
+        None if optional => Ok(()),
+        None => err(&format!("{path}.type"), format!("missing (expected {expected:?})")),
+        Some(t) if t == expected => Ok(()),
+        Some(t) => err(&format!("{path}.type"), format!("expected {expected:?}, found {t:?}")),
+    }
+}
+
+/// disko's `imageSize` syntax check: `[0-9]+[KMGTP]?`.
+fn parse_image_size(s: &str, path: &str) -> Result<u64, SpecError> {
+    match mkdisk_gpt::parse_image_size(s) {
+        Some(b) if b > 0 => Ok(b),
+        _ => err(path, format!("malformed size {s:?} (expected [0-9]+[KMGTP]?, e.g. \"2G\"; a bare number is bytes)")),
+    }
+}
+
+fn parse_disk(key: &str, v: &Value, path: &str) -> Result<Disk, SpecError> {
+    let o = obj(v, path)?;
+    check_type(o, path, "disk", true)?;
+    let name = opt_str(o, path, "name")?.unwrap_or_else(|| key.replace('/', "_"));
+    let image_name = opt_str(o, path, "imageName")?.unwrap_or_else(|| name.clone());
+    if image_name.is_empty() || image_name.contains('/') || image_name.starts_with('.') {
+        return err(&format!("{path}.imageName"), format!("{image_name:?} is not a usable file name"));
+    }
+    let image_size = opt_str(o, path, "imageSize")?.unwrap_or_else(|| "2G".into());
+    let size_bytes = parse_image_size(&image_size, &format!("{path}.imageSize"))?;
+    let cpath = format!("{path}.content");
+    let content = match o.get("content") {
+        None | Some(Value::Null) => return err(&cpath, "missing (expected a gpt partition table)"),
+        Some(c) => obj(c, &cpath)?,
+    };
+    let ctype = opt_str(content, &cpath, "type")?.unwrap_or_default();
+    match ctype.as_str() {
+        "gpt" => {}
+        "table" => return err(&cpath, "unsupported type \"table\" (the legacy parted table; use type = \"gpt\")"),
+        other => return err(&cpath, format!("unsupported type {other:?} (a disk must hold a gpt partition table)")),
+    }
+    let mut partitions = Vec::new();
+    let ppath = format!("{cpath}.partitions");
+    if let Some(p) = content.get("partitions") {
+        for (pkey, pv) in obj(p, &ppath)? {
+            partitions.push(parse_partition(&name, pkey, pv, &format!("{ppath}.{pkey}"))?);
+        }
+    }
+    Ok(Disk { key: key.to_string(), name, image_name, image_size, size_bytes, partitions })
+}
+
+/// disko's default label: `disk-<disk>-<partition>`, or the first 36 hex characters of its
+/// SHA-256 when longer than 36 characters.
+#[must_use]
+pub fn default_label(disk: &str, part: &str) -> String {
+    let label = format!("disk-{disk}-{part}");
+    if label.chars().count() > 36 {
+        let digest = Sha256::digest(label.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        hex[..36].to_string()
+    } else {
+        label
+    }
+}
+
+fn size_ok(s: &str) -> bool {
+    s == "100%"
+        || mkdisk_gpt::parse_sectors(s).is_some()
+            && s.chars().last().is_some_and(|c| c.is_ascii_digit() || "KMGTP".contains(c))
+}
+
+fn parse_partition(disk: &str, key: &str, v: &Value, path: &str) -> Result<Partition, SpecError> {
+    let o = obj(v, path)?;
+    let name = opt_str(o, path, "name")?.unwrap_or_else(|| key.to_string());
+    let cpath = format!("{path}.content");
+    let content = match o.get("content") {
+        None | Some(Value::Null) => Content::None,
+        Some(c) => parse_content(c, &cpath)?,
+    };
+    let type_code = opt_str(o, path, "type")?.unwrap_or_else(|| {
+        if matches!(content, Content::Swap(_)) {
+            "8200".into()
+        } else {
+            "8300".into()
+        }
+    });
+    let Some(type_guid) = mkdisk_gpt::types::type_guid(&type_code) else {
+        return err(
+            &format!("{path}.type"),
+            format!("unknown partition type {type_code:?} (an sgdisk code like EF00 or a GUID)"),
+        );
+    };
+    let size = opt_str(o, path, "size")?.unwrap_or_else(|| "0".into());
+    if !size_ok(&size) {
+        return err(&format!("{path}.size"), format!("malformed size {size:?} (expected \"100%\" or [0-9]+[KMGTP]?)"));
+    }
+    let start = opt_str(o, path, "start")?.unwrap_or_else(|| "0".into());
+    let end = opt_str(o, path, "end")?.unwrap_or_else(|| if size == "100%" { "-0".into() } else { format!("+{size}") });
+    for (field, val) in [("start", &start), ("end", &end)] {
+        let body = val.trim_start_matches(['+', '-']);
+        if mkdisk_gpt::parse_sectors(body).is_none() {
+            return err(
+                &format!("{path}.{field}"),
+                format!("malformed position {val:?} (expected e.g. 0, 2048s, +512M, -0, 1G)"),
+            );
+        }
+    }
+    let alignment = match opt_int(o, path, "alignment")? {
+        Some(a) if a < 0 => return err(&format!("{path}.alignment"), "must not be negative"),
+        Some(a) => u64::try_from(a).unwrap_or(0),
+        None => u64::from(start.ends_with('s') || end.ends_with('s')),
+    };
+    let priority = match opt_int(o, path, "priority")? {
+        Some(p) => p,
+        None if size == "100%" => 9001,
+        None if type_code == "EF02" => 100,
+        None => 1000,
+    };
+    let label = opt_str(o, path, "label")?.unwrap_or_else(|| default_label(disk, &name));
+    if label.encode_utf16().count() > 36 {
+        return err(&format!("{path}.label"), format!("{label:?} is longer than the 36 UTF-16 units a GPT name holds"));
+    }
+    let uuid = match opt_str(o, path, "uuid")? {
+        None => None,
+        Some(u) => match Uuid::parse_str(&u) {
+            Ok(u) => Some(u),
+            Err(_) => return err(&format!("{path}.uuid"), format!("{u:?} is not a UUID")),
+        },
+    };
+    let mut attributes = Vec::new();
+    match o.get("attributes") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) => {
+            for (i, b) in a.iter().enumerate() {
+                match b.as_u64() {
+                    Some(b) if b < 64 => attributes.push(u8::try_from(b).unwrap_or(0)),
+                    _ => return err(&format!("{path}.attributes[{i}]"), "expected a bit number 0..63"),
+                }
+            }
+        }
+        Some(v) => return err(&format!("{path}.attributes"), format!("expected a list, found {}", kind(v))),
+    }
+    if !matches!(o.get("hybrid"), None | Some(Value::Null)) {
+        return err(&format!("{path}.hybrid"), "unsupported: hybrid MBR entries");
+    }
+    Ok(Partition {
+        key: key.to_string(),
+        name,
+        label,
+        type_code,
+        type_guid,
+        size,
+        start,
+        end,
+        alignment,
+        priority,
+        uuid,
+        attributes,
+        content,
+    })
+}
+
+fn parse_content(v: &Value, path: &str) -> Result<Content, SpecError> {
+    let o = obj(v, path)?;
+    let Some(t) = opt_str(o, path, "type")? else {
+        return err(&format!("{path}.type"), "missing (expected filesystem, btrfs or swap)");
+    };
+    match t.as_str() {
+        "filesystem" => {
+            let Some(format) = opt_str(o, path, "format")? else {
+                return err(&format!("{path}.format"), "missing (vfat, ext4 or btrfs)");
+            };
+            Ok(Content::Filesystem(Filesystem {
+                format,
+                mountpoint: mountpoint(o, path)?,
+                mount_options: str_list(o, path, "mountOptions")?,
+                extra_args: str_list(o, path, "extraArgs")?,
+            }))
+        }
+        "btrfs" => {
+            let mut subvolumes = Vec::new();
+            let spath = format!("{path}.subvolumes");
+            if let Some(s) = o.get("subvolumes") {
+                let mut seen: BTreeMap<String, String> = BTreeMap::new();
+                for (key, sv) in obj(s, &spath)? {
+                    let sp = format!("{spath}.{key}");
+                    let so = obj(sv, &sp)?;
+                    check_type(so, &sp, "btrfs_subvol", true)?;
+                    let name = opt_str(so, &sp, "name")?.unwrap_or_else(|| key.clone());
+                    let norm: String = name.split('/').filter(|c| !c.is_empty()).collect::<Vec<_>>().join("/");
+                    if norm.is_empty() || norm.split('/').any(|c| c == "." || c == "..") {
+                        return err(&format!("{sp}.name"), format!("{name:?} is not a subvolume path"));
+                    }
+                    if let Some(other) = seen.insert(norm.clone(), key.clone()) {
+                        return err(&sp, format!("subvolume path {norm:?} is also used by {other:?}"));
+                    }
+                    if !matches!(so.get("swap"), None | Some(Value::Null))
+                        && !obj(&so["swap"], &format!("{sp}.swap"))?.is_empty()
+                    {
+                        return err(&format!("{sp}.swap"), "unsupported: btrfs swap files");
+                    }
+                    subvolumes.push(Subvolume {
+                        name,
+                        mountpoint: mountpoint(so, &sp)?,
+                        mount_options: str_list(so, &sp, "mountOptions")?,
+                        extra_args: str_list(so, &sp, "extraArgs")?,
+                    });
+                }
+            }
+            if !matches!(o.get("swap"), None | Some(Value::Null))
+                && !obj(&o["swap"], &format!("{path}.swap"))?.is_empty()
+            {
+                return err(&format!("{path}.swap"), "unsupported: btrfs swap files");
+            }
+            Ok(Content::Btrfs(Btrfs {
+                mountpoint: mountpoint(o, path)?,
+                mount_options: str_list(o, path, "mountOptions")?,
+                extra_args: str_list(o, path, "extraArgs")?,
+                subvolumes,
+            }))
+        }
+        "swap" => Ok(Content::Swap(Swap {
+            extra_args: str_list(o, path, "extraArgs")?,
+            random_encryption: opt_bool(o, path, "randomEncryption")?.unwrap_or(false),
+        })),
+        "luks" | "lvm_pv" | "mdraid" | "zfs" | "bcachefs" | "table" => {
+            err(path, format!("unsupported type {t:?} (mkdisk writes vfat, ext4, btrfs and swap partitions)"))
+        }
+        other => err(path, format!("unknown content type {other:?} (expected filesystem, btrfs or swap)")),
+    }
+}
+
+fn mountpoint(o: &Obj, path: &str) -> Result<Option<String>, SpecError> {
+    match opt_str(o, path, "mountpoint")? {
+        None => Ok(None),
+        Some(m) if m.starts_with('/') && !m.split('/').any(|c| c == "..") => Ok(Some(m)),
+        Some(m) => err(&format!("{path}.mountpoint"), format!("{m:?} is not an absolute path")),
+    }
+}
