@@ -31,7 +31,7 @@ pub(crate) fn encode(g: &Geometry, hidden_sectors: u32, volume_id: u32, label: &
     // 0x13 BPB_TotSec16 (FAT16 volumes under 32 MiB), else 0x20 BPB_TotSec32.
     put_u16(&mut s, 0x13, if small { u16::try_from(g.total_sectors).unwrap_or(0) } else { 0 });
     s[0x15] = MEDIA_FIXED; // BPB_Media
-    // 0x16 BPB_FATSz16: 0 is what marks FAT32.
+                           // 0x16 BPB_FATSz16: 0 is what marks FAT32.
     put_u16(&mut s, 0x16, if fat32 { 0 } else { u16::try_from(g.fat_sectors).unwrap_or(0) });
     // CHS geometry (unused by UEFI and Linux), as mkfs.fat picks it for image files.
     let (spt, heads) = if u64::from(g.total_sectors) * 512 < 512 << 20 { (32, 64) } else { (63, 255) };
@@ -46,7 +46,7 @@ pub(crate) fn encode(g: &Geometry, hidden_sectors: u32, volume_id: u32, label: &
         put_u32(&mut s, 0x2C, ROOT_CLUSTER); // BPB_RootClus
         put_u16(&mut s, 0x30, FSINFO_SECTOR as u16); // BPB_FSInfo
         put_u16(&mut s, 0x32, BACKUP_BOOT_SECTOR as u16); // BPB_BkBootSec
-        // 0x34..0x40 BPB_Reserved: zero
+                                                          // 0x34..0x40 BPB_Reserved: zero
         0x40
     } else {
         0x24
@@ -57,7 +57,7 @@ pub(crate) fn encode(g: &Geometry, hidden_sectors: u32, volume_id: u32, label: &
     put_u32(&mut s, ebpb + 3, volume_id); // BS_VolID
     s[ebpb + 7..ebpb + 18].copy_from_slice(label); // BS_VolLab
     s[ebpb + 18..ebpb + 26].copy_from_slice(if fat32 { b"FAT32   " } else { b"FAT16   " }); // BS_FilSysType
-    // Boot code: zero. 0x1FE signature.
+                                                                                            // Boot code: zero. 0x1FE signature.
     s[510] = 0x55;
     s[511] = 0xAA;
     s

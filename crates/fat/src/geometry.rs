@@ -264,8 +264,8 @@ mod tests {
                 };
                 assert!((lo..=hi).contains(&g.cluster_count), "{size}: {g:?}");
                 assert!(u64::from(g.cluster_count) + 2 <= g.fat_capacity_entries(), "{size}: {g:?}");
-                let end = u64::from(g.data_start_sector())
-                    + u64::from(g.cluster_count) * u64::from(g.sectors_per_cluster);
+                let end =
+                    u64::from(g.data_start_sector()) + u64::from(g.cluster_count) * u64::from(g.sectors_per_cluster);
                 assert!(end <= u64::from(g.total_sectors), "{size}: {g:?}");
                 assert!(u64::from(g.total_sectors) - end < u64::from(g.sectors_per_cluster) + 2 * 4, "{size}: {g:?}");
                 assert_eq!(g.data_start_sector() % g.sectors_per_cluster, 0, "{size}: {g:?}");

@@ -244,7 +244,8 @@ pub fn plan(tree: &Tree, opts: &FatOptions) -> Result<FatLayout, FatError> {
         }
         let names: Vec<String> = d.entries.iter().map(|e| String::from_utf8_lossy(&e.name).into_owned()).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let shorts = assign_short_names(&refs).map_err(|reason| FatError::BadName { path: dir_path.clone(), reason })?;
+        let shorts =
+            assign_short_names(&refs).map_err(|reason| FatError::BadName { path: dir_path.clone(), reason })?;
 
         let mut slots: u64 = if di == 0 { u64::from(label != NO_NAME) } else { 2 };
         let mut entries = Vec::with_capacity(d.entries.len());
@@ -333,7 +334,8 @@ pub fn plan(tree: &Tree, opts: &FatOptions) -> Result<FatLayout, FatError> {
             f.clusters = u32::try_from(n).unwrap_or(u32::MAX);
         }
     }
-    let allocated = u32::try_from(next - 2).map_err(|_| FatError::InvalidLayout { reason: "cluster overflow".into() })?;
+    let allocated =
+        u32::try_from(next - 2).map_err(|_| FatError::InvalidLayout { reason: "cluster overflow".into() })?;
 
     // Pass 3: encode every directory.
     let mut dir_plans = Vec::with_capacity(dirs.len());

@@ -25,7 +25,11 @@ fn io(path: &str) -> impl Fn(ImageError) -> FatError + '_ {
 fn check(layout: &FatLayout, region: &Region) -> Result<Vec<Chain>, FatError> {
     let g = &layout.geometry;
     if region.len() < layout.size_bytes() {
-        return Err(invalid(format!("region of {} bytes is smaller than the volume ({})", region.len(), layout.size_bytes())));
+        return Err(invalid(format!(
+            "region of {} bytes is smaller than the volume ({})",
+            region.len(),
+            layout.size_bytes()
+        )));
     }
     let chains = layout.chains();
     let end = 2 + u64::from(g.cluster_count);

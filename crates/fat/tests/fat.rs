@@ -88,9 +88,32 @@ fn fsck(img: &Path) -> String {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "fsck.fat failed ({}):\n{text}", out.status);
     for bad in [
-        "arning", "differ", "uninitialized", "wrong", "Bad", "bad", "Dirty", "dirty", "Reclaim", "Expected",
-        "share", "Fixing", "Duplicate", "abel", "Free cluster", "truncat", "chain", "Invalid", "invalid",
-        "Unable", "Perform", "Leaving", "Correct", "Orphan", "Deleting", "Contains",
+        "arning",
+        "differ",
+        "uninitialized",
+        "wrong",
+        "Bad",
+        "bad",
+        "Dirty",
+        "dirty",
+        "Reclaim",
+        "Expected",
+        "share",
+        "Fixing",
+        "Duplicate",
+        "abel",
+        "Free cluster",
+        "truncat",
+        "chain",
+        "Invalid",
+        "invalid",
+        "Unable",
+        "Perform",
+        "Leaving",
+        "Correct",
+        "Orphan",
+        "Deleting",
+        "Contains",
     ] {
         assert!(!text.contains(bad), "fsck.fat output contains {bad:?}:\n{text}");
     }
@@ -234,7 +257,10 @@ fn esp_tree(root: &Path, big: bool) {
     write_file(&root.join("EFI/systemd/systemd-bootx64.efi"), &pattern(123_457, 2));
     write_file(&root.join("loader/loader.conf"), b"timeout 3\ndefault nixos-*\n");
     for i in 0..5 {
-        write_file(&root.join(format!("loader/entries/nixos-generation-{i}.conf")), format!("title NixOS {i}\n").as_bytes());
+        write_file(
+            &root.join(format!("loader/entries/nixos-generation-{i}.conf")),
+            format!("title NixOS {i}\n").as_bytes(),
+        );
     }
     if big {
         write_file(&root.join("EFI/nixos/kernel-6.6-bzImage.efi"), &pattern(15 * MIB as usize, 3));
@@ -267,9 +293,27 @@ fn stress_tree(root: &Path) {
     let coll = root.join("collide");
     fs::create_dir_all(&coll).unwrap();
     for name in [
-        "longfilename1.txt", "longfilename2.txt", "LongFileName.TXT1", "A+B", "A_B~1", "A_B~2", ".bashrc",
-        "bashrc", "ver +1.2.text", "über.txt", "uber.txt", "with space.txt", "x.tar.gz", "x.tar.gZip", "name.",
-        "NAME~1", "日本語のファイル名.efi", "e\u{301}.txt", "a;b,c=d[e]", "..hidden", "0123456789abcdef.0123456789",
+        "longfilename1.txt",
+        "longfilename2.txt",
+        "LongFileName.TXT1",
+        "A+B",
+        "A_B~1",
+        "A_B~2",
+        ".bashrc",
+        "bashrc",
+        "ver +1.2.text",
+        "über.txt",
+        "uber.txt",
+        "with space.txt",
+        "x.tar.gz",
+        "x.tar.gZip",
+        "name.",
+        "NAME~1",
+        "日本語のファイル名.efi",
+        "e\u{301}.txt",
+        "a;b,c=d[e]",
+        "..hidden",
+        "0123456789abcdef.0123456789",
     ] {
         let name = name.trim_end_matches('.');
         fs::write(coll.join(name), name.as_bytes()).unwrap();
@@ -418,8 +462,7 @@ fn planner_sweep() {
         let data_end = u64::from(g.data_start_sector()) + u64::from(g.cluster_count) * u64::from(g.sectors_per_cluster);
         assert!(data_end * 512 <= size, "{size}: {g:?}");
         let fat = layout.fat_bytes();
-        let entries: Vec<u32> =
-            fat.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+        let entries: Vec<u32> = fat.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
         assert_eq!(entries[0], 0x0FFF_FFF8);
         assert_eq!(entries[1], 0x0FFF_FFFF);
         let n = g.cluster_count as usize + 2;
@@ -490,7 +533,8 @@ fn timestamps_clamped_and_even() {
     let mut t = Tree::new(Meta::new(0o755).with_mtime(Timestamp::from_secs(1_700_000_001)));
     let m = |s| Meta::new(0o644).with_mtime(Timestamp::from_secs(s));
     for (name, secs) in [("old", 1), ("odd", 1_700_000_001), ("future", 5_000_000_000), ("negative", -100)] {
-        t.add_file(mkdisk_tree::InodeId::ROOT, name.as_bytes(), FileData::from_bytes(name.as_bytes()), m(secs)).unwrap();
+        t.add_file(mkdisk_tree::InodeId::ROOT, name.as_bytes(), FileData::from_bytes(name.as_bytes()), m(secs))
+            .unwrap();
     }
     let tmp = tempfile::tempdir().unwrap();
     let img = tmp.path().join("t.img");
@@ -531,16 +575,14 @@ mod roundtrip {
     }
 
     fn name() -> impl Strategy<Value = String> {
-        "[a-zA-Z0-9_~+ .-]{0,14}[a-zA-Z0-9_~+-]".prop_map(|s| s.trim_start().to_owned()).prop_filter("non-empty", |s| {
-            !s.is_empty() && s != "." && s != ".."
-        })
+        "[a-zA-Z0-9_~+ .-]{0,14}[a-zA-Z0-9_~+-]"
+            .prop_map(|s| s.trim_start().to_owned())
+            .prop_filter("non-empty", |s| !s.is_empty() && s != "." && s != "..")
     }
 
     fn node() -> impl Strategy<Value = Node> {
         let leaf = prop::collection::vec(any::<u8>(), 0..3000).prop_map(Node::File);
-        leaf.prop_recursive(5, 64, 8, |inner| {
-            prop::collection::vec((name(), inner), 0..8).prop_map(Node::Dir)
-        })
+        leaf.prop_recursive(5, 64, 8, |inner| prop::collection::vec((name(), inner), 0..8).prop_map(Node::Dir))
     }
 
     fn add(tree: &mut Tree, dir: mkdisk_tree::InodeId, children: &[(String, Node)], path: &str, want: &mut Expect) {
