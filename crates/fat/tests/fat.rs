@@ -199,7 +199,9 @@ fn civil_to_unix(y: i64, m: i64, d: i64, secs: i64) -> i64 {
     (era * 146_097 + doe - 719_468) * 86_400 + secs
 }
 
-fn assert_same(what: &str, got: &Expect, want: &Expect) {
+/// Compare read-back listings; directory mtimes only when `dir_mtimes` (mcopy does not
+/// restore them).
+fn assert_same(what: &str, got: &Expect, want: &Expect, dir_mtimes: bool) {
     let gk: Vec<_> = got.keys().collect();
     let wk: Vec<_> = want.keys().collect();
     assert_eq!(gk.len(), wk.len(), "{what}: entry count");
@@ -207,7 +209,7 @@ fn assert_same(what: &str, got: &Expect, want: &Expect) {
     for (k, (c, t)) in want {
         let (gc, gt) = &got[k];
         assert_eq!(gc, c, "{what}: content of {k}");
-        if c.is_some() {
+        if c.is_some() || dir_mtimes {
             assert_eq!(gt, t, "{what}: mtime of {k}");
         }
     }
@@ -217,10 +219,38 @@ fn assert_same(what: &str, got: &Expect, want: &Expect) {
 fn check_all(img: &Path, host: &Path, work: &Path, labelled: bool) -> String {
     let text = fsck(img);
     let want = expect_host(host);
-    assert_same("fatfs", &read_fatfs(img), &want);
-    assert_same("mcopy", &read_mcopy(img, work), &want);
+    assert_same("fatfs", &read_fatfs(img), &want, true);
+    assert_same("mcopy", &read_mcopy(img, work), &want, false);
     assert_eq!(main_line_files(&text), want.len() as u64 + u64::from(labelled), "{text}");
     text
+}
+
+/// The must-be-zero and must-match bytes that fsck.fat does not look at all: both FAT copies
+/// equal the planned FAT in full (free entries too), reserved sectors other than the boot
+/// sector, FSInfo and their backups are zero, the boot code area is zero.
+fn check_metadata_bytes(img: &Path, layout: &FatLayout) {
+    let bytes = fs::read(img).unwrap();
+    let g = layout.geometry();
+    let fat = layout.fat_bytes();
+    for copy in 0..g.num_fats {
+        let start = g.fat_start_sector(copy) as usize * 512;
+        assert!(bytes[start..start + fat.len()] == fat[..], "FAT copy {copy} differs from the plan");
+    }
+    let keep: &[usize] = if g.fat_type == FatType::Fat32 { &[0, 1, 6, 7] } else { &[0] };
+    for s in 0..g.reserved_sectors as usize {
+        if !keep.contains(&s) {
+            assert!(bytes[s * 512..(s + 1) * 512].iter().all(|&b| b == 0), "reserved sector {s} not zero");
+        }
+    }
+    let code = if g.fat_type == FatType::Fat32 { 0x5A } else { 0x3E };
+    assert!(bytes[code..510].iter().all(|&b| b == 0), "boot code area not zero");
+    if g.fat_type == FatType::Fat32 {
+        assert!(bytes[512 + 4..512 + 484].iter().all(|&b| b == 0), "FSI_Reserved1 not zero");
+        assert_eq!(&bytes[512..1024], &bytes[7 * 512..8 * 512], "backup FSInfo");
+        let free = u32::from_le_bytes(bytes[512 + 488..512 + 492].try_into().unwrap());
+        assert_eq!(free, layout.free_clusters());
+    }
+    assert_eq!(&bytes[510..512], &[0x55, 0xAA]);
 }
 
 fn scan_host(dir: &Path) -> Tree {
@@ -352,6 +382,7 @@ fn small_volume_33_mib_poisoned() {
     assert_eq!(layout.geometry().sectors_per_cluster, 1);
     let text = check_all(&img, &host, tmp.path(), true);
     assert!(text.contains("0 hidden sectors"), "{text}");
+    check_metadata_bytes(&img, &layout);
     // The label is in the boot sector, its backup and the root directory.
     let bytes = fs::read(&img).unwrap();
     assert_eq!(&bytes[0x47..0x52], b"ESP        ");
@@ -376,6 +407,9 @@ fn esp_sizes_256m_512m_2g() {
         assert_eq!(layout.fat_type(), FatType::Fat32);
         assert_eq!(layout.geometry().sectors_per_cluster, spc);
         let text = check_all(&img, &host, tmp.path(), label.is_some());
+        if poison {
+            check_metadata_bytes(&img, &layout);
+        }
         assert!(text.contains(&format!("{hidden} hidden sectors")), "{text}");
         assert!(text.contains(&format!("{} data clusters", layout.geometry().cluster_count)), "{text}");
         let used = layout.used_clusters();
@@ -394,6 +428,7 @@ fn fat16_below_fat32_minimum() {
         let layout = build(&tree, &opts(size, 63, Some("SMALL")), &img, true);
         assert_eq!(layout.fat_type(), FatType::Fat16);
         let text = check_all(&img, &host, tmp.path(), true);
+        check_metadata_bytes(&img, &layout);
         assert!(text.contains("16 bit entries"), "{text}");
     }
     // Forced FAT16 on a larger volume is fine too.
