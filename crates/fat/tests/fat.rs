@@ -554,6 +554,13 @@ fn errors_name_the_path() {
     t.add_file(mkdisk_tree::InodeId::ROOT, b"4g", FileData::dense(1 << 32, Source::Host("/x".into())), m.clone())
         .unwrap();
     assert!(err_of(&t).contains("/4g"));
+    // A FAT16 root directory holds 512 entries.
+    let mut t = Tree::new(Meta::new(0o755));
+    for i in 0..600 {
+        t.add_file(mkdisk_tree::InodeId::ROOT, format!("F{i}").as_bytes(), small(), m.clone()).unwrap();
+    }
+    let e = plan(&t, &opts(16 * MIB, 0, None)).unwrap_err().to_string();
+    assert!(e.starts_with("/: directory needs 600 entries"), "{e}");
     // Bad labels and impossible sizes.
     let t = Tree::new(Meta::new(0o755));
     assert!(plan(&t, &opts(64 * MIB, 0, Some("TWELVE_CHARS"))).is_err());
@@ -638,6 +645,38 @@ mod roundtrip {
                     add(tree, d, kids, &p, want);
                 }
             }
+        }
+    }
+
+    fn raw_name() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![prop::collection::vec(any::<u8>(), 1..300), "[a-zA-Z0-9.~+ ]{1,20}".prop_map(String::into_bytes),]
+            .prop_filter("tree-valid", |n| n != b"." && n != b".." && !n.contains(&b'/') && !n.contains(&0))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+        /// Arbitrary names, sizes and volume sizes: plan (and write when it plans) never panics.
+        #[test]
+        fn plan_never_panics(
+            entries in prop::collection::vec((raw_name(), 0u64..(1 << 33), any::<bool>()), 0..40),
+            size in prop_oneof![0u64..(64 * MIB), Just(u64::MAX), (1u64 << 40)..(1u64 << 44)],
+            fat_type in prop_oneof![Just(None), Just(Some(FatType::Fat16)), Just(Some(FatType::Fat32))],
+            label in prop::option::of("[ -~]{0,13}"),
+        ) {
+            let mut tree = Tree::new(Meta::new(0o755));
+            let mut dir = mkdisk_tree::InodeId::ROOT;
+            for (name, len, is_dir) in &entries {
+                if *is_dir {
+                    if let Ok(d) = tree.add_dir(dir, name, Meta::new(0o755)) {
+                        dir = d;
+                    }
+                } else {
+                    let data = FileData::dense(*len, Source::Host("/nonexistent".into()));
+                    let _ = tree.add_file(dir, name, data, Meta::new(0o644));
+                }
+            }
+            let o = FatOptions { size_bytes: size, volume_id: 1, label, hidden_sectors: 0, fat_type };
+            let _ = plan(&tree, &o).map(|l| l.used_clusters());
         }
     }
 
