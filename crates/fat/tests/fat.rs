@@ -598,7 +598,19 @@ fn region_at_offset() {
     let tree = scan_host(&host);
     let img = tmp.path().join("disk.img");
     let offset = 2048 * 512;
-    build_at(&tree, &opts(40 * MIB, 2048, None), &img, true, offset);
+    let layout = build_at(&tree, &opts(40 * MIB, 2048, None), &img, true, offset);
+    // Progress reports every byte of file data once.
+    struct Count(std::sync::atomic::AtomicU64);
+    impl mkdisk_tree::Progress for Count {
+        fn data_written(&self, bytes: u64) {
+            self.0.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let count = Count(std::sync::atomic::AtomicU64::new(0));
+    let f = OpenOptions::new().read(true).write(true).open(&img).unwrap();
+    write(&layout, &tree, &Region::from_file(Arc::new(f), "esp", offset, 40 * MIB), &count).unwrap();
+    assert_eq!(count.0.into_inner(), layout.data_bytes());
+    assert_eq!(layout.data_bytes(), tree.data_bytes());
     let part = tmp.path().join("part.img");
     let bytes = fs::read(&img).unwrap();
     assert!(bytes[..offset as usize].iter().all(|&b| b == 0xD1));
