@@ -251,17 +251,59 @@ pub fn split_sources(spec: &Spec, opts: &BuildOptions, warn: &mut dyn FnMut(Stri
 }
 
 /// A partition's planned content.
-enum FsPlan {
+enum FsPlan<'a> {
     None,
     Swap(SwapOptions),
+    Fat(Box<mkdisk_fat::FatLayout>, &'a Tree),
 }
 
-fn plan_partition(dp: &DiskPlan, placed: &Placed, di: usize, _sources: &Sources) -> Result<FsPlan, BuildError> {
+/// Options for the FAT writer from the partition and mkfs.vfat `extraArgs` (`-n LABEL`,
+/// `-i VOLID`, `-F 16|32`; anything else is rejected).
+fn fat_options(placed: &Placed, extra: &[String]) -> Result<mkdisk_fat::FatOptions, String> {
+    let fs_uuid = ids::fs_uuid(&placed.guid);
+    let b = fs_uuid.as_bytes();
+    let mut o = mkdisk_fat::FatOptions::new(placed.size_bytes());
+    // systemd-repart's vfat serial: the first four bytes of the fs UUID as a number.
+    o.volume_id = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    o.hidden_sectors = u32::try_from(placed.first_lba)
+        .map_err(|_| format!("start sector {} does not fit FAT's 32-bit hidden-sector field", placed.first_lba))?;
+    let mut it = extra.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().cloned().ok_or_else(|| format!("mkfs.vfat argument {a:?} needs a value"));
+        match a.as_str() {
+            "-n" => o.label = Some(val()?),
+            "-i" => {
+                let v = val()?;
+                o.volume_id = u32::from_str_radix(&v, 16).map_err(|_| format!("-i {v:?}: not a hexadecimal volume id"))?;
+            }
+            "-F" => match val()?.as_str() {
+                "32" => o.fat_type = Some(mkdisk_fat::FatType::Fat32),
+                "16" => o.fat_type = Some(mkdisk_fat::FatType::Fat16),
+                v => return Err(format!("-F {v}: mkdisk writes FAT16 or FAT32")),
+            },
+            _ => return Err(format!("unsupported mkfs.vfat argument {a:?} (supported: -n LABEL, -i VOLID, -F 16|32)")),
+        }
+    }
+    Ok(o)
+}
+
+fn plan_partition<'a>(
+    dp: &DiskPlan,
+    placed: &Placed,
+    di: usize,
+    sources: &'a Sources,
+) -> Result<FsPlan<'a>, BuildError> {
     let disk = &dp.disk;
     let Some((pi, part)) = disk.partitions.iter().enumerate().find(|(_, p)| p.name == placed.name) else {
         return Ok(FsPlan::None);
     };
-    let _ = (pi, di);
+    let tree_of = |t: Target| {
+        sources.get(t).ok_or_else(|| BuildError::Partition {
+            disk: disk.name.clone(),
+            partition: part.name.clone(),
+            message: "no source tree".into(),
+        })
+    };
     let not_impl = |what: &str| BuildError::NotImplemented {
         disk: disk.name.clone(),
         partition: part.name.clone(),
@@ -283,7 +325,12 @@ fn plan_partition(dp: &DiskPlan, placed: &Placed, di: usize, _sources: &Sources)
         }
         Content::Btrfs(_) => Err(not_impl("the btrfs writer")),
         Content::Filesystem(fs) => match fs.format.as_str() {
-            "vfat" => Err(not_impl("the vfat writer")),
+            "vfat" => {
+                let tree = tree_of(Target::Part(di, pi))?;
+                let o = fat_options(placed, &fs.extra_args).map_err(|e| part_err(&e))?;
+                let layout = mkdisk_fat::plan(tree, &o).map_err(|e| part_err(&e))?;
+                Ok(FsPlan::Fat(Box::new(layout), tree))
+            }
             "ext4" => Err(not_impl("the ext4 writer")),
             "btrfs" => Err(not_impl("the btrfs writer")),
             other => Err(not_impl(&format!("format {other:?}"))),
@@ -313,7 +360,7 @@ pub fn build(
     let plans = place_all(spec, &opts.seed)?;
     let sources = split_sources(spec, opts, warn)?;
     // Plan every filesystem before touching the output.
-    let mut fs_plans: Vec<Vec<FsPlan>> = Vec::new();
+    let mut fs_plans: Vec<Vec<FsPlan<'_>>> = Vec::new();
     for (di, dp) in plans.iter().enumerate() {
         let mut v = Vec::new();
         for placed in &dp.layout.partitions {
@@ -344,9 +391,11 @@ pub fn build(
                 match plan {
                     FsPlan::None => {}
                     FsPlan::Swap(o) => crate::swap::write_swap(&region, o).map_err(|e: SwapError| part_err(&e))?,
+                    FsPlan::Fat(layout, tree) => {
+                        mkdisk_fat::write(layout, tree, &region, progress).map_err(|e| part_err(&e))?;
+                    }
                 }
             }
-            let _ = progress;
             Ok(())
         })?;
         images.push(image);
