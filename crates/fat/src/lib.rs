@@ -35,8 +35,9 @@
 //! - **Symlinks, devices, FIFOs and sockets** are errors naming the path.
 //! - **Timestamps**: write, creation and access times all come from the inode's mtime in
 //!   UTC, clamped to 1980-01-01..2107-12-31 23:59:58, seconds rounded down to even.
-//! - **Holes** in sparse source files are not written (the target is a fresh, sparse
-//!   image); the slack after each file's last byte up to the end of its cluster is zeroed.
+//! - **Holes** in sparse source files are written as zeros (FAT has no holes, so they are
+//!   file content); the slack after each file's last byte up to the end of its cluster is
+//!   zeroed too, so a dirty target never leaks into a file.
 
 mod boot_sector;
 mod dir_entry;

@@ -80,16 +80,32 @@ fn write_file(layout: &FatLayout, tree: &Tree, region: &Region, f: &FilePlan) ->
         Source::Host(p) => Some((open_source(p).map_err(io(&f.path))?, p)),
         Source::Bytes(_) => None,
     };
-    for run in &data.runs {
-        if run.end() > f.size {
-            return Err(invalid(format!("{}: data run outside the file", f.path)));
+    // FAT has no holes: a sparse source's holes are file content (zeros) and must be written
+    // explicitly, or a dirty target would leak its old bytes into the file.
+    let write_zeros = |from: u64, to: u64| -> Result<(), FatError> {
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(1 << 20);
+            let zeros = vec![0u8; usize::try_from(n).unwrap_or(0)];
+            region.write_at(base + at, &zeros).map_err(io(&f.path))?;
+            at += n;
         }
+        Ok(())
+    };
+    let mut pos = 0u64;
+    for run in &data.runs {
+        if run.end() > f.size || run.offset < pos {
+            return Err(invalid(format!("{}: data run outside the file or out of order", f.path)));
+        }
+        write_zeros(pos, run.offset)?;
+        pos = run.end();
         match &host {
             Some((file, p)) => region.copy_from_file(file, p, run.offset, base + run.offset, run.len),
             None => region.write_file_range(data, run.offset, base + run.offset, run.len),
         }
         .map_err(io(&f.path))?;
     }
+    write_zeros(pos, f.size)?;
     // Zero the slack after the last byte up to the end of the last cluster.
     let slack = u64::from(f.clusters) * u64::from(g.cluster_bytes()) - f.size;
     if slack > 0 {

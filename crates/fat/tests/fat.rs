@@ -709,3 +709,28 @@ mod roundtrip {
         }
     }
 }
+
+/// Regression: FAT has no holes, so the holes of a sparse source file are file content and
+/// must read back as zeros even when the target was dirty (poisoned) before the build.
+#[test]
+fn sparse_source_holes_are_zeros_on_a_dirty_target() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = tmp.path().join("src");
+    fs::create_dir_all(&host).unwrap();
+    let sparse = host.join("SPARSE.BIN");
+    {
+        let f = fs::File::create(&sparse).unwrap();
+        f.set_len(3 * MIB).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"head", 0).unwrap();
+        f.write_all_at(b"tail", 3 * MIB - 4).unwrap();
+    }
+    let tree = scan_host(&host);
+    let Some(mkdisk_tree::Kind::File(fd)) = tree.lookup(b"/SPARSE.BIN").map(|i| &tree.inode(i).kind) else {
+        panic!("no file")
+    };
+    assert!(fd.runs.len() >= 2, "the source should be sparse: {:?}", fd.runs);
+    let img = tmp.path().join("esp.img");
+    build(&tree, &opts(64 * MIB, 0, None), &img, true);
+    check_all(&img, &host, tmp.path(), false);
+}
