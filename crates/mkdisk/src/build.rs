@@ -255,6 +255,7 @@ enum FsPlan<'a> {
     None,
     Swap(SwapOptions),
     Fat(Box<mkdisk_fat::FatLayout>, &'a Tree),
+    Ext4(Box<mkdisk_ext4::Ext4Layout>, &'a Tree),
 }
 
 /// Options for the FAT writer from the partition and mkfs.vfat `extraArgs` (`-n LABEL`,
@@ -274,7 +275,8 @@ fn fat_options(placed: &Placed, extra: &[String]) -> Result<mkdisk_fat::FatOptio
             "-n" => o.label = Some(val()?),
             "-i" => {
                 let v = val()?;
-                o.volume_id = u32::from_str_radix(&v, 16).map_err(|_| format!("-i {v:?}: not a hexadecimal volume id"))?;
+                o.volume_id =
+                    u32::from_str_radix(&v, 16).map_err(|_| format!("-i {v:?}: not a hexadecimal volume id"))?;
             }
             "-F" => match val()?.as_str() {
                 "32" => o.fat_type = Some(mkdisk_fat::FatType::Fat32),
@@ -292,6 +294,7 @@ fn plan_partition<'a>(
     placed: &Placed,
     di: usize,
     sources: &'a Sources,
+    sde: Option<i64>,
 ) -> Result<FsPlan<'a>, BuildError> {
     let disk = &dp.disk;
     let Some((pi, part)) = disk.partitions.iter().enumerate().find(|(_, p)| p.name == placed.name) else {
@@ -331,7 +334,14 @@ fn plan_partition<'a>(
                 let layout = mkdisk_fat::plan(tree, &o).map_err(|e| part_err(&e))?;
                 Ok(FsPlan::Fat(Box::new(layout), tree))
             }
-            "ext4" => Err(not_impl("the ext4 writer")),
+            "ext4" => {
+                let tree = tree_of(Target::Part(di, pi))?;
+                let mut o = mkdisk_ext4::Ext4Options::new(placed.size_bytes(), ids::fs_uuid(&placed.guid));
+                o.timestamp = sde.unwrap_or(0);
+                o.apply_extra_args(&fs.extra_args).map_err(|e| part_err(&e))?;
+                let layout = mkdisk_ext4::plan(tree, &o).map_err(|e| part_err(&e))?;
+                Ok(FsPlan::Ext4(Box::new(layout), tree))
+            }
             "btrfs" => Err(not_impl("the btrfs writer")),
             other => Err(not_impl(&format!("format {other:?}"))),
         },
@@ -364,7 +374,7 @@ pub fn build(
     for (di, dp) in plans.iter().enumerate() {
         let mut v = Vec::new();
         for placed in &dp.layout.partitions {
-            v.push(plan_partition(dp, placed, di, &sources)?);
+            v.push(plan_partition(dp, placed, di, &sources, opts.source_date_epoch)?);
         }
         fs_plans.push(v);
     }
@@ -393,6 +403,9 @@ pub fn build(
                     FsPlan::Swap(o) => crate::swap::write_swap(&region, o).map_err(|e: SwapError| part_err(&e))?,
                     FsPlan::Fat(layout, tree) => {
                         mkdisk_fat::write(layout, tree, &region, progress).map_err(|e| part_err(&e))?;
+                    }
+                    FsPlan::Ext4(layout, tree) => {
+                        mkdisk_ext4::write(layout, tree, &region, progress).map_err(|e| part_err(&e))?;
                     }
                 }
             }

@@ -36,7 +36,12 @@ fn build(spec: &Path, out: &Path, extra: &[&str]) -> Output {
 }
 
 fn assert_ok(o: &Output) {
-    assert!(o.status.success(), "failed: {}\n{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
+    assert!(
+        o.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
 }
 
 /// The spec with the LUKS content stripped, so its placement can still be compared.
@@ -140,7 +145,8 @@ fn swap_signature_is_read_by_blkid() {
     let img = dir.path().join("main.raw");
     let p = mkdisk(&["plan", spec.to_str().unwrap(), "--json"]);
     let plan: serde_json::Value = serde_json::from_slice(&p.stdout).unwrap();
-    let swap = plan["disks"][0]["partitions"].as_array().unwrap().iter().find(|p| p["filesystem"] == "swap").unwrap().clone();
+    let swap =
+        plan["disks"][0]["partitions"].as_array().unwrap().iter().find(|p| p["filesystem"] == "swap").unwrap().clone();
     let guid = uuid::Uuid::parse_str(swap["guid"].as_str().unwrap()).unwrap();
     let fs_uuid = mkdisk_tree::ids::fs_uuid(&guid).to_string();
     let offset = swap["start"].as_u64().unwrap() * 512;
@@ -179,8 +185,13 @@ fn same_seed_same_bytes_other_seed_only_ids_differ() {
     let p = mkdisk(&["plan", spec.to_str().unwrap(), "--json"]);
     let plan: serde_json::Value = serde_json::from_slice(&p.stdout).unwrap();
     let swap_off = plan["disks"][0]["partitions"][1]["start"].as_u64().unwrap() as usize * 512;
-    let in_gpt_header = |o: usize, base: usize| (base + 16..base + 20).contains(&o) || (base + 56..base + 72).contains(&o) || (base + 88..base + 92).contains(&o);
-    let in_entries = |o: usize, base: usize| o >= base && o < base + 16384 && ((o - base) % 128 >= 16 && (o - base) % 128 < 32);
+    let in_gpt_header = |o: usize, base: usize| {
+        (base + 16..base + 20).contains(&o)
+            || (base + 56..base + 72).contains(&o)
+            || (base + 88..base + 92).contains(&o)
+    };
+    let in_entries =
+        |o: usize, base: usize| o >= base && o < base + 16384 && ((o - base) % 128 >= 16 && (o - base) % 128 < 32);
     let mut diffs = 0;
     for i in 0..n {
         if x[i] != y[i] {
@@ -223,17 +234,34 @@ fn bad_input_gives_one_line_and_leaves_nothing() {
     let out = tmp.path().join("out");
     std::fs::create_dir(&out).unwrap();
     for t in ["luks", "lvm_pv", "mdraid", "zfs", "bcachefs"] {
-        let spec = write_spec(tmp.path(), &format!("{t}.json"), &disk_with(&format!(r#""p":{{"size":"8M","content":{{"type":"{t}"}}}}"#)));
-        assert_clean_failure(&build(&spec, &out, &[]), &format!("disk.main.content.partitions.p.content: unsupported type \"{t}\""), &out);
+        let spec = write_spec(
+            tmp.path(),
+            &format!("{t}.json"),
+            &disk_with(&format!(r#""p":{{"size":"8M","content":{{"type":"{t}"}}}}"#)),
+        );
+        assert_clean_failure(
+            &build(&spec, &out, &[]),
+            &format!("disk.main.content.partitions.p.content: unsupported type \"{t}\""),
+            &out,
+        );
     }
-    let legacy = write_spec(tmp.path(), "table.json", r#"{"disk":{"main":{"content":{"type":"table","format":"gpt","partitions":[]}}}}"#);
+    let legacy = write_spec(
+        tmp.path(),
+        "table.json",
+        r#"{"disk":{"main":{"content":{"type":"table","format":"gpt","partitions":[]}}}}"#,
+    );
     assert_clean_failure(&build(&legacy, &out, &[]), "disk.main.content: unsupported type \"table\"", &out);
     for group in ["mdadm", "zpool", "lvm_vg"] {
-        let spec = write_spec(tmp.path(), &format!("{group}.json"), &format!(r#"{{"disk":{{}},"{group}":{{"x":{{}}}}}}"#));
+        let spec =
+            write_spec(tmp.path(), &format!("{group}.json"), &format!(r#"{{"disk":{{}},"{group}":{{"x":{{}}}}}}"#));
         assert_clean_failure(&build(&spec, &out, &[]), &format!("{group}.x: unsupported type"), &out);
     }
     let bad_size = write_spec(tmp.path(), "size.json", &disk_with(r#""p":{"size":"12Q"}"#));
-    assert_clean_failure(&build(&bad_size, &out, &[]), "disk.main.content.partitions.p.size: malformed size \"12Q\"", &out);
+    assert_clean_failure(
+        &build(&bad_size, &out, &[]),
+        "disk.main.content.partitions.p.size: malformed size \"12Q\"",
+        &out,
+    );
     let too_big = write_spec(tmp.path(), "big.json", &disk_with(r#""a":{"size":"40M"},"b":{"size":"40M"}"#));
     assert_clean_failure(&build(&too_big, &out, &[]), "partition b does not fit", &out);
     let ok = repo().join("testdata/specs/gpt-swap.json");
@@ -246,7 +274,11 @@ fn bad_input_gives_one_line_and_leaves_nothing() {
     assert_clean_failure(&build(&ok, &no_out, &[]), "missing-dir", &out);
     assert!(!no_out.exists());
     // A failure in a writer after planning (a swap too small for mkswap) leaves no image.
-    let tiny = write_spec(tmp.path(), "tiny.json", &disk_with(r#""s":{"size":"20K","alignment":1,"content":{"type":"swap"}}"#));
+    let tiny = write_spec(
+        tmp.path(),
+        "tiny.json",
+        &disk_with(r#""s":{"size":"20K","alignment":1,"content":{"type":"swap"}}"#),
+    );
     assert_clean_failure(&build(&tiny, &out, &[]), "partition s", &out);
 }
 
