@@ -1,0 +1,150 @@
+//! Scanner, split and image tests against real host directories.
+
+use std::fs;
+use std::os::unix::fs::{symlink, FileExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use mkdisk_tree::{normalize_mountpoint, scan, split, Image, Kind, Meta, Region, ScanOptions, Timestamp, Tree};
+
+fn touch_mtime(p: &Path, secs: i64) {
+    let st = Command::new("touch").arg("-h").arg("-d").arg(format!("@{secs}")).arg(p).status().unwrap();
+    assert!(st.success());
+}
+
+fn sample(root: &Path) {
+    fs::create_dir_all(root.join("b/sub")).unwrap();
+    fs::create_dir_all(root.join("A")).unwrap();
+    fs::write(root.join("b/file"), b"hello").unwrap();
+    fs::hard_link(root.join("b/file"), root.join("A/link")).unwrap();
+    symlink("../b/file", root.join("A/sym")).unwrap();
+    fs::set_permissions(root.join("b/file"), fs::Permissions::from_mode(0o4755)).unwrap();
+    let f = fs::File::create(root.join("sparse")).unwrap();
+    f.set_len(10 << 20).unwrap();
+    f.write_all_at(b"x", 0).unwrap();
+    f.write_all_at(b"y", (10 << 20) - 1).unwrap();
+    Command::new("mkfifo").arg(root.join("fifo")).status().unwrap();
+    rustix::fs::setxattr(&root.join("b/file"), "user.k", b"v", rustix::fs::XattrFlags::empty())
+        .expect("the test directory must support user xattrs");
+    touch_mtime(&root.join("b/file"), 2_000_000_000);
+}
+
+#[test]
+fn scan_is_sorted_and_keeps_links_holes_and_modes() {
+    let tmp = tempfile::tempdir().unwrap();
+    sample(tmp.path());
+    let t = scan(tmp.path(), &ScanOptions::default()).unwrap();
+    let mut paths = Vec::new();
+    t.walk::<()>(|p, _, _| {
+        paths.push(String::from_utf8_lossy(p).into_owned());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(paths, ["/A", "/A/link", "/A/sym", "/b", "/b/file", "/b/sub", "/fifo", "/sparse"]);
+    let link = t.lookup(b"/A/link").unwrap();
+    assert_eq!(t.lookup(b"/b/file"), Some(link));
+    assert_eq!(t.inode(link).links, 2);
+    assert_eq!(t.inode(link).meta.perm, 0o4755);
+    assert_eq!(t.inode(link).meta.mtime, Timestamp::from_secs(2_000_000_000));
+    assert_eq!(t.inode(link).meta.uid, 0);
+    let x = &t.inode(link).meta.xattrs;
+    assert!(x.iter().any(|x| x.name == b"user.k" && x.value == b"v"), "{x:?}");
+    let sym = t.inode(t.lookup(b"/A/sym").unwrap());
+    assert_eq!(sym.kind, Kind::Symlink(b"../b/file".to_vec()));
+    assert_eq!(t.inode(t.lookup(b"/fifo").unwrap()).kind, Kind::Fifo);
+    let Kind::File(sp) = &t.inode(t.lookup(b"/sparse").unwrap()).kind else { panic!() };
+    assert_eq!(sp.size, 10 << 20);
+    assert!(sp.runs.len() >= 2, "holes not found: {:?}", sp.runs);
+    assert!(sp.data_bytes() < 1 << 20);
+}
+
+#[test]
+fn source_date_epoch_clamps_newer_mtimes_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    sample(tmp.path());
+    touch_mtime(&tmp.path().join("sparse"), 100);
+    let t = scan(tmp.path(), &ScanOptions { source_date_epoch: Some(1000), ..ScanOptions::default() }).unwrap();
+    assert_eq!(t.inode(t.lookup(b"/b/file").unwrap()).meta.mtime, Timestamp::from_secs(1000));
+    assert_eq!(t.inode(t.lookup(b"/sparse").unwrap()).meta.mtime, Timestamp::from_secs(100));
+}
+
+#[test]
+fn split_by_longest_prefix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = tmp.path();
+    fs::create_dir_all(r.join("boot/EFI")).unwrap();
+    fs::create_dir_all(r.join("nix/store/abc")).unwrap();
+    fs::create_dir_all(r.join("etc")).unwrap();
+    fs::write(r.join("boot/EFI/x"), b"1").unwrap();
+    fs::write(r.join("nix/store/abc/y"), b"2").unwrap();
+    fs::write(r.join("etc/z"), b"3").unwrap();
+    fs::hard_link(r.join("etc/z"), r.join("nix/z-link")).unwrap();
+    let t = scan(r, &ScanOptions::default()).unwrap();
+    let mounts: Vec<Vec<u8>> =
+        ["/", "/boot", "/nix/store", "/srv"].iter().map(|m| normalize_mountpoint(m).unwrap()).collect();
+    let s = split(&t, &mounts, &Meta::new(0o755)).unwrap();
+    let root = &s.trees[0];
+    assert!(root.lookup(b"/etc/z").is_some());
+    // Mount-point directories stay, empty.
+    assert!(root.inode(root.lookup(b"/boot").unwrap()).as_dir().unwrap().entries.is_empty());
+    assert!(root.inode(root.lookup(b"/nix/store").unwrap()).as_dir().unwrap().entries.is_empty());
+    // Cross-mount hard links become separate, but inside one mount they stay links.
+    assert_eq!(root.lookup(b"/etc/z"), root.lookup(b"/nix/z-link"));
+    assert!(s.trees[1].lookup(b"/EFI/x").is_some());
+    assert!(s.trees[2].lookup(b"/abc/y").is_some());
+    assert!(s.trees[3].root_is_empty());
+    assert!(s.unclaimed.is_empty());
+    // Without a "/" mount, the rest is reported as unclaimed.
+    let s = split(&t, &mounts[1..], &Meta::new(0o755)).unwrap();
+    let un: Vec<String> = s.unclaimed.iter().map(|u| String::from_utf8_lossy(u).into_owned()).collect();
+    assert_eq!(un, ["/etc", "/nix/z-link"]);
+    assert!(split(&t, &[b"/boot".to_vec(), b"/boot".to_vec()], &Meta::new(0o755)).is_err());
+    assert!(normalize_mountpoint("relative").is_err());
+    assert!(normalize_mountpoint("/a/../b").is_err());
+}
+
+#[test]
+fn builder_rejects_bad_names_and_duplicates() {
+    let mut t = Tree::new(Meta::new(0o755));
+    let root = mkdisk_tree::InodeId::ROOT;
+    assert!(t.add_dir(root, b"a/b", Meta::new(0o755)).is_err());
+    assert!(t.add_dir(root, b"..", Meta::new(0o755)).is_err());
+    assert!(t.add_dir(root, b"", Meta::new(0o755)).is_err());
+    let d = t.add_dir(root, b"d", Meta::new(0o755)).unwrap();
+    assert!(t.add_dir(root, b"d", Meta::new(0o755)).is_err());
+    assert!(t.add_hardlink(root, b"x", d).is_err());
+    let p = t.mkdir_p(b"/d/e/f", &Meta::new(0o700)).unwrap();
+    assert_eq!(t.lookup(b"d/e/f"), Some(p));
+}
+
+#[test]
+fn image_regions_are_bounded_and_failed_builds_leave_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("x.raw");
+    {
+        let img = Image::create(&path, 1 << 20).unwrap();
+        let r = img.region("p", 4096, 4096).unwrap();
+        r.write_at(0, &[1; 4096]).unwrap();
+        assert!(r.write_at(1, &[1; 4096]).is_err());
+        assert!(r.write_at(u64::MAX, &[1]).is_err());
+        assert!(img.region("q", 1 << 20, 1).is_err());
+        // Dropped without persist: nothing remains.
+    }
+    assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
+    let img = Image::create(&path, 1 << 20).unwrap();
+    let src = tmp.path().join("src");
+    fs::write(&src, vec![7u8; 100_000]).unwrap();
+    let r = img.region("p", 8192, 200_000).unwrap();
+    let f = fs::File::open(&src).unwrap();
+    r.copy_from_file(&f, &src, 10, 5, 99_990).unwrap();
+    assert!(r.copy_from_file(&f, &src, 10, 5, 100_000).is_err(), "short source must be an error");
+    img.persist().unwrap();
+    let bytes = fs::read(&path).unwrap();
+    assert_eq!(bytes.len(), 1 << 20);
+    assert!(bytes[8192 + 5..8192 + 5 + 99_990].iter().all(|&b| b == 7));
+    assert_eq!(bytes[8192 + 4], 0);
+    // Region over an arbitrary file.
+    let r = Region::from_file(Arc::new(fs::OpenOptions::new().write(true).read(true).open(&path).unwrap()), "w", 0, 10);
+    assert!(r.write_at(9, &[0, 0]).is_err());
+}
