@@ -25,7 +25,7 @@ fn sample(root: &Path) {
     f.write_all_at(b"x", 0).unwrap();
     f.write_all_at(b"y", (10 << 20) - 1).unwrap();
     Command::new("mkfifo").arg(root.join("fifo")).status().unwrap();
-    rustix::fs::setxattr(&root.join("b/file"), "user.k", b"v", rustix::fs::XattrFlags::empty())
+    rustix::fs::setxattr(root.join("b/file"), "user.k", b"v", rustix::fs::XattrFlags::empty())
         .expect("the test directory must support user xattrs");
     touch_mtime(&root.join("b/file"), 2_000_000_000);
 }
