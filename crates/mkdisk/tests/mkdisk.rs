@@ -301,3 +301,72 @@ fn minimal_toml_form_gets_disko_defaults() {
         "dc8a174a33432cd35e2b41f26e902a658bf8"
     );
 }
+
+#[test]
+fn every_buildable_layout_passes_sgdisk_and_fsck() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: Vec<(PathBuf, Option<PathBuf>, &str)> = vec![
+        (repo().join("testdata/example.toml"), Some(repo().join("testdata/root")), "main.raw"),
+        (repo().join("testdata/specs/esp-swap.json"), Some(repo().join("testdata/root")), "main.raw"),
+        (shared().join("disko/ext4-swap.json"), None, "vdb.raw"),
+    ];
+    for (i, (spec, root, name)) in cases.iter().enumerate() {
+        let out = tmp.path().join(format!("case{i}"));
+        std::fs::create_dir(&out).unwrap();
+        let mut extra = vec![];
+        if let Some(r) = root {
+            extra = vec!["--root", r.to_str().unwrap()];
+        }
+        assert_ok(&build(spec, &out, &extra));
+        let img = out.join(name);
+        let v = tool("sgdisk", &["-v", img.to_str().unwrap()]);
+        let vs = String::from_utf8_lossy(&v.stdout);
+        assert!(v.status.success() && vs.contains("No problems found"), "{}: {vs}", spec.display());
+        // Every filesystem partition passes its checker.
+        let s = sfdisk_json(&img);
+        let file = std::fs::File::open(&img).unwrap();
+        for p in s["partitiontable"]["partitions"].as_array().unwrap() {
+            let start = p["start"].as_u64().unwrap() * 512;
+            let size = p["size"].as_u64().unwrap() * 512;
+            let o = match p["type"].as_str().unwrap() {
+                "C12A7328-F81F-11D2-BA4B-00A0C93EC93B" => {
+                    use std::os::unix::fs::FileExt;
+                    let mut buf = vec![0u8; usize::try_from(size).unwrap()];
+                    file.read_exact_at(&mut buf, start).unwrap();
+                    let part = out.join("esp.img");
+                    std::fs::write(&part, &buf).unwrap();
+                    tool("fsck.fat", &["-n", "-v", part.to_str().unwrap()])
+                }
+                // e2fsprogs' unix I/O manager takes `file?offset=BYTES`.
+                "0FC63DAF-8483-4772-8E79-3D69D8477DE4" => {
+                    tool("e2fsck", &["-fn", &format!("{}?offset={start}", img.display())])
+                }
+                _ => continue,
+            };
+            assert!(o.status.success(), "{} of {}: {}", p["name"], spec.display(), String::from_utf8_lossy(&o.stdout));
+        }
+    }
+}
+
+#[test]
+fn example_image_is_reproducible_across_threads() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let spec = repo().join("testdata/example.toml");
+    let root = repo().join("testdata/root");
+    assert_ok(&build(&spec, a.path(), &["--root", root.to_str().unwrap(), "--threads", "1"]));
+    assert_ok(&build(&spec, b.path(), &["--root", root.to_str().unwrap(), "--threads", "2"]));
+    assert_eq!(sha256(&a.path().join("main.raw")), sha256(&b.path().join("main.raw")));
+}
+
+#[test]
+fn formats_not_written_yet_say_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let spec = write_spec(
+        tmp.path(),
+        "xfs.json",
+        &disk_with(r#""r":{"size":"100%","content":{"type":"filesystem","format":"xfs","mountpoint":"/"}}"#),
+    );
+    assert_clean_failure(&build(&spec, &out, &[]), "format \"xfs\" is not implemented yet", &out);
+}
