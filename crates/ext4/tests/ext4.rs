@@ -119,11 +119,23 @@ fn fixed_point(img: &Path) {
         let o = off.wrapping_sub(1024);
         (0x30..0x34).contains(&o) || (0x40..0x44).contains(&o) || (0x178..0x180).contains(&o) || (0x3FC..0x400).contains(&o)
     };
-    let a = fs::read(img).unwrap_or_default();
-    let b = fs::read(&copy).unwrap_or_default();
-    assert_eq!(a.len(), b.len());
-    let diffs: Vec<u64> = a.iter().zip(&b).enumerate().filter(|(_, (x, y))| x != y).map(|(i, _)| i as u64).collect();
-    let bad: Vec<&u64> = diffs.iter().filter(|&&o| !allowed(o)).take(10).collect();
+    let (mut fa, mut fb) = (fs::File::open(img).unwrap(), fs::File::open(&copy).unwrap());
+    assert_eq!(fa.metadata().unwrap().len(), fb.metadata().unwrap().len());
+    let (mut a, mut b) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut base = 0u64;
+    let mut bad = Vec::new();
+    loop {
+        let n = std::io::Read::read(&mut fa, &mut a).unwrap();
+        if n == 0 {
+            break;
+        }
+        std::io::Read::read_exact(&mut fb, &mut b[..n]).unwrap();
+        if a[..n] != b[..n] {
+            let offs = (0..n).filter(|&i| a[i] != b[i]).map(|i| base + i as u64);
+            bad.extend(offs.filter(|&o| !allowed(o)).take(10));
+        }
+        base += n as u64;
+    }
     assert!(bad.is_empty(), "e2fsck -fy changed bytes at {bad:?}");
     fs::remove_file(&copy).unwrap();
 }
@@ -359,4 +371,253 @@ fn huge_directories_and_link_groups() {
     assert!(a.contains("Links: 65000"), "{a}");
     let b = debugfs(&img, "stat /links/l69998");
     assert!(b.contains("Links: 5000"), "{b}");
+}
+
+/// Write `tree` with `threads` rayon threads and return the image hash.
+fn hash_with_threads(tree: &Tree, o: &Ext4Options, dir: &Path, threads: usize) -> String {
+    let img = dir.join(format!("t{threads}.img"));
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    pool.install(|| build(tree, o, &img)).unwrap();
+    let h = sha256(&img);
+    fs::remove_file(&img).unwrap();
+    h
+}
+
+#[test]
+fn reproducible_across_threads_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    for i in 0..200 {
+        let p = src.join(format!("f{i:03}"));
+        fs::write(&p, vec![i as u8; i * 1000]).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let mut tree = scan(&src, &ScanOptions { source_date_epoch: Some(1_700_000_000), ..Default::default() }).unwrap();
+    let sub = tree.add_dir(InodeId::ROOT, b"zz", meta(0o755, 3)).unwrap();
+    for i in 0..500 {
+        tree.add_file(sub, format!("generated-{i}").as_bytes(), FileData::from_bytes(vec![7u8; i * 10]), meta(0o600, 4))
+            .unwrap();
+    }
+    let o = opts(128 << 20);
+    let h1 = hash_with_threads(&tree, &o, dir.path(), 1);
+    let h2 = hash_with_threads(&tree, &o, dir.path(), 2);
+    let h8 = hash_with_threads(&tree, &o, dir.path(), 8);
+    let h8b = hash_with_threads(&tree, &o, dir.path(), 8);
+    assert_eq!(h1, h2);
+    assert_eq!(h1, h8);
+    assert_eq!(h8, h8b);
+    // The plan is a pure function too.
+    assert_eq!(plan(&tree, &o).unwrap(), plan(&tree, &o).unwrap());
+}
+
+#[test]
+fn poisoned_target_is_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = small_tree();
+    let img = dir.path().join("poison.img");
+    let size = 64u64 << 20;
+    {
+        let mut f = fs::File::create(&img).unwrap();
+        let chunk = vec![0xD1u8; 1 << 20];
+        for _ in 0..size >> 20 {
+            f.write_all(&chunk).unwrap();
+        }
+    }
+    let mut o = opts(size);
+    o.assume_zeroed = false;
+    let layout = plan(&tree, &o).unwrap();
+    let image = Image::open_existing(&img).unwrap();
+    write(&layout, &tree, &image.whole(), &NoProgress).unwrap();
+    drop(image);
+    fsck_clean(&img);
+    verify(&img);
+    fixed_point(&img);
+    readback(&img, &tree, 1 << 20);
+}
+
+#[test]
+fn errors_are_reported() {
+    // Content that does not fit says how much is needed.
+    let mut t = Tree::new(meta(0o755, 1));
+    t.add_file(InodeId::ROOT, b"big", FileData::from_bytes(vec![1u8; 8 << 20]), meta(0o644, 1)).unwrap();
+    match plan(&t, &opts(8 << 20)) {
+        Err(Ext4Error::DoesNotFit { needed_bytes, available_bytes }) => {
+            assert!(needed_bytes > available_bytes && needed_bytes > 8 << 20, "{needed_bytes} {available_bytes}")
+        }
+        other => panic!("expected DoesNotFit, got {other:?}"),
+    }
+    // Names over 255 bytes.
+    let mut t = Tree::new(meta(0o755, 1));
+    let d = t.add_dir(InodeId::ROOT, b"d", meta(0o755, 1)).unwrap();
+    t.add_file(d, &[b'x'; 256], FileData::from_bytes(&b""[..]), meta(0o644, 1)).unwrap();
+    match plan(&t, &opts(64 << 20)) {
+        Err(Ext4Error::NameTooLong { path, len: 256 }) => assert!(path.starts_with("/d/xxx"), "{path}"),
+        other => panic!("expected NameTooLong, got {other:?}"),
+    }
+    // Unreadable source files are named.
+    let mut t = Tree::new(meta(0o755, 1));
+    let missing = PathBuf::from("/nonexistent/mkdisk-ext4-test-source");
+    t.add_file(InodeId::ROOT, b"gone", FileData::dense(10, Source::Host(missing)), meta(0o644, 1)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let err = build(&t, &opts(64 << 20), &dir.path().join("x.img")).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/mkdisk-ext4-test-source"), "{err}");
+    // -N too small, too many inodes for the size.
+    let mut o = opts(64 << 20);
+    o.inode_count = Some(5);
+    assert!(matches!(plan(&small_tree(), &o), Err(Ext4Error::TooManyInodes { .. })));
+    // Symlink target too long.
+    let mut t = Tree::new(meta(0o755, 1));
+    t.add_symlink(InodeId::ROOT, b"l", &[b'a'; 4096], meta(0o777, 1)).unwrap();
+    assert!(matches!(plan(&t, &opts(64 << 20)), Err(Ext4Error::BadSymlink { len: 4096, .. })));
+}
+
+#[test]
+fn extra_args() {
+    let mut o = opts(64 << 20);
+    let args: Vec<String> = ["-L", "nixos", "-N", "20000", "-m", "0", "-I", "256"].iter().map(|s| s.to_string()).collect();
+    o.apply_extra_args(&args).unwrap();
+    assert_eq!(o.label.as_deref(), Some("nixos"));
+    assert_eq!(o.inode_count, Some(20000));
+    assert_eq!(o.reserved_percent, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("args.img");
+    build(&small_tree(), &o, &img).unwrap();
+    fsck_clean(&img);
+    let s = debugfs(&img, "stats");
+    assert!(s.contains("Filesystem volume name:   nixos"), "{s}");
+    assert!(s.contains("Reserved block count:     0\n"), "{s}");
+    let inodes: u32 = s.lines().find_map(|l| l.strip_prefix("Inode count:")).unwrap().trim().parse().unwrap();
+    assert!((20000..20000 + 16 * 16).contains(&inodes), "{inodes}");
+    for bad in [vec!["-O", "^has_journal"], vec!["-E", "x"], vec!["-L"], vec!["-I", "128"], vec!["-m", "x"]] {
+        let args: Vec<String> = bad.iter().map(|s| s.to_string()).collect();
+        let err = opts(1 << 20).apply_extra_args(&args).unwrap_err();
+        assert!(err.to_string().contains(bad[0]), "{err}");
+    }
+}
+
+#[test]
+fn flat_store_30000_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let n = std::env::var("MKDISK_FLAT_N").unwrap_or_else(|_| "30000".into());
+    let st = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/tools/make-flat-store.py"))
+        .arg(&src)
+        .arg(&n)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let tree = scan(&src, &ScanOptions::default()).unwrap();
+    let img = dir.path().join("flat.img");
+    build(&tree, &opts(2 << 30), &img).unwrap();
+    fsck_clean(&img);
+    fixed_point(&img);
+    let s = debugfs(&img, "stat /nix/store");
+    assert!(s.contains("Flags: 0x81000"), "{s}");
+    if std::env::var_os("MKDISK_HEAVY").is_some() {
+        verify(&img);
+        readback(&img, &tree, 1 << 20);
+    }
+}
+
+/// The Nix-store-shaped corpus (large; run with MKDISK_HEAVY=1).
+#[test]
+fn store_corpus() {
+    if std::env::var_os("MKDISK_HEAVY").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let st = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/tools/make-store-corpus.py"))
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let tree = scan(&src, &ScanOptions::default()).unwrap();
+    let img = dir.path().join("store.img");
+    let size = (tree.data_bytes() * 3 / 2 + (512 << 20)) / 4096 * 4096;
+    build(&tree, &opts(size), &img).unwrap();
+    fsck_clean(&img);
+    verify(&img);
+    fixed_point(&img);
+    readback(&img, &tree, u64::MAX);
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Dir,
+    File(usize, u8),
+    Sparse(u64),
+    Symlink(usize),
+    Hardlink(usize),
+    Special(u8),
+    Xattr(usize, usize),
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        2 => Just(Op::Dir),
+        4 => (0usize..20_000, any::<u8>()).prop_map(|(n, b)| Op::File(n, b)),
+        1 => (1u64..100_000_000).prop_map(Op::Sparse),
+        2 => (1usize..300).prop_map(Op::Symlink),
+        1 => (0usize..1000).prop_map(Op::Hardlink),
+        1 => (0u8..4).prop_map(Op::Special),
+        1 => (1usize..40, 0usize..1500).prop_map(|(n, v)| Op::Xattr(n, v)),
+    ]
+}
+
+fn random_tree(ops: &[(usize, String, Op)]) -> Tree {
+    let mut t = Tree::new(meta(0o755, 1));
+    let mut dirs = vec![InodeId::ROOT];
+    let mut files = Vec::new();
+    for (i, (d, name, op)) in ops.iter().enumerate() {
+        let dir = dirs[d % dirs.len()];
+        let name = name.as_bytes();
+        let m = meta(0o640, i as i64);
+        let r = match op {
+            Op::Dir => t.add_dir(dir, name, m).map(|id| dirs.push(id)),
+            Op::File(n, b) => t.add_file(dir, name, FileData::from_bytes(vec![*b; *n]), m).map(|id| files.push(id)),
+            Op::Sparse(size) => {
+                let data: Vec<u8> = (0..*size.min(&20_000)).map(|x| x as u8).collect();
+                let len = data.len() as u64;
+                let fd = FileData { size: len, source: Source::Bytes(data.into()), runs: vec![DataRun { offset: len / 2, len: len - len / 2 }] };
+                t.add_file(dir, name, fd, m).map(|id| files.push(id))
+            }
+            Op::Symlink(n) => t.add_symlink(dir, name, &vec![b'q'; *n], meta(0o777, 1)).map(|_| ()),
+            Op::Hardlink(k) if !files.is_empty() => t.add_hardlink(dir, name, files[k % files.len()]),
+            Op::Hardlink(_) => Ok(()),
+            Op::Special(k) => {
+                let kind = match k {
+                    0 => Kind::Fifo,
+                    1 => Kind::Socket,
+                    2 => Kind::CharDev(makedev(4, 64)),
+                    _ => Kind::BlockDev(makedev(8, 1)),
+                };
+                t.add(dir, name, kind, m).map(|_| ())
+            }
+            Op::Xattr(n, v) => {
+                let mut m = m;
+                m.xattrs = (0..(*n).min(3)).map(|j| Xattr { name: format!("user.k{j}-{n}").into_bytes(), value: vec![b'v'; v / (j + 1)] }).collect();
+                t.add_file(dir, name, FileData::from_bytes(&b"x"[..]), m).map(|id| files.push(id))
+            }
+        };
+        let _ = r;
+    }
+    t
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 12, ..Default::default() })]
+    #[test]
+    fn random_trees_are_clean(ops in proptest::collection::vec((0usize..50, "[a-z0-9._-]{1,40}", op()), 1..300)) {
+        let tree = random_tree(&ops);
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("p.img");
+        build(&tree, &opts(64 << 20), &img).unwrap();
+        fsck_clean(&img);
+        verify(&img);
+    }
 }
