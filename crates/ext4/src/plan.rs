@@ -601,10 +601,8 @@ pub fn plan(tree: &Tree, opts: &Ext4Options) -> Result<Ext4Layout, Ext4Error> {
                 for &(s, e) in &ranges {
                     let pieces = al.alloc(e - s);
                     data_blocks += e - s;
-                    push_extents(&mut exts, s, &pieces).ok_or_else(|| Ext4Error::FileTooLarge {
-                        path: path(),
-                        reason: "larger than 16 TiB".into(),
-                    })?;
+                    push_extents(&mut exts, s, &pieces)
+                        .ok_or_else(|| Ext4Error::FileTooLarge { path: path(), reason: "larger than 16 TiB".into() })?;
                 }
                 p.fields.blocks_512 = data_blocks * (BS / 512);
                 finish_extents(p, seed, ino, &exts, &mut al)
@@ -743,7 +741,8 @@ pub fn plan(tree: &Tree, opts: &Ext4Options) -> Result<Ext4Layout, Ext4Error> {
 
 /// Build the extent root (and tree blocks, allocated now) for `exts`.
 fn finish_extents(p: &mut PInode, seed: u32, ino: u32, exts: &[Extent], al: &mut Alloc) -> Result<(), String> {
-    let n = extent::tree_blocks(exts.len()).ok_or_else(|| format!("{} extents need a tree deeper than 2", exts.len()))?;
+    let n =
+        extent::tree_blocks(exts.len()).ok_or_else(|| format!("{} extents need a tree deeper than 2", exts.len()))?;
     let blocks = al.blocks(n as u64);
     if blocks.len() != n {
         // Out of space: the caller reports DoesNotFit from the overflow count.

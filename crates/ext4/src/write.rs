@@ -16,7 +16,11 @@ use crate::{bitmap, dir, htree, journal, xattr, Ext4Error, Ext4Layout, BLOCKS_PE
 fn check_plan(layout: &Ext4Layout, tree: &Tree, region: &Region) -> Result<(), Ext4Error> {
     let bad = |m: String| Err(Ext4Error::BadPlan(m));
     if region.len() < layout.size_bytes() {
-        return bad(format!("region of {} bytes is smaller than the filesystem ({})", region.len(), layout.size_bytes()));
+        return bad(format!(
+            "region of {} bytes is smaller than the filesystem ({})",
+            region.len(),
+            layout.size_bytes()
+        ));
     }
     let mut all: Vec<(u64, u64)> = Vec::new();
     for (i, p) in layout.inodes.iter().enumerate() {
@@ -62,7 +66,13 @@ fn check_plan(layout: &Ext4Layout, tree: &Tree, region: &Region) -> Result<(), E
     Ok(())
 }
 
-fn write_file(layout: &Ext4Layout, tree: &Tree, region: &Region, p: &PInode, progress: &dyn Progress) -> Result<(), Ext4Error> {
+fn write_file(
+    layout: &Ext4Layout,
+    tree: &Tree,
+    region: &Region,
+    p: &PInode,
+    progress: &dyn Progress,
+) -> Result<(), Ext4Error> {
     let Body::File { tree: t, extents } = &p.body else { return Ok(()) };
     let Kind::File(fd) = &tree.inode(*t).kind else { return Ok(()) };
     let _ = layout;

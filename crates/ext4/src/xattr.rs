@@ -109,8 +109,7 @@ pub(crate) fn layout(attrs: &[Xattr]) -> Result<XattrLayout, String> {
             return Err(format!("xattr name {:?} is longer than 255 bytes", String::from_utf8_lossy(&a.name)));
         }
         let value = if index == 2 || index == 3 {
-            acl_to_disk(&a.value)
-                .ok_or_else(|| format!("{}: not a POSIX ACL", String::from_utf8_lossy(&a.name)))?
+            acl_to_disk(&a.value).ok_or_else(|| format!("{}: not a POSIX ACL", String::from_utf8_lossy(&a.name)))?
         } else {
             a.value.clone()
         };

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use mkdisk_ext4::{plan, write, Ext4Error, Ext4Options};
-use mkdisk_tree::{scan, DataRun, FileData, Image, InodeId, Kind, Meta, NoProgress, ScanOptions, Source, Timestamp, Tree, Xattr};
+use mkdisk_tree::{
+    scan, DataRun, FileData, Image, InodeId, Kind, Meta, NoProgress, ScanOptions, Source, Timestamp, Tree, Xattr,
+};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -117,7 +119,10 @@ fn fixed_point(img: &Path) {
     assert_eq!(out.status.code(), Some(0), "e2fsck -fy changed something:\n{}", String::from_utf8_lossy(&out.stdout));
     let allowed = |off: u64| {
         let o = off.wrapping_sub(1024);
-        (0x30..0x34).contains(&o) || (0x40..0x44).contains(&o) || (0x178..0x180).contains(&o) || (0x3FC..0x400).contains(&o)
+        (0x30..0x34).contains(&o)
+            || (0x40..0x44).contains(&o)
+            || (0x178..0x180).contains(&o)
+            || (0x3FC..0x400).contains(&o)
     };
     let (mut fa, mut fb) = (fs::File::open(img).unwrap(), fs::File::open(&copy).unwrap());
     assert_eq!(fa.metadata().unwrap().len(), fb.metadata().unwrap().len());
@@ -190,7 +195,8 @@ fn listing(img: &Path, tree: &Tree) -> std::collections::BTreeMap<(String, Strin
 fn readback(img: &Path, tree: &Tree, max_content: u64) {
     let list = listing(img, tree);
     let out = tempfile::tempdir().unwrap();
-    let r = Command::new("debugfs").arg("-R").arg(format!("rdump / {}", out.path().display())).arg(img).output().unwrap();
+    let r =
+        Command::new("debugfs").arg("-R").arg(format!("rdump / {}", out.path().display())).arg(img).output().unwrap();
     assert!(r.status.success());
     let mut groups: std::collections::BTreeMap<InodeId, std::collections::BTreeSet<u32>> = Default::default();
     let mut checked = 0;
@@ -280,7 +286,10 @@ fn edge_tree(scratch: &Path) -> Tree {
     t.add(r, b"nvme", Kind::BlockDev(makedev(259, 70000)), meta(0o660, 6)).unwrap();
     let mut m = meta(0o755, 7);
     m.xattrs = vec![
-        Xattr { name: b"security.capability".to_vec(), value: vec![1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] },
+        Xattr {
+            name: b"security.capability".to_vec(),
+            value: vec![1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        },
         Xattr { name: b"user.small".to_vec(), value: b"x".to_vec() },
     ];
     t.add_file(r, b"ping", FileData::from_bytes(&b"\x7fELF"[..]), m).unwrap();
@@ -309,12 +318,14 @@ fn edge_tree(scratch: &Path) -> Tree {
     let mid = t.add_dir(r, b"mid", meta(0o755, 11)).unwrap();
     for i in 0..3000 {
         let data: Vec<u8> = format!("file {i}\n").into_bytes();
-        t.add_file(mid, format!("some-longer-file-name-{i:05}").as_bytes(), FileData::from_bytes(data), meta(0o444, 1)).unwrap();
+        t.add_file(mid, format!("some-longer-file-name-{i:05}").as_bytes(), FileData::from_bytes(data), meta(0o444, 1))
+            .unwrap();
     }
     let frag = (0..12u64).map(|i| DataRun { offset: i * 2 * 4096, len: 4096 }).collect();
     let bytes: Vec<u8> = (0..24 * 4096u32).map(|i| if (i / 4096) % 2 == 0 { (i % 251) as u8 } else { 0 }).collect();
     let size = bytes.len() as u64;
-    t.add_file(r, b"fragmented", FileData { size, source: Source::Bytes(bytes.into()), runs: frag }, meta(0o644, 12)).unwrap();
+    t.add_file(r, b"fragmented", FileData { size, source: Source::Bytes(bytes.into()), runs: frag }, meta(0o644, 12))
+        .unwrap();
     t
 }
 
@@ -351,8 +362,13 @@ fn huge_directories_and_link_groups() {
     let mut t = Tree::new(meta(0o755, 1));
     let big = t.add_dir(InodeId::ROOT, b"big", meta(0o755, 1)).unwrap();
     for i in 0..100_000 {
-        t.add_file(big, format!("entry-{i:06}-with-padding").as_bytes(), FileData::from_bytes(&b""[..]), meta(0o444, 1))
-            .unwrap();
+        t.add_file(
+            big,
+            format!("entry-{i:06}-with-padding").as_bytes(),
+            FileData::from_bytes(&b""[..]),
+            meta(0o444, 1),
+        )
+        .unwrap();
     }
     let links = t.add_dir(InodeId::ROOT, b"links", meta(0o755, 1)).unwrap();
     let target = t.add_file(links, b"a-target", FileData::from_bytes(&b"shared\n"[..]), meta(0o444, 1)).unwrap();
@@ -396,8 +412,13 @@ fn reproducible_across_threads_and_runs() {
     let mut tree = scan(&src, &ScanOptions { source_date_epoch: Some(1_700_000_000), ..Default::default() }).unwrap();
     let sub = tree.add_dir(InodeId::ROOT, b"zz", meta(0o755, 3)).unwrap();
     for i in 0..500 {
-        tree.add_file(sub, format!("generated-{i}").as_bytes(), FileData::from_bytes(vec![7u8; i * 10]), meta(0o600, 4))
-            .unwrap();
+        tree.add_file(
+            sub,
+            format!("generated-{i}").as_bytes(),
+            FileData::from_bytes(vec![7u8; i * 10]),
+            meta(0o600, 4),
+        )
+        .unwrap();
     }
     let o = opts(128 << 20);
     let h1 = hash_with_threads(&tree, &o, dir.path(), 1);
@@ -475,7 +496,8 @@ fn errors_are_reported() {
 #[test]
 fn extra_args() {
     let mut o = opts(64 << 20);
-    let args: Vec<String> = ["-L", "nixos", "-N", "20000", "-m", "0", "-I", "256"].iter().map(|s| s.to_string()).collect();
+    let args: Vec<String> =
+        ["-L", "nixos", "-N", "20000", "-m", "0", "-I", "256"].iter().map(|s| s.to_string()).collect();
     o.apply_extra_args(&args).unwrap();
     assert_eq!(o.label.as_deref(), Some("nixos"));
     assert_eq!(o.inode_count, Some(20000));
@@ -583,7 +605,11 @@ fn random_tree(ops: &[(usize, String, Op)]) -> Tree {
             Op::Sparse(size) => {
                 let data: Vec<u8> = (0..*size.min(&20_000)).map(|x| x as u8).collect();
                 let len = data.len() as u64;
-                let fd = FileData { size: len, source: Source::Bytes(data.into()), runs: vec![DataRun { offset: len / 2, len: len - len / 2 }] };
+                let fd = FileData {
+                    size: len,
+                    source: Source::Bytes(data.into()),
+                    runs: vec![DataRun { offset: len / 2, len: len - len / 2 }],
+                };
                 t.add_file(dir, name, fd, m).map(|id| files.push(id))
             }
             Op::Symlink(n) => t.add_symlink(dir, name, &vec![b'q'; *n], meta(0o777, 1)).map(|_| ()),
@@ -600,7 +626,9 @@ fn random_tree(ops: &[(usize, String, Op)]) -> Tree {
             }
             Op::Xattr(n, v) => {
                 let mut m = m;
-                m.xattrs = (0..(*n).min(3)).map(|j| Xattr { name: format!("user.k{j}-{n}").into_bytes(), value: vec![b'v'; v / (j + 1)] }).collect();
+                m.xattrs = (0..(*n).min(3))
+                    .map(|j| Xattr { name: format!("user.k{j}-{n}").into_bytes(), value: vec![b'v'; v / (j + 1)] })
+                    .collect();
                 t.add_file(dir, name, FileData::from_bytes(&b"x"[..]), m).map(|id| files.push(id))
             }
         };
