@@ -1,0 +1,300 @@
+//! mkdisk-btrfs: builds a complete single-device btrfs filesystem from
+//! [`mkdisk_tree::Tree`]s in one pass, without root and without `mkfs.btrfs`.
+//!
+//! Layout: data SINGLE, metadata and system DUP, nodesize 16 KiB, sectorsize 4 KiB, the
+//! mkfs.btrfs 6.14 default features (mixed-backref, big-metadata, extref, skinny-metadata,
+//! no-holes, free-space-tree) and crc32c, xxhash64, sha256 or blake2b checksums. Subvolumes
+//! get their own fs trees, linked into their parents with `ROOT_REF`/`ROOT_BACKREF`; file data
+//! may be zstd-compressed (one frame per ≤ 128 KiB extent, window ≤ 128 KiB).
+//!
+//! [`plan`] decides every object id, logical/physical address, tree block and item. To learn
+//! compressed sizes it compresses every candidate 128 KiB chunk in parallel and keeps only the
+//! sizes; it also reads the bytes of inline files (≤ 2048 bytes), which become metadata.
+//! [`write`] checks the plan, writes (and re-compresses, deterministically) the data in
+//! parallel with rayon while checksumming it, then the metadata blocks of every tree on both
+//! DUP stripes, and the superblocks last. Memory stays bounded: per thread one 1 MiB (or one
+//! 128 KiB compressed) buffer, plus the metadata and one checksum per data sector.
+//!
+//! The crate sits between `mkdisk-tree` (below) and the `mkdisk` binary (above); it depends on
+//! no other writer. See `docs/btrfs.md` for the on-disk reference.
+
+mod chunk;
+mod csum;
+mod extent;
+mod items;
+mod le;
+mod node;
+mod plan;
+mod source;
+mod superblock;
+mod write;
+
+use mkdisk_tree::{ImageError, Tree, TreeError};
+use uuid::Uuid;
+
+pub use chunk::Chunk;
+pub use csum::CsumType;
+pub use plan::{plan, BtrfsLayout};
+pub use write::write;
+
+/// `nodesize`.
+pub const NODESIZE: u64 = 16384;
+/// `sectorsize`.
+pub const SECTORSIZE: u64 = 4096;
+/// `BTRFS_STRIPE_LEN`.
+pub(crate) const STRIPE_LEN: u64 = 65536;
+/// `BTRFS_LEAF_DATA_SIZE` for 16 KiB nodes.
+pub(crate) const LEAF_DATA_SIZE: usize = 16283;
+/// The one generation every block and item carries.
+pub(crate) const GENERATION: u64 = 1;
+/// Largest file stored inline (the kernel's default `max_inline`).
+pub const MAX_INLINE: u64 = 2048;
+/// `BTRFS_MAX_UNCOMPRESSED`: the most file bytes one compressed extent covers.
+pub const MAX_COMPRESSED_CHUNK: u64 = 128 * 1024;
+
+/// zstd compression settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compress {
+    /// zstd at `level` (1..=15). `force` = `compress-force`: keep every chunk that saves a
+    /// sector; otherwise a file whose first chunk does not compress is stored raw (the
+    /// kernel's NOCOMPRESS heuristic, simplified).
+    Zstd {
+        /// zstd level, 1..=15.
+        level: i32,
+        /// `compress-force`.
+        force: bool,
+    },
+}
+
+/// Default zstd level (kernel and mkfs).
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// One subvolume to create.
+#[derive(Clone, Debug)]
+pub struct SubvolSpec {
+    /// Path relative to the top level (`root`, `@home`, `a/b`; leading `/` allowed).
+    pub path: String,
+    /// Its content.
+    pub tree: Tree,
+    /// Compression for its files (`None`: the filesystem default).
+    pub compress: Option<Compress>,
+}
+
+/// Options for one btrfs filesystem.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BtrfsOptions {
+    /// Size of the device (partition) in bytes; rounded down to sectors.
+    pub size_bytes: u64,
+    /// The filesystem UUID (`fsid`); device, chunk-tree and subvolume UUIDs are derived from it.
+    pub uuid: Uuid,
+    /// Label (at most 255 bytes).
+    pub label: Option<String>,
+    /// Seconds for root-item and internal-directory times (SOURCE_DATE_EPOCH or 0).
+    pub timestamp: i64,
+    /// Filesystem-wide compression for the top level and subvolumes without their own.
+    pub compress: Option<Compress>,
+    /// Checksum algorithm.
+    pub csum: CsumType,
+    /// Subvolume path to make the default (mounted without `subvol=`).
+    pub default_subvolume: Option<String>,
+}
+
+impl BtrfsOptions {
+    /// Defaults: no label, timestamp 0, no compression, crc32c, top level as default.
+    #[must_use]
+    pub fn new(size_bytes: u64, uuid: Uuid) -> Self {
+        BtrfsOptions {
+            size_bytes,
+            uuid,
+            label: None,
+            timestamp: 0,
+            compress: None,
+            csum: CsumType::Crc32c,
+            default_subvolume: None,
+        }
+    }
+
+    /// Apply mkfs.btrfs-style extra arguments: `-L`/`--label LABEL`, `--csum`/`--checksum
+    /// crc32c|xxhash|sha256|blake2`, `--compress zstd[:N]`, `-f`/`--force` (ignored), and the
+    /// defaults restated (`-m dup`, `-d single`, `-n 16384`, `-s 4096`). Also `--name=value`.
+    ///
+    /// # Errors
+    /// [`BtrfsError::BadArgument`] naming anything else, a missing or a bad value.
+    pub fn apply_extra_args(&mut self, args: &[String]) -> Result<(), BtrfsError> {
+        let bad = |arg: &str, reason: &str| BtrfsError::BadArgument { arg: arg.to_string(), reason: reason.to_string() };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let (flag, inline) = match a.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+                _ => (a.as_str(), None),
+            };
+            let (flag, inline) = match flag {
+                f if f.len() > 2 && f.starts_with('-') && !f.starts_with("--") && inline.is_none() => {
+                    (&f[..2], Some(f[2..].to_string()))
+                }
+                f => (f, inline),
+            };
+            if matches!(flag, "-f" | "--force") {
+                if inline.is_some() {
+                    return Err(bad(a, "takes no value"));
+                }
+                continue;
+            }
+            let known = matches!(
+                flag,
+                "-L" | "--label" | "--csum" | "--checksum" | "-c" | "--compress" | "-m" | "--metadata" | "-d" | "--data"
+                    | "-n" | "--nodesize" | "-s" | "--sectorsize"
+            );
+            if !known {
+                return Err(bad(a, "unsupported mkfs.btrfs option (supported: -L, --csum, --compress, -f)"));
+            }
+            let value = match inline {
+                Some(v) => v,
+                None => it.next().ok_or_else(|| bad(a, "missing value"))?.clone(),
+            };
+            match flag {
+                "-L" | "--label" => {
+                    if value.len() > 255 {
+                        return Err(bad(a, "label longer than 255 bytes"));
+                    }
+                    self.label = Some(value);
+                }
+                "--csum" | "--checksum" => {
+                    self.csum = CsumType::from_name(&value).ok_or_else(|| bad(a, "unknown checksum type"))?;
+                }
+                "-c" | "--compress" => {
+                    self.compress = parse_compress(&value, false).map_err(|r| bad(a, &r))?;
+                }
+                "-m" | "--metadata" if value.eq_ignore_ascii_case("dup") => {}
+                "-d" | "--data" if value.eq_ignore_ascii_case("single") => {}
+                "-n" | "--nodesize" if value == "16384" || value.eq_ignore_ascii_case("16k") => {}
+                "-s" | "--sectorsize" if value == "4096" || value.eq_ignore_ascii_case("4k") => {}
+                _ => return Err(bad(a, "only the defaults are supported (-m dup, -d single, -n 16384, -s 4096)")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parse `zstd`, `zstd:N`; `no`/`none` and other algorithms give `None` (stored raw).
+fn parse_compress(value: &str, force: bool) -> Result<Option<Compress>, String> {
+    let (alg, level) = match value.split_once(':') {
+        Some((a, l)) => (a, Some(l)),
+        None => (value, None),
+    };
+    if alg != "zstd" {
+        return Ok(None);
+    }
+    let level = match level {
+        None => DEFAULT_ZSTD_LEVEL,
+        Some(l) => {
+            let n: i32 = l.parse().map_err(|_| format!("bad zstd level {l:?}"))?;
+            match n {
+                0 => DEFAULT_ZSTD_LEVEL,
+                1..=15 => n,
+                _ => return Err(format!("zstd level {n} outside 1..=15")),
+            }
+        }
+    };
+    Ok(Some(Compress::Zstd { level, force }))
+}
+
+/// The compression a set of mount options asks for: `compress=zstd[:N]`,
+/// `compress-force=zstd[:N]` (also inside comma-separated lists). Other options, and other
+/// algorithms, are ignored (their files are stored uncompressed). The last one wins.
+///
+/// # Errors
+/// [`BtrfsError::BadArgument`] for a zstd level that is not a number in 0..=15.
+pub fn parse_mount_options(opts: &[String]) -> Result<Option<Compress>, BtrfsError> {
+    let mut out = None;
+    for o in opts.iter().flat_map(|o| o.split(',')) {
+        let (force, value) = if let Some(v) = o.strip_prefix("compress-force=") {
+            (true, v)
+        } else if let Some(v) = o.strip_prefix("compress=") {
+            (false, v)
+        } else {
+            continue;
+        };
+        out = parse_compress(value, force)
+            .map_err(|reason| BtrfsError::BadArgument { arg: o.to_string(), reason })?;
+    }
+    Ok(out)
+}
+
+/// Errors from planning or writing a btrfs filesystem.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BtrfsError {
+    /// The content does not fit the partition.
+    #[error("btrfs content needs {needed} bytes but the partition has {available} bytes")]
+    ContentTooLarge {
+        /// Bytes needed (data, metadata and the reserved first MiB).
+        needed: u64,
+        /// Partition size.
+        available: u64,
+    },
+    /// A file name longer than 255 bytes.
+    #[error("{path}: name is {len} bytes long (btrfs allows 255)")]
+    NameTooLong {
+        /// Path of the entry.
+        path: String,
+        /// Name length.
+        len: usize,
+    },
+    /// An extended attribute btrfs cannot hold.
+    #[error("{path}: xattr {name:?} is too large or its name too long")]
+    XattrTooLarge {
+        /// Path of the inode.
+        path: String,
+        /// Attribute name.
+        name: String,
+    },
+    /// A symlink target longer than 4095 bytes.
+    #[error("{path}: symlink target is {len} bytes long (at most 4095)")]
+    SymlinkTooLong {
+        /// Path of the link.
+        path: String,
+        /// Target length.
+        len: usize,
+    },
+    /// Two subvolumes with the same path.
+    #[error("subvolume {path:?} is given twice")]
+    DuplicateSubvolume {
+        /// The path.
+        path: String,
+    },
+    /// A subvolume path that cannot be created.
+    #[error("subvolume {path:?}: {reason}")]
+    BadSubvolume {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// An unsupported or malformed mkfs argument or mount option.
+    #[error("btrfs option {arg:?}: {reason}")]
+    BadArgument {
+        /// The argument.
+        arg: String,
+        /// Why.
+        reason: String,
+    },
+    /// Reading a source file failed.
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    /// Writing the image failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// zstd failed.
+    #[error("zstd compression of {path}: {message}")]
+    Compress {
+        /// The source.
+        path: String,
+        /// The error.
+        message: String,
+    },
+    /// The region given to `write` does not match the plan, or a plan check failed.
+    #[error("btrfs plan check failed: {0}")]
+    Plan(String),
+}
