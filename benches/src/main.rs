@@ -127,7 +127,7 @@ fn sh_quote(p: &Path) -> String {
 
 /// A single-partition layout holding `format` at `/`, sized for `bytes` of content.
 fn layout(format: &str, bytes: u64, mount_options: &str) -> String {
-    let mib = (bytes * 3 / 2 >> 20) + 256;
+    let mib = ((bytes * 3 / 2) >> 20) + 256;
     format!(
         r#"{{"disk":{{"bench":{{"imageSize":"{}M","content":{{"type":"gpt","partitions":{{"fs":{{"size":"100%","content":{{"type":"filesystem","format":"{format}","mountpoint":"/","mountOptions":[{mount_options}]}}}}}}}}}}}}}}"#,
         mib + 2
@@ -214,7 +214,7 @@ fn cases(a: &Args, corpora: &[(String, PathBuf)]) -> Result<Vec<Case>> {
             };
             let spec = specs.join(format!("{fs}-{cname}.json"));
             std::fs::write(&spec, layout(format, bytes, mo))?;
-            let size_mib = (bytes * 3 / 2 >> 20) + 256;
+            let size_mib = ((bytes * 3 / 2) >> 20) + 256;
             let mk = |threads: usize| {
                 format!(
                     "{} build {} --root {} --out \"$OUT\" --quiet --threads {threads}",
