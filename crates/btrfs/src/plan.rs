@@ -68,7 +68,7 @@ pub(crate) struct DataExtent {
 }
 
 /// The complete plan of one btrfs filesystem.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BtrfsLayout {
     pub(crate) fsid: [u8; 16],
     pub(crate) dev_uuid: [u8; 16],
@@ -84,6 +84,18 @@ pub struct BtrfsLayout {
     pub(crate) trees: Vec<PackedTree>,
     pub(crate) dev_item: Vec<u8>,
     pub(crate) sys_chunk_array: Vec<u8>,
+}
+
+impl std::fmt::Debug for BtrfsLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BtrfsLayout")
+            .field("total_bytes", &self.total_bytes)
+            .field("bytes_used", &self.bytes_used)
+            .field("chunks", &self.chunks)
+            .field("data_extents", &self.extents.len())
+            .field("tree_blocks", &self.tree_blocks())
+            .finish_non_exhaustive()
+    }
 }
 
 impl BtrfsLayout {
@@ -115,6 +127,20 @@ impl BtrfsLayout {
     #[must_use]
     pub fn compressed_extents(&self) -> usize {
         self.extents.iter().filter(|e| e.zstd.is_some()).count()
+    }
+
+    /// Every compressed extent as (byte offset in the partition, on-disk length, uncompressed
+    /// length), for verifying frames.
+    #[must_use]
+    pub fn compressed_extent_ranges(&self) -> Vec<(u64, u64, u64)> {
+        self.extents
+            .iter()
+            .filter(|e| e.zstd.is_some())
+            .filter_map(|e| {
+                let c = self.chunks.iter().find(|c| e.logical >= c.logical && e.logical < c.end())?;
+                Some((c.stripes[0] + (e.logical - c.logical), e.disk_len, e.ram_len))
+            })
+            .collect()
     }
 
     /// Number of tree blocks (each written twice: DUP).

@@ -2,10 +2,8 @@
 //! (`btrfs check --readonly --check-data-csum`, `btrfs restore`, `dump-tree`).
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
 use mkdisk_btrfs::{plan, write, BtrfsError, BtrfsLayout, BtrfsOptions, Compress, CsumType, SubvolSpec};
 use mkdisk_tree::{scan, DataRun, FileData, Image, InodeId, Kind, Meta, NoProgress, ScanOptions, Source, Timestamp, Tree, Xattr};
@@ -130,15 +128,14 @@ fn compare(tree: &Tree, dir: InodeId, host: &Path) -> usize {
             }
             _ => continue,
         }
-        if !matches!(ino.kind, Kind::Symlink(_)) {
+        // btrfs restore -x sets xattrs on regular files only.
+        if matches!(ino.kind, Kind::File(_)) {
             for x in &ino.meta.xattrs {
                 let name = String::from_utf8_lossy(&x.name).into_owned();
-                let out = Command::new("getfattr").args(["--only-values", "-h", "-n", &name]).arg(&p).output();
-                if let Ok(out) = out {
-                    if out.status.success() {
-                        assert_eq!(out.stdout, x.value, "{} xattr {name}", p.display());
-                    }
-                }
+                let mut buf = vec![0u8; 65536];
+                let n = rustix::fs::lgetxattr(&p, name.as_str(), &mut buf[..])
+                    .unwrap_or_else(|e| panic!("{} xattr {name}: {e}", p.display()));
+                assert_eq!(&buf[..n], &x.value[..], "{} xattr {name}", p.display());
             }
         }
     }
@@ -202,4 +199,218 @@ fn small_tree_check_clean_and_restores() {
     let out = tmp.path().join("out");
     restore(&img, None, &out);
     assert!(compare(&t, InodeId::ROOT, &out) >= 10);
+    // Things restore skips: devices (kernel rdev encoding), FIFOs, sockets, directory xattrs.
+    let fs5 = dump_tree(&img, Some("5"));
+    assert!(fs5.contains("mode 20666") && fs5.contains("rdev 1048579"), "char 1:3 → (1 << 20) | 3");
+    assert!(fs5.contains("mode 60660") && fs5.contains("rdev 7340032"), "block 7:0 → 7 << 20");
+    assert!(fs5.contains("mode 10644") && fs5.contains("mode 140644"));
+    assert!(fs5.contains("name: user.dir") && fs5.contains("transid 1 data_len 1 name_len 8"));
+    assert!(fs5.contains("mtime 1600000000.123456789"), "nanosecond mtime");
+}
+
+fn restore_compare(img: &Path, root: Option<u64>, tree: &Tree, tmp: &Path, name: &str) -> usize {
+    let out = tmp.join(name);
+    restore(img, root, &out);
+    compare(tree, InodeId::ROOT, &out)
+}
+
+/// Read every zstd extent the plan made from the image and decode it the way the kernel does:
+/// one frame, window log at most 17, output ≤ 128 KiB.
+fn kernel_zstd_rules(layout: &BtrfsLayout, img: &Path) -> usize {
+    use std::os::unix::fs::FileExt as _;
+    let f = fs::File::open(img).unwrap();
+    let mut n = 0;
+    for (phys, disk_len, ram_len) in layout.compressed_extent_ranges() {
+        let mut buf = vec![0u8; usize::try_from(disk_len).unwrap()];
+        f.read_exact_at(&mut buf, phys).unwrap();
+        assert_eq!(&buf[..4], &[0x28, 0xB5, 0x2F, 0xFD], "zstd magic at {phys}");
+        let mut d = zstd::bulk::Decompressor::new().unwrap();
+        d.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(17)).unwrap();
+        let flen = zstd::zstd_safe::find_frame_compressed_size(&buf).unwrap_or_else(|e| panic!("frame at {phys}: {e}"));
+        assert!(buf[flen..].iter().all(|&b| b == 0), "padding after the frame at {phys}");
+        let out = d.decompress(&buf[..flen], 128 * 1024).unwrap_or_else(|e| panic!("frame at {phys}: {e}"));
+        assert!(out.len() as u64 <= ram_len && ram_len <= 128 * 1024);
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn compress_force_zstd_small_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("z.img");
+    let t = small_tree();
+    let mut o = opts(256 * MIB);
+    o.compress = mkdisk_btrfs::parse_mount_options(&["compress-force=zstd".to_string()]).unwrap();
+    let layout = build(&t, &[], &o, &img).unwrap();
+    assert!(layout.compressed_extents() > 0);
+    check_clean(&img);
+    assert!(kernel_zstd_rules(&layout, &img) > 0);
+    assert!(restore_compare(&img, None, &t, tmp.path(), "out") >= 10);
+    let super_dump = Command::new("btrfs").args(["inspect-internal", "dump-super"]).arg(&img).output().unwrap();
+    let s = String::from_utf8_lossy(&super_dump.stdout);
+    assert!(s.contains("COMPRESS_ZSTD"), "{s}");
+}
+
+#[test]
+fn compress_heuristic_keeps_incompressible_raw() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("c.img");
+    let mut t = Tree::new(meta(0o755));
+    // Pseudo-random (incompressible) data and compressible data.
+    let mut x = 0x1234_5678u32;
+    let noise: Vec<u8> = (0..600_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    t.add_file(InodeId::ROOT, b"noise", FileData::from_bytes(noise), meta(0o644)).unwrap();
+    t.add_file(InodeId::ROOT, b"text", FileData::from_bytes(b"abcdefgh".repeat(100_000)), meta(0o644)).unwrap();
+    let mut o = opts(128 * MIB);
+    o.compress = Some(Compress::Zstd { level: 3, force: false });
+    let layout = build(&t, &[], &o, &img).unwrap();
+    // "text" is 800,000 bytes in 7 chunks, all compressible; "noise" none.
+    assert_eq!(layout.compressed_extents(), 7);
+    check_clean(&img);
+    kernel_zstd_rules(&layout, &img);
+    restore_compare(&img, None, &t, tmp.path(), "out");
+}
+
+#[test]
+fn csum_types_check_clean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = small_tree();
+    for name in ["xxhash", "sha256", "blake2"] {
+        let img = tmp.path().join(format!("{name}.img"));
+        let mut o = opts(128 * MIB);
+        o.apply_extra_args(&["--csum".to_string(), name.to_string(), "-f".to_string()]).unwrap();
+        assert_ne!(o.csum, CsumType::Crc32c);
+        build(&t, &[], &o, &img).unwrap();
+        check_clean(&img);
+        restore_compare(&img, None, &t, tmp.path(), name);
+    }
+}
+
+fn tree_with(files: &[(&str, &[u8])]) -> Tree {
+    let mut t = Tree::new(meta(0o755));
+    for (path, data) in files {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let d = t.mkdir_p(dir.as_bytes(), &meta(0o755)).unwrap();
+        t.add_file(d, name.as_bytes(), FileData::from_bytes(data.to_vec()), meta(0o644)).unwrap();
+    }
+    t
+}
+
+/// The disko example: `/root` mounted at `/`, `/nix` with `compress=zstd`.
+#[test]
+fn disko_btrfs_subvolumes() {
+    let json: String = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/disko/btrfs-subvolumes.json")).unwrap();
+    assert!(json.contains("\"/nix\"") && json.contains("\"/root\"") && json.contains("compress=zstd"));
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("sub.img");
+    let root = tree_with(&[("etc/hostname", b"host\n"), ("etc/big", &bytes(500_000, 9)), ("home/u/.profile", b"x")]);
+    let nix = tree_with(&[("store/abc-hello/bin/hello", &b"#!/bin/sh\necho hello\n".repeat(20_000)), ("var/db", b"db")]);
+    let subs = vec![
+        SubvolSpec { path: "/root".into(), tree: root.clone(), compress: None },
+        SubvolSpec {
+            path: "/nix".into(),
+            tree: nix.clone(),
+            compress: mkdisk_btrfs::parse_mount_options(&["compress=zstd".into(), "noatime".into()]).unwrap(),
+        },
+    ];
+    let mut o = opts(512 * MIB);
+    o.apply_extra_args(&["-f".to_string()]).unwrap();
+    let layout = build(&Tree::new(meta(0o755)), &subs, &o, &img).unwrap();
+    assert!(layout.compressed_extents() > 0);
+    check_clean(&img);
+    kernel_zstd_rules(&layout, &img);
+    // Sorted paths: nix = 256, root = 257.
+    restore_compare(&img, Some(256), &nix, tmp.path(), "nix");
+    restore_compare(&img, Some(257), &root, tmp.path(), "root");
+    let rt = dump_tree(&img, Some("root"));
+    assert!(rt.contains("ROOT_REF 256") && rt.contains("ROOT_REF 257") && rt.contains("ROOT_BACKREF 5"), "{rt}");
+    let top = dump_tree(&img, Some("5"));
+    assert!(top.contains("name: nix") && top.contains("name: root"), "{top}");
+}
+
+#[test]
+fn nested_subvolumes_and_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("nested.img");
+    let top = tree_with(&[("readme", b"top level")]);
+    let a = tree_with(&[("file-a", b"a"), ("b/shadowed", b"gone")]);
+    let b = tree_with(&[("file-b", &bytes(10_000, 4))]);
+    let home = tree_with(&[("user/notes", b"notes")]);
+    let deep = tree_with(&[("x", b"x")]);
+    let subs = vec![
+        SubvolSpec { path: "a".into(), tree: a.clone(), compress: None },
+        SubvolSpec { path: "a/b".into(), tree: b.clone(), compress: Some(Compress::Zstd { level: 15, force: true }) },
+        SubvolSpec { path: "@home".into(), tree: home.clone(), compress: None },
+        SubvolSpec { path: "x/y/deep".into(), tree: deep.clone(), compress: None },
+    ];
+    let mut o = opts(256 * MIB);
+    o.default_subvolume = Some("@home".into());
+    build(&top, &subs, &o, &img).unwrap();
+    check_clean(&img);
+    // Ids in sorted path order: @home 256, a 257, a/b 258, x/y/deep 259.
+    restore_compare(&img, Some(256), &home, tmp.path(), "home");
+    restore_compare(&img, Some(258), &b, tmp.path(), "b");
+    restore_compare(&img, Some(259), &deep, tmp.path(), "deep");
+    let rt = dump_tree(&img, Some("root"));
+    assert!(rt.contains("ROOT_BACKREF 257"), "a/b's parent is a: {rt}");
+    assert!(rt.contains("location key (256 ROOT_ITEM 0)"), "default → @home: {rt}");
+    let s = Command::new("btrfs").args(["inspect-internal", "dump-super"]).arg(&img).output().unwrap();
+    assert!(String::from_utf8_lossy(&s.stdout).contains("DEFAULT_SUBVOL"));
+}
+
+#[test]
+fn subvolume_errors() {
+    let t = Tree::new(meta(0o755));
+    let sub = |p: &str| SubvolSpec { path: p.into(), tree: Tree::new(meta(0o755)), compress: None };
+    let o = opts(256 * MIB);
+    assert!(matches!(plan(&t, &[sub("a"), sub("/a/")], &o), Err(BtrfsError::DuplicateSubvolume { .. })));
+    assert!(matches!(plan(&t, &[sub("")], &o), Err(BtrfsError::BadSubvolume { .. })));
+    assert!(matches!(plan(&t, &[sub("../x")], &o), Err(BtrfsError::BadSubvolume { .. })));
+    let f = tree_with(&[("file", b"f")]);
+    assert!(matches!(plan(&f, &[sub("file")], &o), Err(BtrfsError::BadSubvolume { .. })));
+    let long = "n".repeat(256);
+    assert!(matches!(plan(&t, &[sub(&long)], &o), Err(BtrfsError::NameTooLong { .. })));
+    let mut o2 = opts(256 * MIB);
+    o2.default_subvolume = Some("nope".into());
+    assert!(matches!(plan(&t, &[sub("a")], &o2), Err(BtrfsError::BadSubvolume { .. })));
+}
+
+#[test]
+fn errors_are_named() {
+    // Content over the partition, with sizes.
+    let t = tree_with(&[("big", &bytes(60 * 1024 * 1024, 1))]);
+    match plan(&t, &[], &opts(64 * MIB)).map(|_| ()) {
+        Err(BtrfsError::ContentTooLarge { needed, available }) => assert!(needed > available && available == 64 * MIB),
+        other => panic!("expected ContentTooLarge, got {other:?}"),
+    }
+    // Names over 255 bytes.
+    let mut t = Tree::new(meta(0o755));
+    t.add_file(InodeId::ROOT, &[b'a'; 256], FileData::from_bytes(b"x".to_vec()), meta(0o644)).unwrap();
+    match plan(&t, &[], &opts(256 * MIB)).map(|_| ()) {
+        Err(e @ BtrfsError::NameTooLong { .. }) => assert!(e.to_string().contains("256 bytes")),
+        other => panic!("expected NameTooLong, got {other:?}"),
+    }
+    // Unsupported extraArgs.
+    let mut o = opts(256 * MIB);
+    let e = o.apply_extra_args(&["--mixed".to_string()]).unwrap_err();
+    assert!(e.to_string().contains("--mixed"), "{e}");
+    assert!(o.apply_extra_args(&["-m".into(), "raid1".into()]).is_err());
+    assert!(o.apply_extra_args(&["--csum".into(), "md5".into()]).is_err());
+    o.apply_extra_args(&["-L".into(), "nixos".into(), "--csum=xxhash".into(), "-f".into()]).unwrap();
+    assert_eq!(o.label.as_deref(), Some("nixos"));
+    assert_eq!(o.csum, CsumType::Xxhash64);
+    // Mount options.
+    let p = |v: &[&str]| mkdisk_btrfs::parse_mount_options(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    assert_eq!(p(&["compress-force=zstd"]).unwrap(), Some(Compress::Zstd { level: 3, force: true }));
+    assert_eq!(p(&["noatime,compress=zstd:7"]).unwrap(), Some(Compress::Zstd { level: 7, force: false }));
+    assert_eq!(p(&["defaults", "compress=lzo"]).unwrap(), None);
+    assert!(p(&["compress=zstd:99"]).is_err());
 }
