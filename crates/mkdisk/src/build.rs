@@ -225,8 +225,11 @@ pub fn split_sources(spec: &Spec, opts: &BuildOptions, warn: &mut dyn FnMut(Stri
         Ok(_) => return Err(BuildError::Root { path: root.clone(), message: "not a directory".into() }),
         Err(e) => return Err(BuildError::Root { path: root.clone(), message: e.to_string() }),
     }
-    let scan_opts =
-        ScanOptions { keep_owner: opts.keep_owner, source_date_epoch: opts.source_date_epoch, no_xattrs: false };
+    let scan_opts = ScanOptions {
+        keep_owner: opts.keep_owner,
+        source_date_epoch: opts.source_date_epoch,
+        ..ScanOptions::default()
+    };
     let tree = mkdisk_tree::scan(root, &scan_opts)?;
     let mounts: Vec<Vec<u8>> =
         targets.iter().map(|(_, m)| mkdisk_tree::normalize_mountpoint(m)).collect::<Result<_, _>>()?;
@@ -378,6 +381,15 @@ pub fn build(
         }
         fs_plans.push(v);
     }
+    let total: u64 = fs_plans
+        .iter()
+        .flatten()
+        .map(|p| match p {
+            FsPlan::Fat(_, t) | FsPlan::Ext4(_, t) => t.data_bytes(),
+            FsPlan::None | FsPlan::Swap(_) => 0,
+        })
+        .fold(0, u64::saturating_add);
+    progress.set_total(total);
     let mut pool = rayon::ThreadPoolBuilder::new();
     if let Some(n) = opts.threads {
         pool = pool.num_threads(n);

@@ -64,6 +64,10 @@ impl Progress for Bar {
     fn data_written(&self, bytes: u64) {
         self.0.inc(bytes);
     }
+
+    fn set_total(&self, bytes: u64) {
+        self.0.set_length(bytes);
+    }
 }
 
 fn read_spec(path: &PathBuf) -> anyhow::Result<Spec> {

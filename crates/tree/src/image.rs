@@ -40,6 +40,10 @@ impl Image {
             .tempfile_in(&dir)
             .map_err(|e| ImageError::Create { path: dir.clone(), source: e })?;
         let (file, tmp) = tmp.into_parts();
+        // Temporary files are created 0600; a finished image is an ordinary file.
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| ImageError::Create { path: path.to_path_buf(), source: e })?;
         file.set_len(size).map_err(|e| ImageError::Create { path: path.to_path_buf(), source: e })?;
         Ok(Image { file: Arc::new(file), tmp: Some(tmp), path: path.to_path_buf(), size })
     }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 pub use image::{open_source, read_file, Image, Region};
 pub use model::{DataRun, DirData, Entry, FileData, Inode, InodeId, Kind, Meta, Source, Timestamp, Tree, Xattr};
-pub use scan::{scan, scan_into, ScanOptions};
+pub use scan::{scan, scan_entry_into, scan_into, ScanOptions};
 pub use split::{is_under, normalize_mountpoint, split, Split};
 
 /// Errors from building or scanning a tree.
@@ -144,6 +144,10 @@ pub enum ImageError {
 pub trait Progress: Sync {
     /// `bytes` more bytes of file data were placed in the image.
     fn data_written(&self, bytes: u64);
+
+    /// The total number of file-data bytes the build will report (called once, before the
+    /// data phase, by the orchestrator).
+    fn set_total(&self, _bytes: u64) {}
 }
 
 /// A [`Progress`] that ignores everything.

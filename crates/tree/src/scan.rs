@@ -23,6 +23,10 @@ pub struct ScanOptions {
     pub source_date_epoch: Option<i64>,
     /// Skip extended attributes.
     pub no_xattrs: bool,
+    /// Apply the Nix store's canonical metadata (nix-store.md §5) instead of the host's:
+    /// directories and files with the owner-execute bit 0555, other files 0444, symlinks
+    /// 0777, mtime 1, root:root, no extended attributes. Overrides the options above.
+    pub store_canonical: bool,
 }
 
 /// Scan `dir` (which must be a directory) into a new tree.
@@ -49,7 +53,58 @@ pub fn scan_into(tree: &mut Tree, dir: InodeId, host: &Path, opts: &ScanOptions)
     scan_children(tree, dir, host, opts)
 }
 
+/// Add the host path `host` (a directory, file, symlink or special file) to directory `dir`
+/// of `tree` as `name`, with everything below it when it is a directory. Returns the new
+/// inode.
+///
+/// # Errors
+/// As [`scan`], or `name` already exists in `dir`.
+pub fn scan_entry_into(
+    tree: &mut Tree,
+    dir: InodeId,
+    name: &[u8],
+    host: &Path,
+    opts: &ScanOptions,
+) -> Result<InodeId, TreeError> {
+    let md = fs::symlink_metadata(host).map_err(|e| TreeError::io(host, e))?;
+    let meta = meta_of(host, &md, opts)?;
+    let kind = kind_of(host, &md)?;
+    let is_dir = matches!(kind, Kind::Dir(_));
+    let id = tree.add(dir, name, kind, meta)?;
+    if is_dir {
+        scan_children(tree, id, host, opts)?;
+    }
+    Ok(id)
+}
+
+fn kind_of(path: &Path, md: &fs::Metadata) -> Result<Kind, TreeError> {
+    let ft = md.file_type();
+    Ok(if ft.is_dir() {
+        Kind::Dir(DirData { parent: InodeId::ROOT, entries: Vec::new() })
+    } else if ft.is_file() {
+        let size = md.len();
+        let runs = data_runs(path, size, md)?;
+        Kind::File(FileData { size, source: Source::Host(path.to_path_buf()), runs })
+    } else if ft.is_symlink() {
+        let t = fs::read_link(path).map_err(|e| TreeError::io(path, e))?;
+        Kind::Symlink(t.as_os_str().as_bytes().to_vec())
+    } else if ft.is_char_device() {
+        Kind::CharDev(md.rdev())
+    } else if ft.is_block_device() {
+        Kind::BlockDev(md.rdev())
+    } else if ft.is_fifo() {
+        Kind::Fifo
+    } else if ft.is_socket() {
+        Kind::Socket
+    } else {
+        return Err(TreeError::UnsupportedType { path: path.display().to_string() });
+    })
+}
+
 fn meta_of(path: &Path, md: &fs::Metadata, opts: &ScanOptions) -> Result<Meta, TreeError> {
+    if opts.store_canonical {
+        return Ok(store_canonical_meta(md));
+    }
     let perm = u16::try_from(md.mode() & 0o7777).unwrap_or(0);
     let (uid, gid) = if opts.keep_owner { (md.uid(), md.gid()) } else { (0, 0) };
     let nsec = u32::try_from(md.mtime_nsec()).unwrap_or(0).min(999_999_999);
@@ -61,6 +116,19 @@ fn meta_of(path: &Path, md: &fs::Metadata, opts: &ScanOptions) -> Result<Meta, T
     }
     let xattrs = if opts.no_xattrs { Vec::new() } else { read_xattrs(path)? };
     Ok(Meta { perm, uid, gid, mtime, xattrs })
+}
+
+/// Nix's `canonicaliseTimestampAndPermissions` (plus root ownership and no xattrs).
+fn store_canonical_meta(md: &fs::Metadata) -> Meta {
+    let ft = md.file_type();
+    let perm = if ft.is_symlink() {
+        0o777
+    } else if ft.is_dir() || md.mode() & 0o100 != 0 {
+        0o555
+    } else {
+        0o444
+    };
+    Meta::new(perm).with_mtime(Timestamp::from_secs(1))
 }
 
 fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, TreeError> {
@@ -174,25 +242,9 @@ fn scan_children(tree: &mut Tree, dir: InodeId, host: &Path, opts: &ScanOptions)
                 }
             }
             let meta = meta_of(&path, &md, opts)?;
-            let kind = if ft.is_dir() {
-                Kind::Dir(DirData { parent: dir, entries: Vec::new() })
-            } else if ft.is_file() {
-                let size = md.len();
-                let runs = data_runs(&path, size, &md)?;
-                Kind::File(FileData { size, source: Source::Host(path.clone()), runs })
-            } else if ft.is_symlink() {
-                let t = fs::read_link(&path).map_err(|e| TreeError::io(&path, e))?;
-                Kind::Symlink(t.as_os_str().as_bytes().to_vec())
-            } else if ft.is_char_device() {
-                Kind::CharDev(md.rdev())
-            } else if ft.is_block_device() {
-                Kind::BlockDev(md.rdev())
-            } else if ft.is_fifo() {
-                Kind::Fifo
-            } else if ft.is_socket() {
-                Kind::Socket
-            } else {
-                return Err(TreeError::UnsupportedType { path: path.display().to_string() });
+            let kind = match kind_of(&path, &md)? {
+                Kind::Dir(_) => Kind::Dir(DirData { parent: dir, entries: Vec::new() }),
+                k => k,
             };
             let is_dir = matches!(kind, Kind::Dir(_));
             let id = if merging { tree.add(dir, &name, kind, meta)? } else { tree.add_sorted(dir, name, kind, meta)? };
