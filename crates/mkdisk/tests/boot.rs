@@ -1,0 +1,764 @@
+//! Proof by the kernel: boot Linux in QEMU (TCG, no root, no KVM) on an image written by
+//! `mkdisk build`, mount every partition read-only, list every entry with its sha256, mode,
+//! size and symlink target over a serial port, and compare with the source tree split by the
+//! layout's mount points.
+//!
+//! The parts (QEMU, OVMF, systemd-boot, busybox, a Debian kernel) come from Debian packages,
+//! fetched and cached by `tests/boot/harness.py` (see there). Where QEMU cannot be had the
+//! tests print `SKIPPED` loudly and return; with `CI=true` they fail instead.
+//!
+//! - `ovmf_boots_systemd_boot_from_our_esp`: OVMF → our FAT32 ESP → systemd-boot
+//!   (`EFI/BOOT/BOOTX64.EFI`, `loader/entries/test.conf`) → kernel + initramfs from the ESP;
+//!   the guest reads every partition.
+//! - `kernel_reads_every_file`: direct kernel boot (`-kernel/-initrd`, SeaBIOS) on the same
+//!   image; stands in for SeaBIOS → GRUB until GRUB BIOS embedding exists.
+//! - `altered_file_is_caught`: one file in the ext4 root and one in the ESP are changed in the
+//!   image after the build; the comparison must name exactly those two.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{symlink, FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn harness() -> PathBuf {
+    repo().join("tests/boot/harness.py")
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// QEMU or a part cannot be had: a loud skip, or a failure under CI.
+fn skip(why: &str) {
+    assert!(!in_ci(), "kernel boot test cannot run under CI=true: {why}");
+    let bar = "*".repeat(78);
+    eprintln!("\n{bar}\n*** SKIPPED: kernel boot test (not a pass): {why}\n{bar}\n");
+}
+
+/// Boots are serialized: TCG is CPU-bound and the machine is small.
+static BOOT: Mutex<()> = Mutex::new(());
+
+const HARNESS_UNAVAILABLE: i32 = 77;
+
+enum HarnessError {
+    Unavailable(String),
+    Failed(String),
+}
+
+fn run_harness(args: &[&str]) -> Result<String, HarnessError> {
+    let out = Command::new("python3")
+        .arg(harness())
+        .args(args)
+        .output()
+        .map_err(|e| HarnessError::Unavailable(format!("python3 not runnable: {e}")))?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    match out.status.code() {
+        Some(0) => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        Some(HARNESS_UNAVAILABLE) => Err(HarnessError::Unavailable(stderr)),
+        _ => Err(HarnessError::Failed(format!("harness {args:?} failed ({}):\n{stderr}", out.status))),
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The source tree
+
+/// Deterministic bytes (xorshift), not compressible.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+fn write(p: &Path, data: &[u8]) {
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, data).unwrap();
+}
+
+fn chmod(p: &Path, mode: u32) {
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Edge cases that FAT can hold too: empty files, cluster-boundary sizes, long and non-ASCII
+/// names, deep nesting, a multi-MiB file, and the marker file.
+fn portable_edges(d: &Path, marker: &str) {
+    write(&d.join("empty"), b"");
+    for (i, n) in [1usize, 511, 512, 513, 4095, 4096, 4097, 65536, 65537].iter().enumerate() {
+        write(&d.join(format!("size-{n}")), &noise(*n, i as u64 + 1));
+    }
+    write(&d.join("big.bin"), &noise(3 << 20, 99));
+    let long: String = "L".repeat(250) + ".long";
+    assert_eq!(long.len(), 255);
+    write(&d.join(&long), b"255-character name\n");
+    write(&d.join("names").join("Grüße ñ 日本語.txt"), "non-ASCII name\n".as_bytes());
+    write(&d.join("names").join("with  spaces and.dots.in.it"), b"spaces\n");
+    write(&d.join("names").join(".hidden"), b"dot file\n");
+    let mut deep = d.join("deep");
+    for i in 0..12 {
+        deep = deep.join(format!("level{i}"));
+    }
+    write(&deep.join("bottom.txt"), b"bottom\n");
+    fs::create_dir_all(d.join("empty-dir")).unwrap();
+    // The marker: unique in the image, so the negative test can find and alter it.
+    let mut m = marker.as_bytes().to_vec();
+    m.extend_from_slice(b"\n");
+    m.extend_from_slice(&noise(1000, 7));
+    write(&d.join("marker.txt"), &m);
+}
+
+/// Edge cases for POSIX filesystems (ext4, btrfs) on top of the portable ones.
+fn posix_edges(d: &Path, marker: &str) {
+    portable_edges(d, marker);
+    // Symlinks: fast (< 60 bytes), exactly 60, slow, dangling, to a directory, absolute.
+    symlink("empty", d.join("link-fast")).unwrap();
+    symlink("x".repeat(59), d.join("link-59")).unwrap();
+    symlink("y".repeat(60), d.join("link-60")).unwrap();
+    symlink("z/".repeat(500), d.join("link-slow")).unwrap();
+    symlink("/nix/store/does-not-exist", d.join("link-dangling")).unwrap();
+    symlink("deep/level0", d.join("link-dir")).unwrap();
+    // Hard links, across directories.
+    write(&d.join("hard/a"), b"three names, one inode\n");
+    fs::create_dir_all(d.join("hard/sub")).unwrap();
+    fs::hard_link(d.join("hard/a"), d.join("hard/b")).unwrap();
+    fs::hard_link(d.join("hard/a"), d.join("hard/sub/c")).unwrap();
+    // A sparse file: 64 MiB apparent, three 4 KiB extents of data.
+    {
+        let f = fs::File::create(d.join("sparse")).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.write_all_at(&noise(4096, 11), 0).unwrap();
+        f.write_all_at(&noise(4096, 12), 20 << 20).unwrap();
+        f.write_all_at(&noise(4096, 13), (64 << 20) - 4096).unwrap();
+    }
+    // 255-byte names for a directory and a symlink as well.
+    let long_dir = "D".repeat(255);
+    write(&d.join(&long_dir).join("inside"), b"in a 255-byte directory\n");
+    symlink("empty", d.join("S".repeat(255))).unwrap();
+    // A large directory (htree on ext4).
+    for i in 0..1500 {
+        write(&d.join("many").join(format!("entry-{i:05}-{}", "p".repeat(i % 40))), format!("{i}\n").as_bytes());
+    }
+    // Modes.
+    write(&d.join("modes/suid"), b"#!/bin/sh\n");
+    chmod(&d.join("modes/suid"), 0o4755);
+    write(&d.join("modes/sgid"), b"#!/bin/sh\n");
+    chmod(&d.join("modes/sgid"), 0o2711);
+    write(&d.join("modes/readonly"), b"r\n");
+    chmod(&d.join("modes/readonly"), 0o400);
+    fs::create_dir_all(d.join("modes/sticky")).unwrap();
+    chmod(&d.join("modes/sticky"), 0o1777);
+    fs::create_dir_all(d.join("modes/private")).unwrap();
+    chmod(&d.join("modes/private"), 0o700);
+    // Compressible data (btrfs compress=zstd: large frames).
+    let text: Vec<u8> = (0..(2 << 20)).map(|i: u32| b"abcdefgh\n"[(i % 9) as usize]).collect();
+    write(&d.join("compressible.txt"), &text);
+}
+
+/// A Nix-store-shaped subset from this machine's packages (`../shared/tools`), or a
+/// synthetic stand-in where that script is not present.
+fn store_corpus(dest: &Path) {
+    let script = repo().join("../shared/tools/make-store-corpus.py");
+    if script.exists() {
+        let st = Command::new("python3").arg(&script).arg(dest).args(["--max-mib", "24"]).status().unwrap();
+        assert!(st.success(), "make-store-corpus.py failed");
+        return;
+    }
+    eprintln!("boot: {} missing; using a synthetic store", script.display());
+    for p in 0..40u64 {
+        let sp = dest.join(format!("nix/store/{:032x}-pkg-{p}", p * 7919));
+        for f in 0..20u64 {
+            let file = sp.join(format!("share/f{f}"));
+            write(&file, &noise(usize::try_from((p * 131 + f * 17) % 9000).unwrap(), p * 100 + f));
+            chmod(&file, 0o444);
+        }
+        symlink("share/f0", sp.join("link")).unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The image
+
+/// One read-only mount the guest makes, and the part of the source tree it must show.
+#[derive(Clone, Debug)]
+struct Mount {
+    /// Name in the listing.
+    id: String,
+    /// Guest device (`vda3`).
+    dev: String,
+    /// `ext4`, `vfat`, `btrfs`.
+    fs: String,
+    /// Mount options (`ro`, `ro,subvol=/data`).
+    opts: String,
+    /// The layout's mount point (`/`, `/boot`).
+    mountpoint: String,
+}
+
+impl Mount {
+    fn arg(&self) -> String {
+        format!("{}:{}:{}:{}", self.id, self.dev, self.fs, self.opts)
+    }
+}
+
+struct Fixture {
+    dir: PathBuf,
+    src: PathBuf,
+    image: PathBuf,
+    mounts: Vec<Mount>,
+    initrd: PathBuf,
+    ext4_marker: String,
+    fat_marker: String,
+}
+
+fn mkdisk(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mkdisk")).args(args).env_remove("SOURCE_DATE_EPOCH").output().unwrap()
+}
+
+/// Whether `mkdisk build` writes btrfs yet (decides whether the fixture has a btrfs partition).
+fn btrfs_supported(dir: &Path) -> bool {
+    let d = dir.join("btrfs-probe");
+    fs::create_dir_all(&d).unwrap();
+    let spec = serde_json::json!({"disk": {"probe": {"imageSize": "200M", "content": {"type": "gpt",
+        "partitions": {"p": {"size": "100%", "content": {"type": "btrfs", "subvolumes": {
+            "/a": {"mountpoint": "/a"}}}}}}}}});
+    fs::write(d.join("spec.json"), spec.to_string()).unwrap();
+    let o = mkdisk(&["build", d.join("spec.json").to_str().unwrap(), "--out", d.to_str().unwrap(), "--quiet"]);
+    let _ = fs::remove_dir_all(&d);
+    if !o.status.success() {
+        eprintln!("boot: btrfs not covered: {}", String::from_utf8_lossy(&o.stderr).trim());
+    }
+    o.status.success()
+}
+
+const LINUX: &str = "EFI/test/linux.efi";
+const INITRD: &str = "EFI/test/initrd.efi";
+
+fn kernel_args(mounts: &[Mount]) -> String {
+    let mut a = vec!["console=ttyS0".to_string(), "panic=-1".into(), "loglevel=4".into(), "mkdisk.out=ttyS1".into()];
+    a.extend(mounts.iter().map(|m| format!("mkdisk.mount={}", m.arg())));
+    a.join(" ")
+}
+
+fn build_fixture() -> Option<Fixture> {
+    let t0 = Instant::now();
+    let parts = match run_harness(&["fetch"]) {
+        Ok(s) => s,
+        Err(HarnessError::Unavailable(why)) => {
+            skip(&why);
+            return None;
+        }
+        Err(HarnessError::Failed(e)) => panic!("{e}"),
+    };
+    let parts: serde_json::Value = serde_json::from_str(&parts).unwrap();
+    let initrd = match run_harness(&["initramfs"]) {
+        Ok(s) => PathBuf::from(s.trim()),
+        Err(HarnessError::Unavailable(why)) => {
+            skip(&why);
+            return None;
+        }
+        Err(HarnessError::Failed(e)) => panic!("{e}"),
+    };
+    eprintln!("boot: parts ready in {:.1}s ({})", t0.elapsed().as_secs_f64(), parts["kernel_package"]);
+
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("boot-test");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("src");
+    let stamp = format!(
+        "{:x}",
+        std::process::id() as u64 * 0x1_0000_0000
+            + u64::from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos())
+    );
+    let ext4_marker = format!("MKDISK-BOOT-MARKER-EXT4-{stamp}");
+    let fat_marker = format!("MKDISK-BOOT-MARKER-FAT-{stamp}");
+
+    // Root (ext4): a store subset, edge cases, plain config files.
+    store_corpus(&src);
+    posix_edges(&src.join("edge"), &ext4_marker);
+    write(&src.join("etc/hostname"), b"mkdisk-boot-test\n");
+    write(&src.join("etc/os-release"), b"ID=nixos\n");
+    // /home: a second ext4 partition (a mount point below another).
+    write(&src.join("home/user/.profile"), b"export A=1\n");
+    write(&src.join("home/user/notes/todo.txt"), b"boot it\n");
+    symlink(".profile", src.join("home/user/profile-link")).unwrap();
+    // ESP (vfat at /boot): systemd-boot, kernel, initramfs, loader config, edge cases.
+    let boot = src.join("boot");
+    fs::create_dir_all(boot.join("EFI/BOOT")).unwrap();
+    fs::copy(parts["systemd_boot"].as_str().unwrap(), boot.join("EFI/BOOT/BOOTX64.EFI")).unwrap();
+    write(&boot.join(LINUX), &fs::read(parts["kernel"].as_str().unwrap()).unwrap());
+    write(&boot.join(INITRD), &fs::read(&initrd).unwrap());
+    write(&boot.join("loader/loader.conf"), b"timeout 0\ndefault test.conf\n");
+    portable_edges(&boot.join("edge"), &fat_marker);
+
+    let with_btrfs = btrfs_supported(&dir);
+    let mut partitions = serde_json::json!({
+        "boot": {"size": "1M", "type": "EF02"},
+        "ESP": {"size": "96M", "type": "EF00",
+                "content": {"type": "filesystem", "format": "vfat", "mountpoint": "/boot"}},
+        "home": {"size": "32M", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/home"}},
+        "root": {"size": "100%", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/"}},
+    });
+    if with_btrfs {
+        posix_edges(&src.join("srv/data"), "btrfs data subvolume");
+        write(&src.join("srv/logs/boot.log"), b"log line\n");
+        partitions["srv"] = serde_json::json!({"size": "256M", "content": {"type": "btrfs", "subvolumes": {
+            "/data": {"mountpoint": "/srv/data", "mountOptions": ["compress=zstd"]},
+            "/logs": {"mountpoint": "/srv/logs"}}}});
+    }
+    let spec = serde_json::json!({"disk": {"main": {"imageSize": "1G",
+        "content": {"type": "gpt", "partitions": partitions}}}});
+    let spec_path = dir.join("spec.json");
+    fs::write(&spec_path, serde_json::to_string_pretty(&spec).unwrap()).unwrap();
+
+    // Partition numbers from the plan, for the guest's device names.
+    let o = mkdisk(&["plan", spec_path.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "mkdisk plan: {}", String::from_utf8_lossy(&o.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let number = |name: &str| -> u64 {
+        plan["disks"][0]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no partition {name} in the plan"))["number"]
+            .as_u64()
+            .unwrap()
+    };
+    let mount = |id: &str, part: &str, fs: &str, opts: &str, mp: &str| Mount {
+        id: id.into(),
+        dev: format!("vda{}", number(part)),
+        fs: fs.into(),
+        opts: opts.into(),
+        mountpoint: mp.into(),
+    };
+    let mut mounts = vec![
+        mount("esp", "ESP", "vfat", "ro", "/boot"),
+        mount("root", "root", "ext4", "ro", "/"),
+        mount("home", "home", "ext4", "ro", "/home"),
+    ];
+    if with_btrfs {
+        mounts.push(mount("srv-data", "srv", "btrfs", "ro,subvol=/data", "/srv/data"));
+        mounts.push(mount("srv-logs", "srv", "btrfs", "ro,subvol=/logs", "/srv/logs"));
+    }
+    // The loader entry names the mounts, so the OVMF boot checks the same as the direct one.
+    let entry = format!("title mkdisk boot test\nlinux /{LINUX}\ninitrd /{INITRD}\noptions {}\n", kernel_args(&mounts));
+    write(&boot.join("loader/entries/test.conf"), entry.as_bytes());
+
+    let out = dir.join("out");
+    fs::create_dir_all(&out).unwrap();
+    let t1 = Instant::now();
+    let o = mkdisk(&[
+        "build",
+        spec_path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--root",
+        src.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "mkdisk build: {}", String::from_utf8_lossy(&o.stderr));
+    eprintln!("boot: mkdisk build took {:.1}s", t1.elapsed().as_secs_f64());
+    Some(Fixture { image: out.join("main.raw"), dir, src, mounts, initrd, ext4_marker, fat_marker })
+}
+
+fn fixture() -> Option<&'static Fixture> {
+    static F: OnceLock<Option<Fixture>> = OnceLock::new();
+    F.get_or_init(build_fixture).as_ref()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Booting and the listings
+
+/// What one boot printed.
+struct Boot {
+    console: String,
+    /// Mount id → (rc, entries).
+    mounts: BTreeMap<String, (String, BTreeMap<String, Entry>)>,
+    /// Kernel messages the guest flagged (errors, corruption).
+    dmesg: Vec<String>,
+    done: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Entry {
+    /// `st_mode` (type and permission bits).
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    nlink: u64,
+    ino: u64,
+    mtime: i64,
+    sha256: Option<String>,
+    target: Option<String>,
+}
+
+const S_IFMT: u32 = 0o170_000;
+const S_IFREG: u32 = 0o100_000;
+const S_IFDIR: u32 = 0o040_000;
+const S_IFLNK: u32 = 0o120_000;
+
+fn boot(fx: &Fixture, disk: &Path, firmware: &str, tag: &str) -> Option<Boot> {
+    let _g = BOOT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let console = fx.dir.join(format!("{tag}.console.log"));
+    let listing = fx.dir.join(format!("{tag}.listing.txt"));
+    let mut args = vec![
+        "run".to_string(),
+        "--disk".into(),
+        disk.to_str().unwrap().into(),
+        "--console".into(),
+        console.to_str().unwrap().into(),
+        "--listing".into(),
+        listing.to_str().unwrap().into(),
+        "--firmware".into(),
+        firmware.into(),
+        "--initrd".into(),
+        fx.initrd.to_str().unwrap().into(),
+        "--timeout".into(),
+        "400".into(),
+    ];
+    for m in &fx.mounts {
+        args.push("--mount".into());
+        args.push(m.arg());
+    }
+    let t0 = Instant::now();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = run_harness(&args);
+    let secs = t0.elapsed().as_secs_f64();
+    match r {
+        Ok(_) => {}
+        Err(HarnessError::Unavailable(why)) => {
+            skip(&why);
+            return None;
+        }
+        Err(HarnessError::Failed(e)) => panic!("{tag}: boot failed after {secs:.1}s:\n{e}"),
+    }
+    eprintln!("boot: {tag} ({firmware}) took {secs:.1}s");
+    let b = parse_listing(&fs::read(&listing).unwrap());
+    let console = String::from_utf8_lossy(&fs::read(&console).unwrap()).replace('\r', "");
+    Some(Boot { console, ..b })
+}
+
+fn parse_listing(raw: &[u8]) -> Boot {
+    let mut b = Boot { console: String::new(), mounts: BTreeMap::new(), dmesg: Vec::new(), done: false };
+    let mut cur: Option<(String, BTreeMap<String, Entry>)> = None;
+    for line in raw.split(|&c| c == b'\n') {
+        let line = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned();
+        if let Some(rest) = line.strip_prefix("MKDISK-BEGIN ") {
+            cur = Some((rest.split(' ').next().unwrap().to_string(), BTreeMap::new()));
+        } else if let Some(rest) = line.strip_prefix("MKDISK-END ") {
+            let (id, rc) = rest.split_once(' ').unwrap_or((rest, ""));
+            let (cid, entries) = cur.take().unwrap_or_default();
+            assert_eq!(cid, id, "listing out of order");
+            b.mounts.insert(id.to_string(), (rc.trim_start_matches("rc=").to_string(), entries));
+        } else if let Some(rest) = line.strip_prefix("MKDISK-DMESG ") {
+            b.dmesg.push(rest.to_string());
+        } else if line == "MKDISK-DONE" {
+            b.done = true;
+        } else if let Some((_, entries)) = cur.as_mut() {
+            if let Some(rest) = line.strip_prefix("M ") {
+                let f: Vec<&str> = rest.splitn(8, ' ').collect();
+                assert_eq!(f.len(), 8, "bad record {line:?}");
+                let e = entries.entry(f[7].to_string()).or_default();
+                e.mode = u32::from_str_radix(f[0], 16).unwrap();
+                e.uid = f[1].parse().unwrap();
+                e.gid = f[2].parse().unwrap();
+                e.size = f[3].parse().unwrap();
+                e.nlink = f[4].parse().unwrap();
+                e.ino = f[5].parse().unwrap();
+                e.mtime = f[6].parse().unwrap();
+            } else if let Some(rest) = line.strip_prefix("S ") {
+                let (h, p) = rest.split_once("  ").unwrap_or_else(|| panic!("bad record {line:?}"));
+                entries.entry(p.to_string()).or_default().sha256 = Some(h.to_string());
+            } else if let Some(rest) = line.strip_prefix("L ") {
+                let (p, t) = rest.split_once('\t').unwrap_or_else(|| panic!("bad record {line:?}"));
+                entries.entry(p.to_string()).or_default().target = Some(t.to_string());
+            }
+        }
+    }
+    b
+}
+
+/// The host's view of one mount: the source below its mount point, deeper mount points kept as
+/// (empty) directories. Also (dev, ino) per path for hard-link groups.
+fn host_listing(fx: &Fixture, m: &Mount) -> (BTreeMap<String, Entry>, HashMap<String, (u64, u64)>) {
+    let base = fx.src.join(m.mountpoint.trim_start_matches('/'));
+    let deeper: Vec<PathBuf> = fx
+        .mounts
+        .iter()
+        .filter(|o| o.mountpoint != m.mountpoint)
+        .map(|o| fx.src.join(o.mountpoint.trim_start_matches('/')))
+        .filter(|p| p.starts_with(&base) && *p != base)
+        .collect();
+    let mut out = BTreeMap::new();
+    let mut ids = HashMap::new();
+    let mut stack = vec![(base.clone(), ".".to_string())];
+    while let Some((p, rel)) = stack.pop() {
+        let md = fs::symlink_metadata(&p).unwrap();
+        let mut e = Entry {
+            mode: md.mode(),
+            uid: 0,
+            gid: 0,
+            size: md.size(),
+            nlink: md.nlink(),
+            ino: md.ino(),
+            mtime: md.mtime(),
+            sha256: None,
+            target: None,
+        };
+        if md.is_file() {
+            e.sha256 = Some(sha256_hex(&fs::read(&p).unwrap()));
+        } else if md.is_symlink() {
+            e.target = Some(fs::read_link(&p).unwrap().to_string_lossy().into_owned());
+        } else if md.is_dir() && (rel == "." || !deeper.contains(&p)) {
+            for c in fs::read_dir(&p).unwrap() {
+                let c = c.unwrap();
+                stack.push((c.path(), format!("{rel}/{}", c.file_name().to_string_lossy())));
+            }
+        }
+        ids.insert(rel.clone(), (md.dev(), md.ino()));
+        out.insert(rel, e);
+    }
+    (out, ids)
+}
+
+/// Differences between what the kernel read and the source, one line each.
+fn compare(fx: &Fixture, b: &Boot) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !b.done {
+        problems.push("guest listing incomplete (no MKDISK-DONE)".to_string());
+    }
+    for d in &b.dmesg {
+        if ["EXT4-fs error", "BTRFS error", "BTRFS critical", "FAT-fs (", "I/O error", "csum failed", "corrupt"]
+            .iter()
+            .any(|k| d.contains(k))
+        {
+            problems.push(format!("kernel: {d}"));
+        }
+    }
+    for m in &fx.mounts {
+        let Some((rc, guest)) = b.mounts.get(&m.id) else {
+            problems.push(format!("{}: not in the guest listing", m.id));
+            continue;
+        };
+        if rc != "0" {
+            problems.push(format!("{} ({} {}): rc={rc}", m.id, m.fs, m.dev));
+            continue;
+        }
+        let (host, host_ids) = host_listing(fx, m);
+        let posix = m.fs != "vfat";
+        let mut p = |s: String| problems.push(format!("{}: {s}", m.id));
+        for (path, h) in &host {
+            let Some(g) = guest.get(path) else {
+                p(format!("{path}: missing"));
+                continue;
+            };
+            if g.mode & S_IFMT != h.mode & S_IFMT {
+                p(format!("{path}: type {:o} != {:o}", g.mode & S_IFMT, h.mode & S_IFMT));
+                continue;
+            }
+            let kind = h.mode & S_IFMT;
+            if kind == S_IFREG {
+                if g.size != h.size {
+                    p(format!("{path}: size {} != {}", g.size, h.size));
+                }
+                if g.sha256 != h.sha256 {
+                    p(format!("{path}: sha256 {:?} != {:?}", g.sha256, h.sha256));
+                }
+            }
+            if !posix {
+                continue;
+            }
+            if g.mode != h.mode {
+                p(format!("{path}: mode {:o} != {:o}", g.mode, h.mode));
+            }
+            if (g.uid, g.gid) != (h.uid, h.gid) {
+                p(format!("{path}: owner {}:{} != {}:{}", g.uid, g.gid, h.uid, h.gid));
+            }
+            if kind != S_IFDIR && g.mtime != h.mtime {
+                p(format!("{path}: mtime {} != {}", g.mtime, h.mtime));
+            }
+            if kind == S_IFLNK {
+                if g.target != h.target {
+                    p(format!("{path}: symlink target {:?} != {:?}", g.target, h.target));
+                }
+                if g.size != h.size {
+                    p(format!("{path}: symlink size {} != {}", g.size, h.size));
+                }
+            }
+            if kind == S_IFREG && g.nlink != h.nlink {
+                p(format!("{path}: nlink {} != {}", g.nlink, h.nlink));
+            }
+        }
+        for path in guest.keys() {
+            if !host.contains_key(path) && !(posix && path == "./lost+found") {
+                p(format!("{path}: in the image, not in the source"));
+            }
+        }
+        if posix {
+            // Hard links: paths sharing a host inode share a guest inode, and only those.
+            let mut groups: BTreeMap<(u64, u64), Vec<&String>> = BTreeMap::new();
+            for (path, h) in &host {
+                if h.mode & S_IFMT == S_IFREG {
+                    groups.entry(host_ids[path]).or_default().push(path);
+                }
+            }
+            let mut seen: HashMap<u64, &String> = HashMap::new();
+            for paths in groups.values() {
+                let inos: Vec<u64> = paths.iter().filter_map(|p| guest.get(*p)).map(|g| g.ino).collect();
+                if inos.windows(2).any(|w| w[0] != w[1]) {
+                    p(format!("hard links {paths:?} are different inodes {inos:?}"));
+                }
+                if let Some(&ino) = inos.first() {
+                    if let Some(other) = seen.insert(ino, paths[0]) {
+                        p(format!("{} and {other} share inode {ino}", paths[0]));
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+fn report(what: &str, problems: &[String]) -> String {
+    let n = problems.len();
+    let shown: Vec<&str> = problems.iter().take(60).map(String::as_str).collect();
+    format!("{what}: {n} difference(s):\n  {}", shown.join("\n  "))
+}
+
+/// Which partition holds `offset`, to show where the negative test altered bytes.
+fn find_unique(image: &Path, needle: &[u8]) -> u64 {
+    let mut f = fs::File::open(image).unwrap();
+    let mut hits = Vec::new();
+    let chunk = 8 << 20;
+    let mut buf = vec![0u8; chunk + needle.len()];
+    let mut base = 0u64;
+    let mut carry = 0usize;
+    loop {
+        let n = f.read(&mut buf[carry..carry + chunk]).unwrap();
+        if n == 0 {
+            break;
+        }
+        let len = carry + n;
+        let hay = &buf[..len];
+        let mut i = 0;
+        while let Some(pos) = hay[i..].windows(needle.len()).position(|w| w == needle) {
+            hits.push(base + (i + pos) as u64);
+            i += pos + 1;
+        }
+        let keep = (needle.len() - 1).min(len);
+        buf.copy_within(len - keep..len, 0);
+        base += (len - keep) as u64;
+        carry = keep;
+    }
+    hits.dedup();
+    assert_eq!(hits.len(), 1, "marker {:?} found {} times in the image", String::from_utf8_lossy(needle), hits.len());
+    hits[0]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn ovmf_boots_systemd_boot_from_our_esp() {
+    let Some(fx) = fixture() else { return };
+    let t0 = Instant::now();
+    let Some(b) = boot(fx, &fx.image, "ovmf", "ovmf") else { return };
+    // The guest's /init ran from the initramfs systemd-boot loaded off our ESP, with the entry's
+    // options: systemd-boot adds `initrd=` with the ESP path in backslashes.
+    let init_line = b
+        .console
+        .lines()
+        .find(|l| l.starts_with("MKDISK-INIT start:"))
+        .unwrap_or_else(|| panic!("guest /init never ran under OVMF; console tail:\n{}", tail(&b.console)));
+    assert!(
+        init_line.contains(&format!("initrd=\\{}", INITRD.replace('/', "\\"))),
+        "not started by systemd-boot from the ESP: {init_line}"
+    );
+    let problems = compare(fx, &b);
+    assert!(problems.is_empty(), "{}\nconsole tail:\n{}", report("OVMF boot", &problems), tail(&b.console));
+    eprintln!(
+        "boot: OVMF → systemd-boot → kernel read {} mounts in {:.1}s",
+        b.mounts.len(),
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn kernel_reads_every_file() {
+    let Some(fx) = fixture() else { return };
+    let Some(b) = boot(fx, &fx.image, "direct", "direct") else { return };
+    let problems = compare(fx, &b);
+    assert!(problems.is_empty(), "{}\nconsole tail:\n{}", report("direct boot", &problems), tail(&b.console));
+    let files: usize = b.mounts.values().map(|(_, e)| e.len()).sum();
+    assert!(files > 1000, "only {files} entries listed");
+    eprintln!("boot: the kernel read {files} entries in {} mounts, all equal to the source", b.mounts.len());
+}
+
+#[test]
+fn altered_file_is_caught() {
+    let Some(fx) = fixture() else { return };
+    let altered = fx.dir.join("altered.raw");
+    {
+        let mut src = fs::File::open(&fx.image).unwrap();
+        let mut dst = fs::File::create(&altered).unwrap();
+        std::io::copy(&mut src, &mut dst).unwrap();
+    }
+    let mut f = fs::OpenOptions::new().write(true).open(&altered).unwrap();
+    for marker in [&fx.ext4_marker, &fx.fat_marker] {
+        let off = find_unique(&altered, marker.as_bytes());
+        // Flip one byte inside the marker text (same size, different content).
+        f.seek(SeekFrom::Start(off + 7)).unwrap();
+        f.write_all(b"#").unwrap();
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    let Some(b) = boot(fx, &altered, "direct", "altered") else { return };
+    let problems = compare(fx, &b);
+    let _ = fs::remove_file(&altered);
+    let expect = ["root: ./edge/marker.txt: sha256", "esp: ./edge/marker.txt: sha256"];
+    for e in expect {
+        assert!(problems.iter().any(|p| p.starts_with(e)), "alteration not caught ({e}): {problems:#?}");
+    }
+    assert_eq!(problems.len(), 2, "exactly the two altered files differ: {problems:#?}");
+}
+
+fn tail(s: &str) -> &str {
+    let start = s.len().saturating_sub(4000);
+    let mut i = start;
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    &s[i..]
+}
+
+#[test]
+fn listing_parser_reads_guest_records() {
+    let raw = b"noise\nMKDISK-BEGIN root vda3 ext4 ro\r\nM 81a4 0 0 6 2 14 1700000000 ./a b/x\nS 5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03  ./a b/x\nM a1ff 0 0 5 1 16 1 ./l\nL ./l\ta b/x\nMKDISK-END root rc=0\nMKDISK-DONE\n";
+    let b = parse_listing(raw);
+    assert!(b.done);
+    let (rc, e) = &b.mounts["root"];
+    assert_eq!(rc, "0");
+    assert_eq!(e["./a b/x"].mode, 0o100_644);
+    assert_eq!(e["./a b/x"].nlink, 2);
+    assert_eq!(e["./a b/x"].sha256.as_deref().unwrap().len(), 64);
+    assert_eq!(e["./l"].target.as_deref(), Some("a b/x"));
+    assert_eq!(e["./l"].mode & S_IFMT, S_IFLNK);
+}

@@ -1,0 +1,485 @@
+#!/usr/bin/env python3
+"""Kernel read-back harness for mkdisk images: Debian parts, a busybox initramfs, QEMU.
+
+Everything runs in user space (no root, no KVM, no loop devices). Parts come from Debian
+packages fetched with `apt-get download` and unpacked with `dpkg-deb -x` into a cache
+(default: <repo>/target/boot-cache, or $MKDISK_BOOT_CACHE), reused across runs.
+
+  harness.py fetch                      fetch + unpack; print the parts as JSON
+  harness.py initramfs OUT              build the test initramfs (newc cpio, gzip)
+  harness.py run --disk IMG [--disk IMG2] --console LOG --listing OUT
+                 [--firmware direct|ovmf] [--mount ID:DEV:FS:OPTS ...] [--timeout S]
+                                        boot; direct = -kernel/-initrd (SeaBIOS),
+                                        ovmf = UEFI firmware boots the disk's ESP
+  harness.py host-list DIR              the host-side listing format (for manual diffs)
+
+Exit status 77 from any command: QEMU (or a part) cannot be had here — the caller decides
+whether that is a skip. Other non-zero: a real failure.
+
+Environment: MKDISK_BOOT_CACHE (cache dir), MKDISK_BOOT_QEMU (a qemu-system-x86_64 to use),
+MKDISK_BOOT_ACCEL (tcg [default] | kvm), MKDISK_BOOT_NO_FETCH=1 (use the cache only).
+"""
+import argparse
+import fcntl
+import gzip
+import hashlib
+import io
+import json
+import lzma
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+SKIP = 77
+
+# Modules the guest needs, in load order (dependencies are added before each from `depends=`).
+# crc32c_generic first: libcrc32c/btrfs only declare it as a softdep (boot.md §5.2).
+MODULES = [
+    "crc32c_generic",
+    "virtio_pci",
+    "virtio_blk",
+    "ext4",
+    "btrfs",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "nls_utf8",
+    "nls_iso8859_1",
+]
+
+
+def log(msg):
+    print(f"boot-harness: {msg}", file=sys.stderr, flush=True)
+
+
+class Unavailable(Exception):
+    """A part cannot be obtained here (no network, no apt, QEMU does not start)."""
+
+
+def cache_dir():
+    d = os.environ.get("MKDISK_BOOT_CACHE") or os.path.join(REPO, "target", "boot-cache")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+class Lock:
+    def __init__(self, path):
+        self.f = open(path, "w")
+
+    def __enter__(self):
+        fcntl.flock(self.f, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *a):
+        fcntl.flock(self.f, fcntl.LOCK_UN)
+        self.f.close()
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+def installed(pkg):
+    r = run(["dpkg-query", "-W", "-f=${Status}", pkg])
+    return r.returncode == 0 and "install ok installed" in r.stdout
+
+
+_updated = [False]
+
+
+def apt_download(pkg, debs):
+    """The cached .deb of `pkg` (downloaded if missing)."""
+    have = sorted(f for f in os.listdir(debs) if f.startswith(pkg + "_") and f.endswith(".deb"))
+    if have:
+        return os.path.join(debs, have[-1])
+    if os.environ.get("MKDISK_BOOT_NO_FETCH") == "1":
+        raise Unavailable(f"{pkg}: not in the cache {debs} and MKDISK_BOOT_NO_FETCH=1")
+    if shutil.which("apt-get") is None:
+        raise Unavailable("apt-get not found (the harness fetches Debian packages)")
+    for attempt in range(2):
+        r = run(["apt-get", "download", "-q", pkg], cwd=debs)
+        if r.returncode == 0:
+            break
+        if attempt == 0 and os.geteuid() == 0 and not _updated[0]:
+            log(f"apt-get download {pkg} failed; running apt-get update")
+            _updated[0] = True
+            run(["apt-get", "update", "-q"])
+            continue
+        raise Unavailable(f"apt-get download {pkg} failed: {r.stderr.strip()[-500:]}")
+    have = sorted(f for f in os.listdir(debs) if f.startswith(pkg + "_") and f.endswith(".deb"))
+    if not have:
+        raise Unavailable(f"apt-get download {pkg}: no .deb appeared")
+    log(f"downloaded {have[-1]}")
+    return os.path.join(debs, have[-1])
+
+
+def extract(deb, dest):
+    """Unpack `deb` into `dest` (once; a stamp file records it)."""
+    stamp = os.path.join(dest, ".stamp-" + os.path.basename(deb))
+    if os.path.exists(stamp):
+        return dest
+    os.makedirs(dest, exist_ok=True)
+    r = run(["dpkg-deb", "-x", deb, dest])
+    if r.returncode != 0:
+        raise Unavailable(f"dpkg-deb -x {deb}: {r.stderr.strip()}")
+    open(stamp, "w").close()
+    return dest
+
+
+def apt_depends(pkg):
+    r = run(["apt-cache", "depends", "--no-recommends", "--no-suggests", "--no-conflicts",
+             "--no-breaks", "--no-replaces", "--no-enhances", pkg])
+    out = []
+    for line in r.stdout.splitlines():
+        s = line.strip().lstrip("|")
+        if s.startswith("Depends:") or s.startswith("PreDepends:"):
+            name = s.split(":", 1)[1].strip()
+            if not name.startswith("<"):
+                out.append(name)
+    return out
+
+
+def kernel_package():
+    for d in apt_depends("linux-image-amd64"):
+        if d.startswith("linux-image-"):
+            return d
+    debs = os.path.join(cache_dir(), "debs")
+    have = sorted(f.split("_")[0] for f in os.listdir(debs)
+                  if f.startswith("linux-image-") and not f.startswith("linux-image-amd64"))
+    if have:
+        return have[-1]
+    raise Unavailable("cannot resolve linux-image-amd64 (apt-cache depends gave nothing; run apt-get update)")
+
+
+# Never pull these in for QEMU's libraries: alternatives to installed system libraries.
+LIB_BLOCK = {"libelogind0", "libsystemd0", "libc6", "libgcc-s1", "libstdc++6"}
+
+
+def qemu_missing_libs(binary, libdirs):
+    env = dict(os.environ, LD_LIBRARY_PATH=":".join(libdirs))
+    r = run(["ldd", binary], env=env)
+    return sorted({l.split()[0] for l in r.stdout.splitlines() if "not found" in l})
+
+
+def fetch_qemu(cache, debs):
+    """(qemu binary, env additions, extra args) — the system's QEMU, or one unpacked from Debian."""
+    q = os.environ.get("MKDISK_BOOT_QEMU") or shutil.which("qemu-system-x86_64")
+    if q:
+        return q, {}, []
+    root = os.path.join(cache, "qemu-root")
+    libdirs = [os.path.join(root, p) for p in ("usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu")]
+    done = os.path.join(root, ".complete")
+    binary = os.path.join(root, "usr/bin/qemu-system-x86_64")
+    if not os.path.exists(done):
+        pkgs = ["qemu-system-x86", "qemu-system-common", "qemu-system-data", "seabios", "ipxe-qemu"]
+        for p in pkgs:
+            extract(apt_download(p, debs), root)
+        # Libraries: follow Depends of what was unpacked until ldd finds everything.
+        seen = set(pkgs)
+        frontier = list(pkgs)
+        for _ in range(6):
+            missing = qemu_missing_libs(binary, libdirs)
+            if not missing:
+                break
+            nxt = []
+            for p in frontier:
+                for d in apt_depends(p):
+                    if d in seen or d in LIB_BLOCK or not d.startswith("lib"):
+                        continue
+                    seen.add(d)
+                    if installed(d):
+                        continue
+                    extract(apt_download(d, debs), root)
+                    nxt.append(d)
+            frontier = nxt
+            if not frontier:
+                break
+        missing = qemu_missing_libs(binary, libdirs)
+        if missing:
+            raise Unavailable(f"unpacked QEMU still misses libraries: {' '.join(missing)}")
+        open(done, "w").close()
+    env = {"LD_LIBRARY_PATH": ":".join(libdirs)}
+    return binary, env, ["-L", os.path.join(root, "usr/share/qemu"), "-L", os.path.join(root, "usr/share/seabios")]
+
+
+def fetch():
+    """Fetch and unpack every part; returns a dict of paths."""
+    cache = cache_dir()
+    debs = os.path.join(cache, "debs")
+    os.makedirs(debs, exist_ok=True)
+    with Lock(os.path.join(cache, ".lock")):
+        parts = {}
+        kpkg = kernel_package()
+        kroot = extract(apt_download(kpkg, debs), os.path.join(cache, "kernel"))
+        vmlinuz = sorted(f for f in os.listdir(os.path.join(kroot, "boot")) if f.startswith("vmlinuz-"))
+        if not vmlinuz:
+            raise Unavailable(f"{kpkg}: no boot/vmlinuz-*")
+        kver = vmlinuz[-1][len("vmlinuz-"):]
+        parts["kernel_package"] = kpkg
+        parts["kernel_version"] = kver
+        parts["kernel"] = os.path.join(kroot, "boot", vmlinuz[-1])
+        parts["modules"] = os.path.join(kroot, "lib", "modules", kver)
+        bb = extract(apt_download("busybox-static", debs), os.path.join(cache, "busybox"))
+        parts["busybox"] = os.path.join(bb, "bin", "busybox")
+        sb = extract(apt_download("systemd-boot-efi", debs), os.path.join(cache, "systemd-boot"))
+        parts["systemd_boot"] = os.path.join(sb, "usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+        ov = extract(apt_download("ovmf", debs), os.path.join(cache, "ovmf"))
+        parts["ovmf_code"] = os.path.join(ov, "usr/share/OVMF/OVMF_CODE_4M.fd")
+        parts["ovmf_vars"] = os.path.join(ov, "usr/share/OVMF/OVMF_VARS_4M.fd")
+        q, env, extra = fetch_qemu(cache, debs)
+        parts["qemu"] = q
+        parts["qemu_env"] = env
+        parts["qemu_args"] = extra
+        for k in ("kernel", "busybox", "systemd_boot", "ovmf_code", "ovmf_vars", "qemu"):
+            if not os.path.exists(parts[k]):
+                raise Unavailable(f"{k}: {parts[k]} missing after unpacking")
+        return parts
+
+
+# ---------------------------------------------------------------------------------------------
+# initramfs
+
+
+def modinfo(path):
+    data = read_module(path)
+    info = {}
+    for key in (b"depends=", b"softdep="):
+        i = data.find(b"\0" + key)
+        while i >= 0:
+            j = data.index(b"\0", i + 1)
+            val = data[i + 1 + len(key):j].decode()
+            info.setdefault(key[:-1].decode(), []).append(val)
+            i = data.find(b"\0" + key, j)
+    return info
+
+
+def read_module(path):
+    if path.endswith(".ko.xz"):
+        return lzma.decompress(open(path, "rb").read())
+    if path.endswith(".ko.zst"):
+        r = subprocess.run(["zstd", "-dc", path], capture_output=True, check=True)
+        return r.stdout
+    if path.endswith(".ko.gz"):
+        return gzip.decompress(open(path, "rb").read())
+    return open(path, "rb").read()
+
+
+def module_index(moddir):
+    idx = {}
+    for dirpath, _, files in os.walk(os.path.join(moddir, "kernel")):
+        for f in files:
+            for ext in (".ko", ".ko.xz", ".ko.zst", ".ko.gz"):
+                if f.endswith(ext):
+                    idx[f[: -len(ext)].replace("-", "_")] = os.path.join(dirpath, f)
+    return idx
+
+
+def resolve_modules(moddir, wanted):
+    idx = module_index(moddir)
+    order, seen = [], set()
+
+    def visit(name, stack=()):
+        name = name.replace("-", "_")
+        if name in seen:
+            return
+        if name not in idx:
+            log(f"module {name} not found (built in?)")
+            seen.add(name)
+            return
+        seen.add(name)
+        for dep in modinfo(idx[name]).get("depends", []):
+            for d in filter(None, dep.split(",")):
+                visit(d, stack + (name,))
+        order.append(name)
+
+    for w in wanted:
+        visit(w)
+    return [(n, idx[n]) for n in order]
+
+
+class Cpio:
+    def __init__(self):
+        self.buf = io.BytesIO()
+        self.ino = 1
+
+    def _entry(self, name, mode, data=b"", rdev=(0, 0)):
+        name_b = name.encode() + b"\0"
+        hdr = "070701" + "".join(
+            f"{v:08X}"
+            for v in (self.ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name_b), 0)
+        )
+        self.ino += 1
+        self.buf.write(hdr.encode() + name_b)
+        self.buf.write(b"\0" * ((4 - (110 + len(name_b)) % 4) % 4))
+        self.buf.write(data)
+        self.buf.write(b"\0" * ((4 - len(data) % 4) % 4))
+
+    def dir(self, name):
+        self._entry(name, 0o040755)
+
+    def file(self, name, data, mode=0o100644):
+        self._entry(name, mode, data)
+
+    def chardev(self, name, major, minor):
+        self._entry(name, 0o020600, rdev=(major, minor))
+
+    def finish(self):
+        self._entry("TRAILER!!!", 0)
+        return self.buf.getvalue()
+
+
+def build_initramfs(out, parts):
+    mods = resolve_modules(parts["modules"], MODULES)
+    c = Cpio()
+    for d in ("bin", "dev", "proc", "sys", "mnt", "tmp", "lib", "lib/modules"):
+        c.dir(d)
+    c.chardev("dev/console", 5, 1)
+    c.file("bin/busybox", open(parts["busybox"], "rb").read(), 0o100755)
+    c.file("init", open(os.path.join(HERE, "init.sh"), "rb").read(), 0o100755)
+    c.file("modules.order", ("\n".join(n for n, _ in mods) + "\n").encode())
+    for name, path in mods:
+        c.file(f"lib/modules/{name}.ko", read_module(path))
+    raw = c.finish()
+    tmp = out + ".tmp"
+    with open(tmp, "wb") as f:
+        with gzip.GzipFile(fileobj=f, mode="wb", mtime=0, filename="") as g:
+            g.write(raw)
+    os.replace(tmp, out)
+    log(f"initramfs {out}: {len(mods)} modules ({' '.join(n for n, _ in mods)}), {os.path.getsize(out)} bytes")
+
+
+def cached_initramfs(parts):
+    """The initramfs for these parts and this init.sh, built once into the cache."""
+    h = hashlib.sha256()
+    h.update(open(os.path.join(HERE, "init.sh"), "rb").read())
+    h.update(open(os.path.abspath(__file__), "rb").read())
+    h.update(parts["kernel_version"].encode() + parts["busybox"].encode())
+    path = os.path.join(cache_dir(), f"initramfs-{h.hexdigest()[:16]}.gz")
+    with Lock(os.path.join(cache_dir(), ".lock")):
+        if not os.path.exists(path):
+            build_initramfs(path, parts)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# QEMU
+
+
+def boot(parts, a):
+    work = os.path.dirname(os.path.abspath(a.console))
+    accel = os.environ.get("MKDISK_BOOT_ACCEL", "tcg")
+    cmd = [parts["qemu"], *parts["qemu_args"], "-machine", f"q35,accel={accel}", "-m", "1024",
+           "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
+           "-serial", f"file:{a.console}", "-serial", f"file:{a.listing}"]
+    for d in a.disk:
+        # snapshot=on: the guest never writes the image (it mounts read-only anyway).
+        cmd += ["-drive", f"file={d},format=raw,if=virtio,snapshot=on"]
+    if a.firmware == "ovmf":
+        vars_copy = os.path.join(work, "OVMF_VARS.fd")
+        shutil.copyfile(parts["ovmf_vars"], vars_copy)
+        cmd += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={parts['ovmf_code']}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
+    else:
+        initrd = a.initrd or cached_initramfs(parts)
+        append = ["console=ttyS0", "panic=-1", "loglevel=4", "mkdisk.out=ttyS1"]
+        append += [f"mkdisk.mount={m}" for m in a.mount]
+        cmd += ["-kernel", parts["kernel"], "-initrd", initrd, "-append", " ".join(append)]
+    for f in (a.console, a.listing):
+        open(f, "w").close()
+    env = dict(os.environ, **parts["qemu_env"])
+    log(" ".join(cmd))
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=a.timeout)
+        rc = r.returncode
+        err = r.stderr
+    except subprocess.TimeoutExpired as e:
+        rc = "timeout"
+        err = (e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+    dt = time.monotonic() - t0
+    listing = open(a.listing, "rb").read().decode(errors="replace")
+    done = "MKDISK-DONE" in listing
+    log(f"qemu exit {rc} after {dt:.1f}s; listing {'complete' if done else 'INCOMPLETE'}")
+    if err.strip():
+        log("qemu stderr: " + err.strip()[-2000:])
+    if not done:
+        cons = open(a.console, "rb").read().decode(errors="replace")
+        if rc not in (0, "timeout") and not cons.strip():
+            # QEMU did not start at all (missing library, bad accelerator, …).
+            raise Unavailable(f"qemu did not start (exit {rc}): {err.strip()[-1000:]}")
+        log("console tail:\n" + cons.replace("\r", "")[-3000:])
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# host-side listing (same records as the guest's, for manual diffs)
+
+
+def host_list(root):
+    out = []
+    for dirpath, dirs, files in os.walk(root):
+        dirs.sort()
+        for n in [""] + sorted(dirs + files) if dirpath == root else sorted(dirs + files):
+            p = os.path.join(dirpath, n) if n else dirpath
+            rel = "." + p[len(root):] if p != root else "."
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode):
+                h = hashlib.sha256(open(p, "rb").read()).hexdigest()
+                out.append(f"{rel} {h} {stat.S_IMODE(st.st_mode):o} {st.st_size}")
+            elif stat.S_ISLNK(st.st_mode):
+                out.append(f"{rel} symlink {stat.S_IMODE(st.st_mode):o} {st.st_size} -> {os.readlink(p)}")
+            elif stat.S_ISDIR(st.st_mode):
+                if n:
+                    continue  # listed when walked
+                out.append(f"{rel} dir {stat.S_IMODE(st.st_mode):o}")
+    return sorted(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("fetch")
+    p = sub.add_parser("initramfs", help="print the path of the (cached) initramfs; with OUT, copy it there")
+    p.add_argument("out", nargs="?")
+    p = sub.add_parser("run")
+    p.add_argument("--disk", action="append", required=True)
+    p.add_argument("--console", required=True)
+    p.add_argument("--listing", required=True)
+    p.add_argument("--firmware", choices=["direct", "ovmf"], default="direct")
+    p.add_argument("--initrd")
+    p.add_argument("--mount", action="append", default=[])
+    p.add_argument("--timeout", type=float, default=300)
+    p = sub.add_parser("host-list")
+    p.add_argument("dir")
+    a = ap.parse_args()
+    try:
+        if a.cmd == "host-list":
+            print("\n".join(host_list(os.path.abspath(a.dir))))
+            return 0
+        parts = fetch()
+        if a.cmd == "fetch":
+            print(json.dumps(parts, indent=1))
+            return 0
+        if a.cmd == "initramfs":
+            path = cached_initramfs(parts)
+            if a.out:
+                shutil.copyfile(path, a.out)
+            print(path)
+            return 0
+        if a.cmd == "run":
+            return boot(parts, a)
+    except Unavailable as e:
+        print(f"boot-harness: UNAVAILABLE: {e}", file=sys.stderr)
+        return SKIP
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
