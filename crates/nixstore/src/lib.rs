@@ -1,0 +1,164 @@
+//! mkdisk-nixstore: the NixOS part of an image, written without Nix, a VM or root.
+//!
+//! What disko does inside its VM with `nix-store --load-db`, `cp -r` and `nixos-install`, done
+//! as pure functions that add to a [`mkdisk_tree::Tree`] (the root tree before it is split by
+//! mount point) or return bytes:
+//!
+//! - [`ClosureInfo`] / [`Registration`]: `closureInfo` output parsing and validation;
+//! - [`add_closure`]: every store path grafted under `/nix/store` straight from the host store
+//!   (file data is read only in the writers' data phase), with the store's canonical metadata;
+//! - [`nix_db`] / [`add_nix_db`]: `/nix/var/nix/db/db.sqlite` (schema 10) and `schema`;
+//! - [`add_profiles`]: `/nix/var/nix/profiles/system` → `system-1-link` → toplevel, `/etc/NIXOS`;
+//! - [`Bootspec`]: `boot.json` (bootspec v1);
+//! - [`systemd_boot_files`]: the ESP of a systemd-boot install;
+//! - [`grub_cfg`] and [`grub_embed`]: GRUB i386-pc in an EF02 partition, as
+//!   `grub-bios-setup --no-rs-codes` does.
+//!
+//! It depends only on `mkdisk-tree`; the `mkdisk` crate calls it from its build orchestration.
+//! Formats: `docs/nix-store.md` and `docs/boot.md`.
+
+mod bootspec;
+mod closure;
+mod db;
+mod esp;
+mod grub;
+mod hash;
+mod profiles;
+
+use std::path::PathBuf;
+
+pub use bootspec::{resolve_store_path, store_host_path, Bootspec};
+pub use closure::{add_closure, ClosureInfo, PathInfo, Registration};
+pub use db::{add_nix_db, nix_db, NIX_SCHEMA_SQL, NIX_SCHEMA_VERSION};
+pub use esp::{add_files, civil_date, systemd_boot_files, BootFiles, SystemdBootOptions};
+pub use grub::{grub_cfg, grub_embed, GrubCfgOptions, GrubEmbed, GRUB_MAX_CORE_SECTORS};
+pub use hash::{nix32_decode, nix32_encode, parse_nar_hash};
+pub use profiles::add_profiles;
+
+/// Errors, each naming the path or input it concerns.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NixError {
+    /// Reading a host file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The host path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The registration text is malformed.
+    #[error("registration line {line}: {message}")]
+    Registration {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A path that is not `/nix/store/<name>`.
+    #[error("{path:?} is not a store path under /nix/store")]
+    NotAStorePath {
+        /// The path.
+        path: String,
+    },
+    /// `store-paths` and `registration` list different paths.
+    #[error("registration disagrees with store-paths: {path} is in {present_in} but not in {missing_in}")]
+    RegistrationMismatch {
+        /// The path.
+        path: String,
+        /// Where it is listed.
+        present_in: &'static str,
+        /// Where it is missing.
+        missing_in: &'static str,
+    },
+    /// A path registered twice.
+    #[error("{path} is registered twice")]
+    DuplicatePath {
+        /// The path.
+        path: String,
+    },
+    /// A reference outside the closure.
+    #[error("{path} refers to {reference}, which is not in the closure")]
+    UnknownReference {
+        /// The referrer.
+        path: String,
+        /// The missing reference.
+        reference: String,
+    },
+    /// A store path of the closure is missing from the host store.
+    #[error("store path {path} is missing from the host store (looked for {})", host.display())]
+    MissingStorePath {
+        /// The store path.
+        path: String,
+        /// Where it was looked for.
+        host: PathBuf,
+    },
+    /// Building the tree failed.
+    #[error("{context}: {source}")]
+    Tree {
+        /// What was being added.
+        context: String,
+        /// The cause.
+        source: mkdisk_tree::TreeError,
+    },
+    /// SQLite failed.
+    #[error("nix database: {0}")]
+    Db(String),
+    /// The toplevel has no `boot.json`.
+    #[error("system {toplevel} has no boot.json (looked for {})", host.display())]
+    NoBootJson {
+        /// The toplevel store path.
+        toplevel: String,
+        /// Where it was looked for.
+        host: PathBuf,
+    },
+    /// `boot.json` is malformed.
+    #[error("{}: {message}", path.display())]
+    BadBootJson {
+        /// The host path of boot.json.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A file the boot loader needs is missing.
+    #[error("{what} {path}: {message}")]
+    MissingBootFile {
+        /// What it is (kernel, initrd, systemd-boot, ...).
+        what: &'static str,
+        /// The path.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// `boot.img` is not one sector, or `core.img` is malformed.
+    #[error("GRUB: {0}")]
+    BadGrubImage(String),
+    /// The layout has no BIOS boot (EF02) partition to embed core.img into.
+    #[error("GRUB BIOS install needs a BIOS boot partition (type EF02) on the disk, found none")]
+    NoBiosBootPartition,
+    /// core.img does not fit.
+    #[error("GRUB core.img needs {core_sectors} sectors but {what} has {available}")]
+    CoreTooLarge {
+        /// Sectors core.img needs.
+        core_sectors: u64,
+        /// Sectors available.
+        available: u64,
+        /// The limit that was hit.
+        what: &'static str,
+    },
+}
+
+impl NixError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        NixError::Io { path: path.into(), source }
+    }
+
+    pub(crate) fn tree(context: impl Into<String>) -> impl FnOnce(mkdisk_tree::TreeError) -> NixError {
+        let context = context.into();
+        move |source| NixError::Tree { context, source }
+    }
+}
+
+/// The store directory inside the image (always the default; a Nix with another store
+/// directory makes store paths with other hashes).
+pub const STORE_DIR: &str = "/nix/store";
