@@ -29,6 +29,8 @@ pub struct BuildOptions {
     pub keep_owner: bool,
     /// `SOURCE_DATE_EPOCH`: clamps source mtimes, stamps filesystem creation times.
     pub source_date_epoch: Option<i64>,
+    /// NixOS content: closure, Nix database, system profile, boot loaders.
+    pub nixos: crate::nixos::NixosOptions,
 }
 
 impl BuildOptions {
@@ -42,6 +44,7 @@ impl BuildOptions {
             threads: None,
             keep_owner: false,
             source_date_epoch: None,
+            nixos: crate::nixos::NixosOptions::default(),
         }
     }
 }
@@ -106,6 +109,9 @@ pub enum BuildError {
     /// The thread pool could not be built.
     #[error("thread pool: {0}")]
     Threads(String),
+    /// NixOS content (closure, store, boot.json, boot loader inputs).
+    #[error("NixOS: {0}")]
+    Nixos(String),
 }
 
 /// One placed disk and what goes in each partition.
@@ -190,6 +196,17 @@ fn default_root_meta(sde: Option<i64>) -> Meta {
 /// # Errors
 /// The root is not a directory, mount points collide, scanning fails.
 pub fn split_sources(spec: &Spec, opts: &BuildOptions, warn: &mut dyn FnMut(String)) -> Result<Sources, BuildError> {
+    let plans = if opts.nixos.any() { place_all(spec, &opts.seed)? } else { Vec::new() };
+    Ok(split_sources_placed(spec, opts, &plans, warn)?.0)
+}
+
+/// [`split_sources`] for placed disks; also adds the NixOS content and plans GRUB's writes.
+fn split_sources_placed(
+    spec: &Spec,
+    opts: &BuildOptions,
+    plans: &[DiskPlan],
+    warn: &mut dyn FnMut(String),
+) -> Result<(Sources, Vec<crate::nixos::GrubPlan>), BuildError> {
     let default_meta = default_root_meta(opts.source_date_epoch);
     let mut targets: Vec<(Target, String)> = Vec::new();
     for (di, d) in spec.disks.iter().enumerate() {
@@ -217,20 +234,30 @@ pub fn split_sources(spec: &Spec, opts: &BuildOptions, warn: &mut dyn FnMut(Stri
     for (ni, n) in spec.nodev.iter().enumerate() {
         targets.push((Target::Nodev(ni), n.mountpoint.clone()));
     }
-    let Some(root) = &opts.root else {
-        return Ok(Sources { trees: Vec::new(), empty: Some(Tree::new(default_meta)) });
+    let mut tree = match &opts.root {
+        None if !opts.nixos.any() => {
+            return Ok((Sources { trees: Vec::new(), empty: Some(Tree::new(default_meta)) }, Vec::new()));
+        }
+        None => Tree::new(default_meta.clone()),
+        Some(root) => {
+            match std::fs::metadata(root) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(BuildError::Root { path: root.clone(), message: "not a directory".into() }),
+                Err(e) => return Err(BuildError::Root { path: root.clone(), message: e.to_string() }),
+            }
+            let scan_opts = ScanOptions {
+                keep_owner: opts.keep_owner,
+                source_date_epoch: opts.source_date_epoch,
+                ..ScanOptions::default()
+            };
+            mkdisk_tree::scan(root, &scan_opts)?
+        }
     };
-    match std::fs::metadata(root) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(BuildError::Root { path: root.clone(), message: "not a directory".into() }),
-        Err(e) => return Err(BuildError::Root { path: root.clone(), message: e.to_string() }),
-    }
-    let scan_opts = ScanOptions {
-        keep_owner: opts.keep_owner,
-        source_date_epoch: opts.source_date_epoch,
-        ..ScanOptions::default()
+    let grub = if opts.nixos.any() {
+        crate::nixos::populate(&mut tree, spec, plans, &opts.nixos, opts.source_date_epoch, warn)?
+    } else {
+        Vec::new()
     };
-    let tree = mkdisk_tree::scan(root, &scan_opts)?;
     let mounts: Vec<Vec<u8>> =
         targets.iter().map(|(_, m)| mkdisk_tree::normalize_mountpoint(m)).collect::<Result<_, _>>()?;
     let split = mkdisk_tree::split(&tree, &mounts, &default_meta)?;
@@ -250,7 +277,7 @@ pub fn split_sources(spec: &Spec, opts: &BuildOptions, warn: &mut dyn FnMut(Stri
         }
         trees.push((t, tree));
     }
-    Ok(Sources { trees, empty: Some(Tree::new(default_meta)) })
+    Ok((Sources { trees, empty: Some(Tree::new(default_meta)) }, grub))
 }
 
 /// A partition's planned content.
@@ -371,7 +398,7 @@ pub fn build(
 ) -> Result<Vec<PathBuf>, BuildError> {
     check_out_dir(&opts.out_dir)?;
     let plans = place_all(spec, &opts.seed)?;
-    let sources = split_sources(spec, opts, warn)?;
+    let (sources, grub) = split_sources_placed(spec, opts, &plans, warn)?;
     // Plan every filesystem before touching the output.
     let mut fs_plans: Vec<Vec<FsPlan<'_>>> = Vec::new();
     for (di, dp) in plans.iter().enumerate() {
@@ -396,12 +423,16 @@ pub fn build(
     }
     let pool = pool.build().map_err(|e| BuildError::Threads(e.to_string()))?;
     let mut images = Vec::new();
-    for (dp, fsp) in plans.iter().zip(&fs_plans) {
+    for (di, (dp, fsp)) in plans.iter().zip(&fs_plans).enumerate() {
         let path = opts.out_dir.join(format!("{}.raw", dp.disk.image_name));
         let image = Image::create(&path, dp.layout.sectors * mkdisk_gpt::SECTOR_SIZE)
             .map_err(|e| BuildError::Out { path: opts.out_dir.clone(), message: e.to_string() })?;
         mkdisk_gpt::write_gpt(&dp.layout, &image.whole())
             .map_err(|e| BuildError::Gpt { disk: dp.disk.name.clone(), source: e })?;
+        // GRUB BIOS: boot.img over the protective MBR's boot code, core.img into EF02.
+        for g in grub.iter().filter(|g| g.disk == di) {
+            crate::nixos::write_grub(g, &image.whole())?;
+        }
         pool.install(|| -> Result<(), BuildError> {
             for (placed, plan) in dp.layout.partitions.iter().zip(fsp) {
                 let region = image.region(&placed.label, placed.offset_bytes(), placed.size_bytes())?;

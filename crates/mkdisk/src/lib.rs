@@ -5,6 +5,7 @@
 //! filesystem writer ([`build`]). The `mkdisk` binary is a thin clap front end over it.
 
 pub mod build;
+pub mod nixos;
 pub mod spec;
 pub mod swap;
 

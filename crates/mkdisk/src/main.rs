@@ -55,7 +55,57 @@ enum Command {
         /// No progress bar or warnings.
         #[arg(long, short)]
         quiet: bool,
+        #[command(flatten)]
+        nixos: NixosArgs,
     },
+}
+
+/// NixOS content (see `mkdisk::nixos`).
+#[derive(clap::Args)]
+struct NixosArgs {
+    /// A closureInfo output (store-paths, registration): copy its store paths into
+    /// /nix/store and write /nix/var/nix/db.
+    #[arg(long, value_name = "DIR")]
+    closure: Option<PathBuf>,
+    /// Host directory holding the store paths (default /nix/store; for a chroot store
+    /// `<root>/nix/store`).
+    #[arg(long, value_name = "DIR")]
+    store_dir: Option<PathBuf>,
+    /// NixOS system toplevel (a /nix/store path with boot.json): system profile,
+    /// /etc/NIXOS and boot loaders (systemd-boot on an ESP, GRUB on an EF02 partition).
+    #[arg(long, value_name = "TOPLEVEL")]
+    system: Option<String>,
+    /// systemd-bootx64.efi to install (default: from the toplevel's systemd).
+    #[arg(long, value_name = "FILE")]
+    systemd_boot: Option<PathBuf>,
+    /// Directory with GRUB's boot.img, a core.img built for this disk (grub-mkimage -O
+    /// i386-pc with the prefix of /boot/grub) and i386-pc/ (*.mod, *.lst).
+    #[arg(long, value_name = "DIR")]
+    grub_bios_dir: Option<PathBuf>,
+    /// Install no boot loader.
+    #[arg(long)]
+    no_bootloader: bool,
+    /// Boot menu timeout in seconds (default 5).
+    #[arg(long, value_name = "SECONDS")]
+    boot_timeout: Option<u32>,
+    /// GRUB terminal on the serial port too.
+    #[arg(long)]
+    grub_serial: bool,
+}
+
+impl NixosArgs {
+    fn into_options(self) -> mkdisk::nixos::NixosOptions {
+        mkdisk::nixos::NixosOptions {
+            closure: self.closure,
+            store_dir: self.store_dir,
+            system: self.system,
+            systemd_boot: self.systemd_boot,
+            grub_bios_dir: self.grub_bios_dir,
+            no_bootloader: self.no_bootloader,
+            boot_timeout: self.boot_timeout,
+            grub_serial: self.grub_serial,
+        }
+    }
 }
 
 struct Bar(indicatif::ProgressBar);
@@ -152,7 +202,7 @@ fn run() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Build { spec, out, root, seed, threads, keep_owner, quiet } => {
+        Command::Build { spec, out, root, seed, threads, keep_owner, quiet, nixos } => {
             let s = read_spec(&spec)?;
             let mut opts = BuildOptions::new(out);
             opts.root = root;
@@ -160,6 +210,7 @@ fn run() -> anyhow::Result<()> {
             opts.threads = threads.or_else(threads_default);
             opts.keep_owner = keep_owner;
             opts.source_date_epoch = source_date_epoch()?;
+            opts.nixos = nixos.into_options();
             let show = !quiet && std::io::stderr().is_terminal();
             let bar = indicatif::ProgressBar::hidden();
             if show {

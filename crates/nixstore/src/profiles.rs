@@ -12,7 +12,8 @@ use crate::NixError;
 /// /nix/var/nix/profiles/system-1-link   -> <toplevel>
 /// /nix/var/nix/profiles/per-user/root/  (0755)
 /// /nix/var/nix/gcroots/                 (0755)
-/// /etc/NIXOS                            (empty, 0644)
+/// /etc/NIXOS                            (empty, 0644; only with `etc_nixos`, i.e. when `/`
+///                                       is not a tmpfs)
 /// ```
 ///
 /// Every new inode gets `mtime` (GRUB menus and the systemd-boot entry date come from the
@@ -20,7 +21,7 @@ use crate::NixError;
 ///
 /// # Errors
 /// `toplevel` is not a store path, or a tree error (an entry exists already).
-pub fn add_profiles(tree: &mut Tree, toplevel: &str, mtime: i64) -> Result<(), NixError> {
+pub fn add_profiles(tree: &mut Tree, toplevel: &str, mtime: i64, etc_nixos: bool) -> Result<(), NixError> {
     store_basename(toplevel)?;
     let t = Timestamp::from_secs(mtime);
     let dm = Meta::new(0o755).with_mtime(t);
@@ -33,6 +34,9 @@ pub fn add_profiles(tree: &mut Tree, toplevel: &str, mtime: i64) -> Result<(), N
     tree.mkdir_p(b"/nix/var/nix/profiles/per-user/root", &dm)
         .map_err(NixError::tree("/nix/var/nix/profiles/per-user/root"))?;
     tree.mkdir_p(b"/nix/var/nix/gcroots", &dm).map_err(NixError::tree("/nix/var/nix/gcroots"))?;
+    if !etc_nixos {
+        return Ok(());
+    }
     let etc = tree.mkdir_p(b"/etc", &dm).map_err(NixError::tree("/etc"))?;
     tree.add_file(etc, b"NIXOS", FileData::from_bytes(Vec::new()), Meta::new(0o644).with_mtime(t))
         .map_err(NixError::tree("/etc/NIXOS"))?;
