@@ -11,6 +11,8 @@ packages fetched with `apt-get download` and unpacked with `dpkg-deb -x` into a 
                  [--firmware direct|ovmf] [--mount ID:DEV:FS:OPTS ...] [--timeout S]
                                         boot; direct = -kernel/-initrd (SeaBIOS),
                                         ovmf = UEFI firmware boots the disk's ESP
+  harness.py alter IMG OUT MARKER...     sparse copy of IMG with one byte changed inside each
+                                        MARKER (which must occur exactly once)
   harness.py host-list DIR              the host-side listing format (for manual diffs)
 
 Exit status 77 from any command: QEMU (or a part) cannot be had here — the caller decides
@@ -419,6 +421,58 @@ def boot(parts, a):
 
 
 # ---------------------------------------------------------------------------------------------
+# negative test support
+
+
+def data_extents(f, size):
+    """(start, end) of the allocated data of file object `f` (holes skipped)."""
+    fd = f.fileno()
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:
+            return
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        yield start, end
+        pos = end
+
+
+def alter(src, dst, markers):
+    """Copy `src` to `dst` (sparse) and change one byte inside each marker string, which must
+    occur exactly once in the image. Prints the offsets."""
+    size = os.path.getsize(src)
+    hits = {m: [] for m in markers}
+    chunk = 8 << 20
+    with open(src, "rb") as f, open(dst + ".tmp", "wb") as g:
+        g.truncate(size)
+        for start, end in data_extents(f, size):
+            f.seek(start)
+            g.seek(start)
+            pos, tail = start, b""
+            while pos < end:
+                buf = f.read(min(chunk, end - pos))
+                g.write(buf)
+                hay = tail + buf
+                for m in markers:
+                    i = hay.find(m)
+                    while i >= 0:
+                        off = pos - len(tail) + i
+                        if off not in hits[m]:
+                            hits[m].append(off)
+                        i = hay.find(m, i + 1)
+                tail = hay[-(max(map(len, markers)) - 1):]
+                pos += len(buf)
+        for m, offs in hits.items():
+            if len(offs) != 1:
+                raise SystemExit(f"marker {m!r} found {len(offs)} times in {src}")
+            g.seek(offs[0] + 7)
+            g.write(b"#")
+            print(offs[0])
+    os.replace(dst + ".tmp", dst)
+
+
+# ---------------------------------------------------------------------------------------------
 # host-side listing (same records as the guest's, for manual diffs)
 
 
@@ -456,10 +510,17 @@ def main():
     p.add_argument("--initrd")
     p.add_argument("--mount", action="append", default=[])
     p.add_argument("--timeout", type=float, default=300)
+    p = sub.add_parser("alter", help="sparse-copy IMG to OUT, changing one byte in each unique MARKER")
+    p.add_argument("img")
+    p.add_argument("out")
+    p.add_argument("marker", nargs="+")
     p = sub.add_parser("host-list")
     p.add_argument("dir")
     a = ap.parse_args()
     try:
+        if a.cmd == "alter":
+            alter(a.img, a.out, [m.encode() for m in a.marker])
+            return 0
         if a.cmd == "host-list":
             print("\n".join(host_list(os.path.abspath(a.dir))))
             return 0

@@ -80,9 +80,12 @@ for m in $mounts; do
     i=0
     while [ ! -b "/dev/$dev" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
     echo "MKDISK-BEGIN $id $dev $fs $opts" >"$out"
-    echo "MKDISK-BEGIN $id $dev $fs $opts"
+    echo "MKDISK-BEGIN $id $dev $fs $opts (uptime $(cut -d' ' -f1 /proc/uptime))"
     if mount -t "$fs" -o "$opts" "/dev/$dev" "/mnt/$id"; then
-        if list "/mnt/$id" >"$out" 2>/tmp/err; then rc=0; else rc=list-failed; fi
+        if list "/mnt/$id" >/tmp/listing 2>/tmp/err; then rc=0; else rc=list-failed; fi
+        echo "MKDISK-LISTED $id (uptime $(cut -d' ' -f1 /proc/uptime))"
+        cat /tmp/listing >"$out"
+        rm -f /tmp/listing
         sed 's/^/MKDISK-STDERR /' /tmp/err >"$out"
         cd /
         umount "/mnt/$id" || rc="$rc,umount-failed"
@@ -93,7 +96,7 @@ for m in $mounts; do
         ls -l /dev/vd* 2>&1
     fi
     echo "MKDISK-END $id rc=$rc" >"$out"
-    echo "MKDISK-END $id rc=$rc"
+    echo "MKDISK-END $id rc=$rc (uptime $(cut -d' ' -f1 /proc/uptime))"
 done
 dmesg | grep -iE 'error|corrupt|fail|csum|bad ' | grep -vE 'insmod|crc32c_intel|pcspkr|GPT:' | sed 's/^/MKDISK-DMESG /' >"$out"
 echo "MKDISK-DONE" >"$out"

@@ -17,7 +17,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{symlink, FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -140,13 +139,13 @@ fn posix_edges(d: &Path, marker: &str) {
     fs::create_dir_all(d.join("hard/sub")).unwrap();
     fs::hard_link(d.join("hard/a"), d.join("hard/b")).unwrap();
     fs::hard_link(d.join("hard/a"), d.join("hard/sub/c")).unwrap();
-    // A sparse file: 64 MiB apparent, three 4 KiB extents of data.
+    // A sparse file: 24 MiB apparent, three 4 KiB extents of data.
     {
         let f = fs::File::create(d.join("sparse")).unwrap();
-        f.set_len(64 << 20).unwrap();
+        f.set_len(24 << 20).unwrap();
         f.write_all_at(&noise(4096, 11), 0).unwrap();
-        f.write_all_at(&noise(4096, 12), 20 << 20).unwrap();
-        f.write_all_at(&noise(4096, 13), (64 << 20) - 4096).unwrap();
+        f.write_all_at(&noise(4096, 12), 10 << 20).unwrap();
+        f.write_all_at(&noise(4096, 13), (24 << 20) - 4096).unwrap();
     }
     // 255-byte names for a directory and a symlink as well.
     let long_dir = "D".repeat(255);
@@ -290,7 +289,9 @@ fn build_fixture() -> Option<Fixture> {
     let fat_marker = format!("MKDISK-BOOT-MARKER-FAT-{stamp}");
 
     // Root (ext4): a store subset, edge cases, plain config files.
+    let t1 = Instant::now();
     store_corpus(&src);
+    eprintln!("boot: store corpus in {:.1}s", t1.elapsed().as_secs_f64());
     posix_edges(&src.join("edge"), &ext4_marker);
     write(&src.join("etc/hostname"), b"mkdisk-boot-test\n");
     write(&src.join("etc/os-release"), b"ID=nixos\n");
@@ -415,14 +416,16 @@ const S_IFREG: u32 = 0o100_000;
 const S_IFDIR: u32 = 0o040_000;
 const S_IFLNK: u32 = 0o120_000;
 
-fn boot(fx: &Fixture, disk: &Path, firmware: &str, tag: &str) -> Option<Boot> {
+fn boot(fx: &Fixture, disks: &[&Path], mounts: &[Mount], firmware: &str, tag: &str) -> Option<Boot> {
     let _g = BOOT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let console = fx.dir.join(format!("{tag}.console.log"));
     let listing = fx.dir.join(format!("{tag}.listing.txt"));
-    let mut args = vec![
-        "run".to_string(),
-        "--disk".into(),
-        disk.to_str().unwrap().into(),
+    let mut args = vec!["run".to_string()];
+    for d in disks {
+        args.push("--disk".into());
+        args.push(d.to_str().unwrap().into());
+    }
+    args.extend([
         "--console".into(),
         console.to_str().unwrap().into(),
         "--listing".into(),
@@ -433,8 +436,8 @@ fn boot(fx: &Fixture, disk: &Path, firmware: &str, tag: &str) -> Option<Boot> {
         fx.initrd.to_str().unwrap().into(),
         "--timeout".into(),
         "400".into(),
-    ];
-    for m in &fx.mounts {
+    ]);
+    for m in mounts {
         args.push("--mount".into());
         args.push(m.arg());
     }
@@ -539,8 +542,8 @@ fn host_listing(fx: &Fixture, m: &Mount) -> (BTreeMap<String, Entry>, HashMap<St
     (out, ids)
 }
 
-/// Differences between what the kernel read and the source, one line each.
-fn compare(fx: &Fixture, b: &Boot) -> Vec<String> {
+/// Differences between what the kernel read (for `mounts`) and the source, one line each.
+fn compare(fx: &Fixture, b: &Boot, mounts: &[Mount]) -> Vec<String> {
     let mut problems = Vec::new();
     if !b.done {
         problems.push("guest listing incomplete (no MKDISK-DONE)".to_string());
@@ -553,7 +556,7 @@ fn compare(fx: &Fixture, b: &Boot) -> Vec<String> {
             problems.push(format!("kernel: {d}"));
         }
     }
-    for m in &fx.mounts {
+    for m in mounts {
         let Some((rc, guest)) = b.mounts.get(&m.id) else {
             problems.push(format!("{}: not in the guest listing", m.id));
             continue;
@@ -643,44 +646,13 @@ fn report(what: &str, problems: &[String]) -> String {
     format!("{what}: {n} difference(s):\n  {}", shown.join("\n  "))
 }
 
-/// Which partition holds `offset`, to show where the negative test altered bytes.
-fn find_unique(image: &Path, needle: &[u8]) -> u64 {
-    let mut f = fs::File::open(image).unwrap();
-    let mut hits = Vec::new();
-    let chunk = 8 << 20;
-    let mut buf = vec![0u8; chunk + needle.len()];
-    let mut base = 0u64;
-    let mut carry = 0usize;
-    loop {
-        let n = f.read(&mut buf[carry..carry + chunk]).unwrap();
-        if n == 0 {
-            break;
-        }
-        let len = carry + n;
-        let hay = &buf[..len];
-        let mut i = 0;
-        while let Some(pos) = hay[i..].windows(needle.len()).position(|w| w == needle) {
-            hits.push(base + (i + pos) as u64);
-            i += pos + 1;
-        }
-        let keep = (needle.len() - 1).min(len);
-        buf.copy_within(len - keep..len, 0);
-        base += (len - keep) as u64;
-        carry = keep;
-    }
-    hits.dedup();
-    assert_eq!(hits.len(), 1, "marker {:?} found {} times in the image", String::from_utf8_lossy(needle), hits.len());
-    hits[0]
-}
-
 // ---------------------------------------------------------------------------------------------
 // Tests
 
 #[test]
 fn ovmf_boots_systemd_boot_from_our_esp() {
     let Some(fx) = fixture() else { return };
-    let t0 = Instant::now();
-    let Some(b) = boot(fx, &fx.image, "ovmf", "ovmf") else { return };
+    let Some(b) = boot(fx, &[&fx.image], &fx.mounts, "ovmf", "ovmf") else { return };
     // The guest's /init ran from the initramfs systemd-boot loaded off our ESP, with the entry's
     // options: systemd-boot adds `initrd=` with the ESP path in backslashes.
     let init_line = b
@@ -692,49 +664,64 @@ fn ovmf_boots_systemd_boot_from_our_esp() {
         init_line.contains(&format!("initrd=\\{}", INITRD.replace('/', "\\"))),
         "not started by systemd-boot from the ESP: {init_line}"
     );
-    let problems = compare(fx, &b);
+    let problems = compare(fx, &b, &fx.mounts);
     assert!(problems.is_empty(), "{}\nconsole tail:\n{}", report("OVMF boot", &problems), tail(&b.console));
-    eprintln!(
-        "boot: OVMF → systemd-boot → kernel read {} mounts in {:.1}s",
-        b.mounts.len(),
-        t0.elapsed().as_secs_f64()
-    );
+}
+
+/// The altered copy's mounts: the same partitions on the second disk.
+fn altered_mounts(fx: &Fixture) -> Vec<Mount> {
+    fx.mounts
+        .iter()
+        .map(|m| Mount { id: format!("altered-{}", m.id), dev: m.dev.replacen("vda", "vdb", 1), ..m.clone() })
+        .collect()
+}
+
+/// One direct kernel boot (`-kernel/-initrd`) with two disks: vda = the image as built,
+/// vdb = a copy with one byte changed in a file of the ext4 root and one of the ESP.
+fn direct_boot() -> Option<&'static (Boot, Vec<Mount>)> {
+    static B: OnceLock<Option<(Boot, Vec<Mount>)>> = OnceLock::new();
+    B.get_or_init(|| {
+        let fx = fixture()?;
+        let altered = fx.dir.join("altered.raw");
+        // A sparse copy with one byte changed inside each marker text (same size, different
+        // content); the markers must occur exactly once in the image.
+        let t0 = Instant::now();
+        if let Err(HarnessError::Failed(e) | HarnessError::Unavailable(e)) = run_harness(&[
+            "alter",
+            fx.image.to_str().unwrap(),
+            altered.to_str().unwrap(),
+            &fx.ext4_marker,
+            &fx.fat_marker,
+        ]) {
+            panic!("altering the image failed: {e}");
+        }
+        eprintln!("boot: altered copy in {:.1}s", t0.elapsed().as_secs_f64());
+        let mut mounts = fx.mounts.clone();
+        mounts.extend(altered_mounts(fx));
+        let b = boot(fx, &[&fx.image, &altered], &mounts, "direct", "direct");
+        let _ = fs::remove_file(&altered);
+        Some((b?, mounts))
+    })
+    .as_ref()
 }
 
 #[test]
 fn kernel_reads_every_file() {
     let Some(fx) = fixture() else { return };
-    let Some(b) = boot(fx, &fx.image, "direct", "direct") else { return };
-    let problems = compare(fx, &b);
+    let Some((b, _)) = direct_boot() else { return };
+    let problems = compare(fx, b, &fx.mounts);
     assert!(problems.is_empty(), "{}\nconsole tail:\n{}", report("direct boot", &problems), tail(&b.console));
-    let files: usize = b.mounts.values().map(|(_, e)| e.len()).sum();
-    assert!(files > 1000, "only {files} entries listed");
-    eprintln!("boot: the kernel read {files} entries in {} mounts, all equal to the source", b.mounts.len());
+    let entries: usize = fx.mounts.iter().map(|m| b.mounts[&m.id].1.len()).sum();
+    assert!(entries > 1000, "only {entries} entries listed");
+    eprintln!("boot: the kernel read {entries} entries in {} mounts, all equal to the source", fx.mounts.len());
 }
 
 #[test]
 fn altered_file_is_caught() {
     let Some(fx) = fixture() else { return };
-    let altered = fx.dir.join("altered.raw");
-    {
-        let mut src = fs::File::open(&fx.image).unwrap();
-        let mut dst = fs::File::create(&altered).unwrap();
-        std::io::copy(&mut src, &mut dst).unwrap();
-    }
-    let mut f = fs::OpenOptions::new().write(true).open(&altered).unwrap();
-    for marker in [&fx.ext4_marker, &fx.fat_marker] {
-        let off = find_unique(&altered, marker.as_bytes());
-        // Flip one byte inside the marker text (same size, different content).
-        f.seek(SeekFrom::Start(off + 7)).unwrap();
-        f.write_all(b"#").unwrap();
-    }
-    f.sync_all().unwrap();
-    drop(f);
-    let Some(b) = boot(fx, &altered, "direct", "altered") else { return };
-    let problems = compare(fx, &b);
-    let _ = fs::remove_file(&altered);
-    let expect = ["root: ./edge/marker.txt: sha256", "esp: ./edge/marker.txt: sha256"];
-    for e in expect {
+    let Some((b, _)) = direct_boot() else { return };
+    let problems = compare(fx, b, &altered_mounts(fx));
+    for e in ["altered-root: ./edge/marker.txt: sha256", "altered-esp: ./edge/marker.txt: sha256"] {
         assert!(problems.iter().any(|p| p.starts_with(e)), "alteration not caught ({e}): {problems:#?}");
     }
     assert_eq!(problems.len(), 2, "exactly the two altered files differ: {problems:#?}");
