@@ -1,0 +1,391 @@
+//! NixOS images end to end, with Debian's `nix-bin` (Nix 2.8) as the oracle: a small real
+//! closure is built offline in a scratch chroot store (`nix-store --add`, a
+//! `builtins.derivation` with `/bin/sh`, a fake NixOS toplevel with `boot.json`), turned into
+//! closureInfo files, written into an image with `mkdisk build --closure --system`, the root
+//! filesystem extracted again with `debugfs rdump`, and the extracted store checked with
+//! `nix-store --verify --check-contents`, `-qR` and `-q --hash`.
+//!
+//! Without `nix-store` on PATH these tests print a loud SKIP line and return (set
+//! `MKDISK_REQUIRE_NIX=1` to make that a failure).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+const EPOCH: &str = "1700000000";
+
+fn mkdisk(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mkdisk")).args(args).env("SOURCE_DATE_EPOCH", EPOCH).output().unwrap()
+}
+
+fn assert_ok(what: &str, o: &Output) {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+fn have_nix() -> bool {
+    let ok = Command::new("nix-store").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(std::env::var_os("MKDISK_REQUIRE_NIX").is_none(), "nix-store (Debian nix-bin) is required");
+        eprintln!("SKIP: nix-store (Debian package nix-bin) is not installed; the NixOS oracle tests did not run");
+    }
+    ok
+}
+
+const NIX_CONFIG: &str =
+    "experimental-features = nix-command\nsandbox = false\nsubstituters =\nsandbox-paths = /bin /lib /lib64 /usr";
+
+fn nix(store: &Path, args: &[&str]) -> Output {
+    Command::new("nix-store").arg("--store").arg(store).args(args).env("NIX_CONFIG", NIX_CONFIG).output().unwrap()
+}
+
+fn nix_ok(store: &Path, args: &[&str]) -> String {
+    let o = nix(store, args);
+    assert_ok(&format!("nix-store {args:?}"), &o);
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// A scratch store with a closure: a source directory (`nix-store --add`), a file output, a
+/// fake kernel, initrd and systemd, and a toplevel with a self reference, a symlink into
+/// another path and `boot.json`.
+struct Scratch {
+    store: PathBuf,
+    toplevel: String,
+    closure: PathBuf,
+    store_paths: Vec<String>,
+}
+
+fn scratch_store(dir: &Path) -> Scratch {
+    let store = dir.join("store");
+    let src = dir.join("src/a");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("f"), "hello\n").unwrap();
+    std::fs::write(src.join("exe"), "#!/bin/sh\necho hi\n").unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(src.join("exe")).unwrap().permissions(), 0o755);
+    Command::new("chmod").args(["0755"]).arg(src.join("exe")).status().unwrap();
+    std::os::unix::fs::symlink("f", src.join("link")).unwrap();
+    std::fs::write(src.join("sub/empty"), "").unwrap();
+    let a = nix_ok(&store, &["--add", src.to_str().unwrap()]).trim().to_string();
+    let expr = format!(
+        r#"
+let
+  a = builtins.storePath "{a}";
+  sh = args: name: builtins.derivation {{
+    inherit name; system = "x86_64-linux"; builder = "/bin/sh";
+    args = [ "-c" ("export PATH=/bin:/usr/bin; " + args) ];
+  }};
+  dep = sh "echo dep > $out" "dep";
+  kernel = sh "mkdir $out; echo fake-kernel > $out/bzImage" "linux-6.1.0";
+  initrd = sh "mkdir $out; echo fake-initrd > $out/initrd" "initrd-linux-6.1.0";
+  systemd = sh "mkdir -p $out/lib/systemd/boot/efi; echo fake-sd-boot > $out/lib/systemd/boot/efi/systemd-bootx64.efi" "systemd-252";
+  bootJson = builtins.toJSON {{
+    "org.nixos.bootspec.v1" = {{
+      init = "${{builtins.placeholder "out"}}/init";
+      initrd = "${{initrd}}/initrd";
+      kernel = "${{kernel}}/bzImage";
+      kernelParams = [ "loglevel=4" "console=ttyS0" ];
+      label = "NixOS 24.05 (Linux 6.1.0)";
+      system = "x86_64-linux";
+      toplevel = builtins.placeholder "out";
+    }};
+  }};
+in builtins.derivation {{
+  name = "nixos-system-test-24.05"; system = "x86_64-linux"; builder = "/bin/sh";
+  inherit bootJson;
+  args = [ "-c" "export PATH=/bin:/usr/bin; mkdir $out; echo ${{dep}} > $out/dep; echo ${{a}} > $out/a; printf '#!/bin/sh\n# %s\n' $out > $out/init; chmod +x $out/init; ln -s ${{dep}} $out/deplink; ln -s ${{kernel}}/bzImage $out/kernel; ln -s ${{initrd}}/initrd $out/initrd; ln -s ${{systemd}} $out/systemd; printf '%s' \"$bootJson\" > $out/boot.json" ];
+}}
+"#
+    );
+    std::fs::write(dir.join("test.nix"), expr).unwrap();
+    let o = Command::new("nix-build")
+        .arg("--store")
+        .arg(&store)
+        .arg(dir.join("test.nix"))
+        .arg("--no-out-link")
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .output()
+        .unwrap();
+    assert_ok("nix-build", &o);
+    let toplevel = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    let closure = dir.join("closure");
+    let store_paths = make_closure_info(&store, &toplevel, &closure);
+    Scratch { store, toplevel, closure, store_paths }
+}
+
+/// closureInfo's files for `root`, as nixpkgs' closure-info.nix writes them.
+fn make_closure_info(store: &Path, root: &str, out: &Path) -> Vec<String> {
+    std::fs::create_dir_all(out).unwrap();
+    let mut paths: Vec<String> = nix_ok(store, &["-qR", root]).lines().map(str::to_string).collect();
+    paths.sort();
+    let mut reg = String::new();
+    let mut total = 0u64;
+    for p in &paths {
+        let hash = nix_ok(store, &["-q", "--hash", p]).trim().to_string();
+        let size = nix_ok(store, &["-q", "--size", p]).trim().to_string();
+        total += size.parse::<u64>().unwrap();
+        let refs: Vec<String> = nix_ok(store, &["-q", "--references", p]).lines().map(str::to_string).collect();
+        reg.push_str(&format!("{p}\n{hash}\n{size}\n\n{}\n", refs.len()));
+        for r in refs {
+            reg.push_str(&r);
+            reg.push('\n');
+        }
+    }
+    std::fs::write(out.join("store-paths"), paths.iter().map(|p| format!("{p}\n")).collect::<String>()).unwrap();
+    std::fs::write(out.join("registration"), reg).unwrap();
+    std::fs::write(out.join("total-nar-size"), format!("{total}\n")).unwrap();
+    paths
+}
+
+const SPEC_EXT4: &str = r#"{"disk":{"main":{"imageSize":"192M","content":{"type":"gpt","partitions":{
+  "boot":{"size":"1M","type":"EF02","priority":0},
+  "ESP":{"size":"64M","type":"EF00","priority":1,"content":{"type":"filesystem","format":"vfat","mountpoint":"/boot"}},
+  "root":{"size":"100%","content":{"type":"filesystem","format":"ext4","mountpoint":"/"}}}}}}}"#;
+
+/// (name, first byte, length in bytes) of every partition, from `mkdisk plan --json`.
+fn partitions(spec: &Path) -> Vec<(String, u64, u64)> {
+    let o = mkdisk(&["plan", spec.to_str().unwrap(), "--json"]);
+    assert_ok("mkdisk plan", &o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["disks"][0]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["start"].as_u64().unwrap() * 512,
+                p["size"].as_u64().unwrap() * 512,
+            )
+        })
+        .collect()
+}
+
+fn part<'a>(parts: &'a [(String, u64, u64)], name: &str) -> &'a (String, u64, u64) {
+    parts.iter().find(|p| p.0 == name).unwrap()
+}
+
+fn build(dir: &Path, spec: &Path, s: &Scratch, extra: &[&str]) -> PathBuf {
+    let out = dir.join("out");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let store_dir = s.store.join("nix/store");
+    let mut args = vec![
+        "build",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--closure",
+        s.closure.to_str().unwrap(),
+        "--store-dir",
+        store_dir.to_str().unwrap(),
+        "--system",
+        &s.toplevel,
+    ];
+    args.extend_from_slice(extra);
+    assert_ok("mkdisk build", &mkdisk(&args));
+    out.join("main.raw")
+}
+
+fn sha256(p: &Path) -> String {
+    Sha256::digest(std::fs::read(p).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `debugfs rdump` of the ext4 filesystem at `offset` of `img` into `dest`.
+fn extract_ext4(img: &Path, offset: u64, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    let dev = format!("{}?offset={offset}", img.display());
+    for d in ["nix", "etc"] {
+        let o = Command::new("debugfs").args(["-R", &format!("rdump /{d} {}", dest.display()), &dev]).output().unwrap();
+        assert_ok("debugfs rdump", &o);
+    }
+}
+
+fn debugfs(img: &Path, offset: u64, req: &str) -> String {
+    let dev = format!("{}?offset={offset}", img.display());
+    let o = Command::new("debugfs").args(["-R", req, &dev]).output().unwrap();
+    assert_ok("debugfs", &o);
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn mtype(img: &Path, offset: u64, path: &str) -> String {
+    let o = Command::new("mtype")
+        .args(["-i", &format!("{}@@{offset}", img.display()), &format!("::{path}")])
+        .output()
+        .unwrap();
+    assert_ok("mtype", &o);
+    String::from_utf8(o.stdout).unwrap()
+}
+
+#[test]
+fn extracted_store_verifies_with_nix() {
+    if !have_nix() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let s = scratch_store(dir);
+    assert!(s.store_paths.len() >= 6, "{:?}", s.store_paths);
+    let spec = dir.join("spec.json");
+    std::fs::write(&spec, SPEC_EXT4).unwrap();
+    let img = build(dir, &spec, &s, &[]);
+    let parts = partitions(&spec);
+    let root = part(&parts, "root");
+    let r = dir.join("extracted");
+    extract_ext4(&img, root.1, &r);
+
+    // The DB as written: schema file, rollback journal, no side files.
+    assert_eq!(std::fs::read(r.join("nix/var/nix/db/schema")).unwrap(), b"10");
+    let db = std::fs::read(r.join("nix/var/nix/db/db.sqlite")).unwrap();
+    assert_eq!(&db[..16], b"SQLite format 3\0");
+    assert_eq!(&db[16..20], &[0x10, 0x00, 1, 1], "page size 4096, rollback journal");
+    let names: Vec<_> = std::fs::read_dir(r.join("nix/var/nix/db")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+
+    // Store conventions on the image.
+    let stat = debugfs(&img, root.1, "stat /nix/store");
+    assert!(stat.contains("Mode:  01775") && stat.contains("Group: 30000"), "{stat}");
+    let top_name = s.toplevel.trim_start_matches("/nix/store/");
+    let stat = debugfs(&img, root.1, &format!("stat /nix/store/{top_name}/init"));
+    assert!(stat.contains("Mode:  0555") && stat.contains("User:     0"), "{stat}");
+    assert!(stat.contains("mtime: 0x00000001"), "{stat}");
+    let stat = debugfs(&img, root.1, &format!("stat /nix/store/{top_name}/boot.json"));
+    assert!(stat.contains("Mode:  0444"), "{stat}");
+
+    // Profiles and the NixOS marker.
+    let link = std::fs::read_link(r.join("nix/var/nix/profiles/system")).unwrap();
+    assert_eq!(link, Path::new("system-1-link"));
+    let link = std::fs::read_link(r.join("nix/var/nix/profiles/system-1-link")).unwrap();
+    assert_eq!(link, Path::new(&s.toplevel));
+    assert!(r.join("nix/var/nix/profiles/per-user/root").is_dir());
+    assert_eq!(std::fs::read(r.join("etc/NIXOS")).unwrap(), b"");
+
+    // The oracle: Nix 2.8 accepts the extracted store and DB.
+    let o = nix(&r, &["--verify", "--check-contents"]);
+    assert_ok("nix-store --verify --check-contents", &o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("modified") && !err.contains("invalid") && !err.contains("error"), "{err}");
+    let mut closure: Vec<String> = nix_ok(&r, &["-qR", &s.toplevel]).lines().map(str::to_string).collect();
+    closure.sort();
+    assert_eq!(closure, s.store_paths);
+    for p in &s.store_paths {
+        assert_eq!(nix_ok(&r, &["-q", "--hash", p]), nix_ok(&s.store, &["-q", "--hash", p]), "{p}");
+        assert_eq!(nix_ok(&r, &["-q", "--size", p]), nix_ok(&s.store, &["-q", "--size", p]), "{p}");
+        let mut a: Vec<String> = nix_ok(&r, &["-q", "--references", p]).lines().map(str::to_string).collect();
+        let mut b: Vec<String> = nix_ok(&s.store, &["-q", "--references", p]).lines().map(str::to_string).collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "{p}");
+    }
+    // The profile keeps the whole closure alive.
+    let o = nix(&r, &["--gc", "--print-dead"]);
+    assert_ok("nix-store --gc --print-dead", &o);
+    let dead = String::from_utf8_lossy(&o.stdout);
+    assert!(s.store_paths.iter().all(|p| !dead.contains(p.as_str())), "dead: {dead}");
+
+    // systemd-boot on the ESP.
+    let esp = part(&parts, "ESP");
+    assert_eq!(mtype(&img, esp.1, "/EFI/BOOT/BOOTX64.EFI"), "fake-sd-boot\n");
+    assert_eq!(mtype(&img, esp.1, "/EFI/systemd/systemd-bootx64.efi"), "fake-sd-boot\n");
+    assert_eq!(
+        mtype(&img, esp.1, "/loader/loader.conf"),
+        "timeout 5\ndefault nixos-generation-1.conf\nconsole-mode keep\n"
+    );
+    let entry = mtype(&img, esp.1, "/loader/entries/nixos-generation-1.conf");
+    let kernel_dir = s
+        .store_paths
+        .iter()
+        .find(|p| p.ends_with("-linux-6.1.0") && !p.contains("initrd"))
+        .unwrap()
+        .trim_start_matches("/nix/store/");
+    let initrd_dir =
+        s.store_paths.iter().find(|p| p.ends_with("-initrd-linux-6.1.0")).unwrap().trim_start_matches("/nix/store/");
+    assert_eq!(
+        entry,
+        format!(
+            "title NixOS\nsort-key nixos\nversion Generation 1 NixOS 24.05 (Linux 6.1.0), built on 2023-11-14\n\
+             linux /EFI/nixos/{kernel_dir}-bzImage.efi\ninitrd /EFI/nixos/{initrd_dir}-initrd.efi\n\
+             options init={}/init loglevel=4 console=ttyS0\n",
+            s.toplevel
+        )
+    );
+    assert_eq!(mtype(&img, esp.1, &format!("/EFI/nixos/{kernel_dir}-bzImage.efi")), "fake-kernel\n");
+    assert_eq!(mtype(&img, esp.1, &format!("/EFI/nixos/{initrd_dir}-initrd.efi")), "fake-initrd\n");
+
+    // Reproducible across runs and thread counts, DB included.
+    let first = sha256(&img);
+    let img1 = build(dir, &spec, &s, &["--threads", "1"]);
+    assert_eq!(sha256(&img1), first);
+    let img3 = build(dir, &spec, &s, &["--threads", "3"]);
+    assert_eq!(sha256(&img3), first);
+}
+
+fn build_err(dir: &Path, spec: &Path, args: &[&str]) -> String {
+    let out = dir.join("out-err");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let mut a = vec!["build", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"];
+    a.extend_from_slice(args);
+    let o = mkdisk(&a);
+    assert!(!o.status.success(), "expected failure for {args:?}");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "no image left behind");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn bad_nixos_inputs_are_named() {
+    if !have_nix() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let s = scratch_store(dir);
+    let spec = dir.join("spec.json");
+    std::fs::write(&spec, SPEC_EXT4).unwrap();
+    let store_dir = s.store.join("nix/store");
+    let sd = store_dir.to_str().unwrap();
+    let cl = s.closure.to_str().unwrap();
+
+    // A store path missing from the host store.
+    let bad = dir.join("closure-missing");
+    std::fs::create_dir_all(&bad).unwrap();
+    let ghost = "/nix/store/00000000000000000000000000000000-ghost";
+    let sp = std::fs::read_to_string(s.closure.join("store-paths")).unwrap();
+    std::fs::write(bad.join("store-paths"), format!("{sp}{ghost}\n")).unwrap();
+    let reg = std::fs::read_to_string(s.closure.join("registration")).unwrap();
+    std::fs::write(
+        bad.join("registration"),
+        format!("{reg}{ghost}\nsha256:1av6k5vjhy68xrphrsn96pcsqrcrh8f5mg814y0jm0dl8rs316gq\n120\n\n0\n"),
+    )
+    .unwrap();
+    let e = build_err(dir, &spec, &["--closure", bad.to_str().unwrap(), "--store-dir", sd]);
+    assert!(e.contains("missing from the host store") && e.contains(ghost), "{e}");
+
+    // A registration that disagrees with store-paths.
+    std::fs::write(bad.join("store-paths"), sp.as_bytes()).unwrap();
+    let e = build_err(dir, &spec, &["--closure", bad.to_str().unwrap(), "--store-dir", sd]);
+    assert!(e.contains("registration disagrees with store-paths") && e.contains(ghost), "{e}");
+
+    // A toplevel without boot.json.
+    let a = s.store_paths.iter().find(|p| p.ends_with("-a")).unwrap();
+    let e = build_err(dir, &spec, &["--closure", cl, "--store-dir", sd, "--system", a]);
+    assert!(e.contains("has no boot.json") && e.contains(a.as_str()), "{e}");
+
+    // GRUB without an EF02 partition.
+    let no_ef02 = dir.join("no-ef02.json");
+    std::fs::write(&no_ef02, SPEC_EXT4.replace(r#""boot":{"size":"1M","type":"EF02","priority":0},"#, "")).unwrap();
+    let grub = dir.join("grub");
+    std::fs::create_dir_all(grub.join("i386-pc")).unwrap();
+    let e = build_err(
+        dir,
+        &no_ef02,
+        &["--closure", cl, "--store-dir", sd, "--system", &s.toplevel, "--grub-bios-dir", grub.to_str().unwrap()],
+    );
+    assert!(e.contains("BIOS boot partition (type EF02)"), "{e}");
+}
