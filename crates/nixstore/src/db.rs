@@ -10,11 +10,12 @@ use crate::NixError;
 /// `nixSchemaVersion`: the content of `/nix/var/nix/db/schema` (no newline).
 pub const NIX_SCHEMA_VERSION: &str = "10";
 
-/// Nix's `src/libstore/schema.sql` (2.8 … 2.3x), verbatim.
+/// Nix's `src/libstore/schema.sql` as Nix 2.8 ships it, verbatim (later releases only add a
+/// `-- base16 representation` comment after `hash`; the SQL text is what `sqlite_master` keeps).
 pub const NIX_SCHEMA_SQL: &str = r#"create table if not exists ValidPaths (
     id               integer primary key autoincrement not null,
     path             text unique not null,
-    hash             text not null, -- base16 representation
+    hash             text not null,
     registrationTime integer not null,
     deriver          text,
     narSize          integer,
