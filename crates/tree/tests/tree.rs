@@ -148,3 +148,32 @@ fn image_regions_are_bounded_and_failed_builds_leave_nothing() {
     let r = Region::from_file(Arc::new(fs::OpenOptions::new().write(true).read(true).open(&path).unwrap()), "w", 0, 10);
     assert!(r.write_at(9, &[0, 0]).is_err());
 }
+
+#[test]
+fn store_canonical_scan_and_scan_entry_into() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("p");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("ro"), b"r").unwrap();
+    fs::write(src.join("x"), b"x").unwrap();
+    fs::set_permissions(src.join("ro"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(src.join("x"), fs::Permissions::from_mode(0o4711)).unwrap();
+    fs::set_permissions(src.join("d"), fs::Permissions::from_mode(0o1777)).unwrap();
+    symlink("x", src.join("l")).unwrap();
+    touch_mtime(&src.join("x"), 5000);
+    let mut tree = Tree::new(Meta::new(0o755));
+    let opts = ScanOptions { store_canonical: true, keep_owner: true, ..ScanOptions::default() };
+    // A directory entry with everything below it.
+    mkdisk_tree::scan_entry_into(&mut tree, mkdisk_tree::InodeId::ROOT, b"pkg", &src, &opts).unwrap();
+    // A single file as an entry of its own.
+    mkdisk_tree::scan_entry_into(&mut tree, mkdisk_tree::InodeId::ROOT, b"file", &src.join("ro"), &opts).unwrap();
+    for (p, perm) in
+        [("/pkg", 0o555), ("/pkg/d", 0o555), ("/pkg/ro", 0o444), ("/pkg/x", 0o555), ("/pkg/l", 0o777), ("/file", 0o444)]
+    {
+        let m = &tree.inode(tree.lookup(p.as_bytes()).unwrap()).meta;
+        assert_eq!((m.perm, m.uid, m.gid, m.mtime), (perm, 0, 0, Timestamp::from_secs(1)), "{p}");
+        assert!(m.xattrs.is_empty());
+    }
+    assert!(matches!(tree.inode(tree.lookup(b"/file").unwrap()).kind, Kind::File(ref f) if f.size == 1));
+    assert!(mkdisk_tree::scan_entry_into(&mut tree, mkdisk_tree::InodeId::ROOT, b"file", &src, &opts).is_err());
+}
