@@ -389,3 +389,108 @@ fn bad_nixos_inputs_are_named() {
     );
     assert!(e.contains("BIOS boot partition (type EF02)"), "{e}");
 }
+
+/// A GRUB input directory with synthetic images shaped like GRUB's (a real core.img is only
+/// needed to boot; the byte patching is what is checked here).
+fn fake_grub_dir(dir: &Path) -> PathBuf {
+    let g = dir.join("grub-inputs");
+    std::fs::create_dir_all(g.join("i386-pc")).unwrap();
+    let mut boot = vec![0xB0u8; 512];
+    boot[0x1fe] = 0x55;
+    boot[0x1ff] = 0xAA;
+    std::fs::write(g.join("boot.img"), &boot).unwrap();
+    let sectors = 53;
+    let mut core = vec![0xC3u8; sectors * 512 - 100];
+    core[0x1e8..0x1f4].fill(0);
+    core[0x1f4..0x1fc].copy_from_slice(&2u64.to_le_bytes());
+    core[0x1fc..0x1fe].copy_from_slice(&u16::try_from(sectors - 1).unwrap().to_le_bytes());
+    core[0x1fe..0x200].copy_from_slice(&0x820u16.to_le_bytes());
+    core[0x210..0x214].fill(0);
+    core[0x214..0x216].copy_from_slice(&0x1234u16.to_le_bytes());
+    std::fs::write(g.join("core.img"), &core).unwrap();
+    std::fs::write(g.join("i386-pc/normal.mod"), "mod").unwrap();
+    std::fs::write(g.join("i386-pc/moddep.lst"), "normal: \n").unwrap();
+    g
+}
+
+fn read_at(img: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut b = vec![0u8; len];
+    std::fs::File::open(img).unwrap().read_exact_at(&mut b, offset).unwrap();
+    b
+}
+
+#[test]
+fn grub_bios_and_systemd_boot_hybrid() {
+    if !have_nix() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let s = scratch_store(dir);
+    let grub = fake_grub_dir(dir);
+    let g = grub.to_str().unwrap();
+    let spec = dir.join("spec.json");
+    std::fs::write(&spec, SPEC_EXT4).unwrap();
+    let parts = partitions(&spec);
+    let plain = build(dir, &spec, &s, &["--no-bootloader"]);
+    let plain_mbr = read_at(&plain, 0, 512);
+    let img = build(dir, &spec, &s, &["--grub-bios-dir", g, "--grub-serial"]);
+    let ef02 = part(&parts, "boot");
+    // Sector 0: boot.img with the kernel sector, boot drive, NOPs; the protective MBR's
+    // partition table kept (sgdisk still accepts the disk).
+    let mbr = read_at(&img, 0, 512);
+    assert_eq!(&mbr[0x5c..0x64], &(ef02.1 / 512).to_le_bytes());
+    assert_eq!(mbr[0x64], 0xff);
+    assert_eq!(&mbr[0x66..0x68], &[0x90, 0x90]);
+    assert_eq!(&mbr[0x1b8..0x200], &plain_mbr[0x1b8..0x200]);
+    assert!(mbr[0x68..0x1b8].iter().all(|&b| b == 0xB0));
+    let v = Command::new("sgdisk").arg("-v").arg(&img).output().unwrap();
+    assert_ok("sgdisk -v", &v);
+    assert!(String::from_utf8_lossy(&v.stdout).contains("No problems found"), "{}", String::from_utf8_lossy(&v.stdout));
+    // core.img in EF02 with its blocklist.
+    let core = read_at(&img, ef02.1, 53 * 512);
+    assert_eq!(&core[0x1f4..0x1fc], &(ef02.1 / 512 + 1).to_le_bytes());
+    assert_eq!(&core[0x1fc..0x200], &[52, 0, 0x20, 0x08]);
+    // /boot is the ESP: grub.cfg, modules and kernel copies live there, found by FAT serial.
+    let esp = part(&parts, "ESP");
+    let cfg = mtype(&img, esp.1, "/grub/grub.cfg");
+    let blkid = Command::new("blkid")
+        .args(["-p", "-o", "value", "-s", "UUID", "-O", &esp.1.to_string()])
+        .arg(&img)
+        .output()
+        .unwrap();
+    let serial = String::from_utf8(blkid.stdout).unwrap().trim().to_string();
+    assert_eq!(serial.len(), 9, "{serial}");
+    assert!(cfg.contains(&format!("search --set=drive1 --fs-uuid {serial}\n")), "{cfg}");
+    let kernel = s.store_paths.iter().find(|p| p.ends_with("-linux-6.1.0") && !p.contains("initrd")).unwrap();
+    let kname = format!("{}-bzImage", kernel.trim_start_matches("/nix/store/"));
+    assert!(cfg.contains(&format!("linux ($drive1)/kernels/{kname} init={}/init", s.toplevel)), "{cfg}");
+    assert!(cfg.contains("terminal_output serial console"), "{cfg}");
+    assert_eq!(mtype(&img, esp.1, &format!("/kernels/{kname}")), "fake-kernel\n");
+    assert_eq!(mtype(&img, esp.1, "/grub/i386-pc/moddep.lst"), "normal: \n");
+    assert_eq!(mtype(&img, esp.1, "/grub/grubenv").len(), 1024);
+    // Hybrid: systemd-boot is there too.
+    assert_eq!(mtype(&img, esp.1, "/EFI/BOOT/BOOTX64.EFI"), "fake-sd-boot\n");
+
+    // /boot on the root ext4 filesystem: the kernel is referenced in the store, by ext4 UUID.
+    let spec2 = dir.join("spec-root-boot.json");
+    std::fs::write(
+        &spec2,
+        r#"{"disk":{"main":{"imageSize":"128M","content":{"type":"gpt","partitions":{
+  "boot":{"size":"1M","type":"EF02","priority":0},
+  "root":{"size":"100%","content":{"type":"filesystem","format":"ext4","mountpoint":"/"}}}}}}}"#,
+    )
+    .unwrap();
+    let img2 = build(dir, &spec2, &s, &["--grub-bios-dir", g]);
+    let root = part(&partitions(&spec2), "root").clone();
+    let cfg = debugfs(&img2, root.1, "cat /boot/grub/grub.cfg");
+    let blkid = Command::new("blkid")
+        .args(["-p", "-o", "value", "-s", "UUID", "-O", &root.1.to_string()])
+        .arg(&img2)
+        .output()
+        .unwrap();
+    let uuid = String::from_utf8(blkid.stdout).unwrap().trim().to_string();
+    assert!(cfg.contains(&format!("search --set=drive1 --fs-uuid {uuid}\n")), "{cfg}");
+    assert!(cfg.contains(&format!("linux ($drive1){kernel}/bzImage init=")), "{cfg}");
+}
