@@ -56,7 +56,7 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
         #[command(flatten)]
-        nixos: NixosArgs,
+        nixos: Box<NixosArgs>,
     },
 }
 
@@ -210,7 +210,7 @@ fn run() -> anyhow::Result<()> {
             opts.threads = threads.or_else(threads_default);
             opts.keep_owner = keep_owner;
             opts.source_date_epoch = source_date_epoch()?;
-            opts.nixos = nixos.into_options();
+            opts.nixos = (*nixos).into_options();
             let show = !quiet && std::io::stderr().is_terminal();
             let bar = indicatif::ProgressBar::hidden();
             if show {

@@ -94,7 +94,10 @@ fn closure_info_cross_checks() {
     assert!(ClosureInfo::from_texts("", "").unwrap().store_paths.is_empty());
 }
 
-fn db_rows(db: &Path) -> (Vec<(String, String, String, String)>, Vec<Vec<Option<String>>>, Vec<(String, String)>) {
+/// sqlite_master rows, ValidPaths rows (without id and registrationTime), Refs as path pairs.
+type DbRows = (Vec<(String, String, String, String)>, Vec<Vec<Option<String>>>, Vec<(String, String)>);
+
+fn db_rows(db: &Path) -> DbRows {
     let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let mut st = c.prepare("select type, name, tbl_name, coalesce(sql, '') from sqlite_master order by name").unwrap();
     let schema = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).unwrap();
