@@ -37,11 +37,14 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
-/// QEMU or a part cannot be had: a loud skip, or a failure under CI.
+/// QEMU or a part cannot be had: a loud skip, or a failure under CI. Written to the real
+/// stderr (not the test harness's captured output), so it shows in every `cargo test` run.
 fn skip(why: &str) {
     assert!(!in_ci(), "kernel boot test cannot run under CI=true: {why}");
     let bar = "*".repeat(78);
-    eprintln!("\n{bar}\n*** SKIPPED: kernel boot test (not a pass): {why}\n{bar}\n");
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let msg = format!("\n{bar}\n*** SKIPPED (not a pass): kernel boot test {test}: {}\n{bar}\n", why.trim());
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
 }
 
 /// Boots are serialized: TCG is CPU-bound and the machine is small.
@@ -255,23 +258,18 @@ fn kernel_args(mounts: &[Mount]) -> String {
     a.join(" ")
 }
 
-fn build_fixture() -> Option<Fixture> {
+/// The fixture, or why the parts cannot be had here.
+fn build_fixture() -> Result<Fixture, String> {
     let t0 = Instant::now();
     let parts = match run_harness(&["fetch"]) {
         Ok(s) => s,
-        Err(HarnessError::Unavailable(why)) => {
-            skip(&why);
-            return None;
-        }
+        Err(HarnessError::Unavailable(why)) => return Err(why),
         Err(HarnessError::Failed(e)) => panic!("{e}"),
     };
     let parts: serde_json::Value = serde_json::from_str(&parts).unwrap();
     let initrd = match run_harness(&["initramfs"]) {
         Ok(s) => PathBuf::from(s.trim()),
-        Err(HarnessError::Unavailable(why)) => {
-            skip(&why);
-            return None;
-        }
+        Err(HarnessError::Unavailable(why)) => return Err(why),
         Err(HarnessError::Failed(e)) => panic!("{e}"),
     };
     eprintln!("boot: parts ready in {:.1}s ({})", t0.elapsed().as_secs_f64(), parts["kernel_package"]);
@@ -376,12 +374,23 @@ fn build_fixture() -> Option<Fixture> {
     ]);
     assert!(o.status.success(), "mkdisk build: {}", String::from_utf8_lossy(&o.stderr));
     eprintln!("boot: mkdisk build took {:.1}s", t1.elapsed().as_secs_f64());
-    Some(Fixture { image: out.join("main.raw"), dir, src, mounts, initrd, ext4_marker, fat_marker })
+    Ok(Fixture { image: out.join("main.raw"), dir, src, mounts, initrd, ext4_marker, fat_marker })
 }
 
+fn fixture_or_why() -> &'static Result<Fixture, String> {
+    static F: OnceLock<Result<Fixture, String>> = OnceLock::new();
+    F.get_or_init(build_fixture)
+}
+
+/// The fixture; `None` (after a loud skip) where the parts cannot be had.
 fn fixture() -> Option<&'static Fixture> {
-    static F: OnceLock<Option<Fixture>> = OnceLock::new();
-    F.get_or_init(build_fixture).as_ref()
+    match fixture_or_why() {
+        Ok(f) => Some(f),
+        Err(why) => {
+            skip(why);
+            None
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -416,7 +425,8 @@ const S_IFREG: u32 = 0o100_000;
 const S_IFDIR: u32 = 0o040_000;
 const S_IFLNK: u32 = 0o120_000;
 
-fn boot(fx: &Fixture, disks: &[&Path], mounts: &[Mount], firmware: &str, tag: &str) -> Option<Boot> {
+/// Boot once; `Err` = QEMU could not run here.
+fn boot(fx: &Fixture, disks: &[&Path], mounts: &[Mount], firmware: &str, tag: &str) -> Result<Boot, String> {
     let _g = BOOT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let console = fx.dir.join(format!("{tag}.console.log"));
     let listing = fx.dir.join(format!("{tag}.listing.txt"));
@@ -447,16 +457,13 @@ fn boot(fx: &Fixture, disks: &[&Path], mounts: &[Mount], firmware: &str, tag: &s
     let secs = t0.elapsed().as_secs_f64();
     match r {
         Ok(_) => {}
-        Err(HarnessError::Unavailable(why)) => {
-            skip(&why);
-            return None;
-        }
+        Err(HarnessError::Unavailable(why)) => return Err(why),
         Err(HarnessError::Failed(e)) => panic!("{tag}: boot failed after {secs:.1}s:\n{e}"),
     }
     eprintln!("boot: {tag} ({firmware}) took {secs:.1}s");
     let b = parse_listing(&fs::read(&listing).unwrap());
     let console = String::from_utf8_lossy(&fs::read(&console).unwrap()).replace('\r', "");
-    Some(Boot { console, ..b })
+    Ok(Boot { console, ..b })
 }
 
 fn parse_listing(raw: &[u8]) -> Boot {
@@ -611,7 +618,9 @@ fn compare(fx: &Fixture, b: &Boot, mounts: &[Mount]) -> Vec<String> {
             }
         }
         for path in guest.keys() {
-            if !host.contains_key(path) && !(posix && path == "./lost+found") {
+            // mke2fs-style lost+found is the ext4 writer's addition.
+            let ext4_extra = posix && path == "./lost+found";
+            if !host.contains_key(path) && !ext4_extra {
                 p(format!("{path}: in the image, not in the source"));
             }
         }
@@ -652,7 +661,10 @@ fn report(what: &str, problems: &[String]) -> String {
 #[test]
 fn ovmf_boots_systemd_boot_from_our_esp() {
     let Some(fx) = fixture() else { return };
-    let Some(b) = boot(fx, &[&fx.image], &fx.mounts, "ovmf", "ovmf") else { return };
+    let b = match boot(fx, &[&fx.image], &fx.mounts, "ovmf", "ovmf") {
+        Ok(b) => b,
+        Err(why) => return skip(&why),
+    };
     // The guest's /init ran from the initramfs systemd-boot loaded off our ESP, with the entry's
     // options: systemd-boot adds `initrd=` with the ESP path in backslashes.
     let init_line = b
@@ -678,10 +690,9 @@ fn altered_mounts(fx: &Fixture) -> Vec<Mount> {
 
 /// One direct kernel boot (`-kernel/-initrd`) with two disks: vda = the image as built,
 /// vdb = a copy with one byte changed in a file of the ext4 root and one of the ESP.
-fn direct_boot() -> Option<&'static (Boot, Vec<Mount>)> {
-    static B: OnceLock<Option<(Boot, Vec<Mount>)>> = OnceLock::new();
-    B.get_or_init(|| {
-        let fx = fixture()?;
+fn direct_boot(fx: &'static Fixture) -> Option<&'static Boot> {
+    static B: OnceLock<Result<Boot, String>> = OnceLock::new();
+    let r = B.get_or_init(|| {
         let altered = fx.dir.join("altered.raw");
         // A sparse copy with one byte changed inside each marker text (same size, different
         // content); the markers must occur exactly once in the image.
@@ -700,15 +711,21 @@ fn direct_boot() -> Option<&'static (Boot, Vec<Mount>)> {
         mounts.extend(altered_mounts(fx));
         let b = boot(fx, &[&fx.image, &altered], &mounts, "direct", "direct");
         let _ = fs::remove_file(&altered);
-        Some((b?, mounts))
-    })
-    .as_ref()
+        b
+    });
+    match r {
+        Ok(b) => Some(b),
+        Err(why) => {
+            skip(why);
+            None
+        }
+    }
 }
 
 #[test]
 fn kernel_reads_every_file() {
     let Some(fx) = fixture() else { return };
-    let Some((b, _)) = direct_boot() else { return };
+    let Some(b) = direct_boot(fx) else { return };
     let problems = compare(fx, b, &fx.mounts);
     assert!(problems.is_empty(), "{}\nconsole tail:\n{}", report("direct boot", &problems), tail(&b.console));
     let entries: usize = fx.mounts.iter().map(|m| b.mounts[&m.id].1.len()).sum();
@@ -719,7 +736,7 @@ fn kernel_reads_every_file() {
 #[test]
 fn altered_file_is_caught() {
     let Some(fx) = fixture() else { return };
-    let Some((b, _)) = direct_boot() else { return };
+    let Some(b) = direct_boot(fx) else { return };
     let problems = compare(fx, b, &altered_mounts(fx));
     for e in ["altered-root: ./edge/marker.txt: sha256", "altered-esp: ./edge/marker.txt: sha256"] {
         assert!(problems.iter().any(|p| p.starts_with(e)), "alteration not caught ({e}): {problems:#?}");
