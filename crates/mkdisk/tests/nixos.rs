@@ -494,3 +494,231 @@ fn grub_bios_and_systemd_boot_hybrid() {
     assert!(cfg.contains(&format!("search --set=drive1 --fs-uuid {uuid}\n")), "{cfg}");
     assert!(cfg.contains(&format!("linux ($drive1){kernel}/bzImage init=")), "{cfg}");
 }
+
+/// Boot parts from the boot harness (`tests/boot/harness.py`), or why they cannot be had.
+fn boot_parts() -> Result<(serde_json::Value, PathBuf), String> {
+    let harness = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/boot/harness.py");
+    let run = |args: &[&str]| -> Result<String, String> {
+        let o = Command::new("python3").arg(&harness).args(args).output().map_err(|e| e.to_string())?;
+        match o.status.code() {
+            Some(0) => Ok(String::from_utf8(o.stdout).unwrap()),
+            Some(77) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+            _ => panic!("harness {args:?} failed: {}", String::from_utf8_lossy(&o.stderr)),
+        }
+    };
+    let parts: serde_json::Value = serde_json::from_str(&run(&["fetch"])?).unwrap();
+    let initrd = PathBuf::from(run(&["initramfs"])?.trim());
+    Ok((parts, initrd))
+}
+
+/// GRUB i386-pc from Debian's grub-pc-bin/grub-common (`apt-get download`, unpacked), or why not.
+fn grub_root(cache: &Path) -> Result<PathBuf, String> {
+    let root = cache.join("root");
+    if root.join("usr/bin/grub-mkimage").exists() && root.join("usr/lib/grub/i386-pc/boot.img").exists() {
+        return Ok(root);
+    }
+    std::fs::create_dir_all(cache).unwrap();
+    let o = Command::new("apt-get")
+        .args(["download", "-q", "grub-pc-bin", "grub-common"])
+        .current_dir(cache)
+        .output()
+        .map_err(|e| format!("apt-get: {e}"))?;
+    if !o.status.success() {
+        return Err(format!("apt-get download grub-pc-bin grub-common: {}", String::from_utf8_lossy(&o.stderr)));
+    }
+    for e in std::fs::read_dir(cache).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "deb") {
+            assert!(Command::new("dpkg-deb").arg("-x").arg(&p).arg(&root).status().unwrap().success());
+        }
+    }
+    Ok(root)
+}
+
+fn listing_sha(listing: &str, path: &str) -> Option<String> {
+    listing.lines().find_map(|l| {
+        let rest = l.strip_prefix("S ")?;
+        let (sha, p) = rest.split_once("  ")?;
+        (p.trim_start_matches('.') == path).then(|| sha.to_string())
+    })
+}
+
+/// The regular layout (EF02 + vfat ESP at /boot + ext4 /) built from a fake NixOS toplevel
+/// (Debian kernel, the boot harness's initramfs, boot.json) boots both ways: SeaBIOS → our
+/// GRUB (boot.img + core.img in EF02) and OVMF → our systemd-boot, to the test init, which
+/// reads the root filesystem.
+#[test]
+fn nixos_image_boots_with_grub_and_systemd_boot() {
+    if !have_nix() {
+        return;
+    }
+    let (parts, initramfs) = match boot_parts() {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("SKIP: boot parts unavailable: {why}");
+            return;
+        }
+    };
+    let grub = match grub_root(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("grub-cache")) {
+        Ok(g) => g,
+        Err(why) => {
+            eprintln!("SKIP: GRUB unavailable: {why}");
+            return;
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let store = dir.join("store");
+    let kernel = nix_ok(&store, &["--add", parts["kernel"].as_str().unwrap()]).trim().to_string();
+    let initrd = nix_ok(&store, &["--add", initramfs.to_str().unwrap()]).trim().to_string();
+    let spec = dir.join("spec.json");
+    std::fs::write(&spec, SPEC_EXT4).unwrap();
+    let plan = mkdisk(&["plan", spec.to_str().unwrap(), "--json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let number = |name: &str| {
+        plan["disks"][0]["partitions"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap()["number"]
+            .as_u64()
+            .unwrap()
+    };
+    let (esp_n, root_n) = (number("ESP"), number("root"));
+    let params = format!(
+        r#"[ "console=ttyS0" "panic=-1" "loglevel=4" "mkdisk.out=ttyS1" "mkdisk.mount=root:vda{root_n}:ext4:ro" ]"#
+    );
+    let expr = format!(
+        r#"
+let
+  kernel = builtins.storePath "{kernel}";
+  initrd = builtins.storePath "{initrd}";
+  bootJson = builtins.toJSON {{
+    "org.nixos.bootspec.v1" = {{
+      init = "${{builtins.placeholder "out"}}/init";
+      initrd = "${{initrd}}";
+      kernel = "${{kernel}}";
+      kernelParams = {params};
+      label = "NixOS 24.05 (Linux 6.1.0-56-amd64)";
+      system = "x86_64-linux";
+      toplevel = builtins.placeholder "out";
+    }};
+  }};
+in builtins.derivation {{
+  name = "nixos-system-boottest-24.05"; system = "x86_64-linux"; builder = "/bin/sh";
+  inherit bootJson;
+  args = [ "-c" "export PATH=/bin:/usr/bin; mkdir $out; printf '%s' \"$bootJson\" > $out/boot.json; ln -s ${{kernel}} $out/kernel; ln -s ${{initrd}} $out/initrd; printf '#!/bin/sh\n' > $out/init; chmod +x $out/init" ];
+}}
+"#
+    );
+    std::fs::write(dir.join("boot.nix"), expr).unwrap();
+    let o = Command::new("nix-build")
+        .arg("--store")
+        .arg(&store)
+        .arg(dir.join("boot.nix"))
+        .arg("--no-out-link")
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .output()
+        .unwrap();
+    assert_ok("nix-build", &o);
+    let toplevel = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    let closure = dir.join("closure");
+    make_closure_info(&store, &toplevel, &closure);
+
+    // GRUB inputs: /boot is the ESP, so core.img's prefix is (,gptN)/grub on it.
+    let gdir = dir.join("grub");
+    std::fs::create_dir_all(&gdir).unwrap();
+    let moddir = grub.join("usr/lib/grub/i386-pc");
+    std::fs::copy(moddir.join("boot.img"), gdir.join("boot.img")).unwrap();
+    let o = Command::new(grub.join("usr/bin/grub-mkimage"))
+        .args(["-O", "i386-pc", "-d"])
+        .arg(&moddir)
+        .args(["-p", &format!("(,gpt{esp_n})/grub"), "-o"])
+        .arg(gdir.join("core.img"))
+        .args(["biosdisk", "part_gpt", "fat"])
+        .output()
+        .unwrap();
+    assert_ok("grub-mkimage", &o);
+    std::os::unix::fs::symlink(&moddir, gdir.join("i386-pc")).unwrap();
+
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let store_dir = store.join("nix/store");
+    let o = mkdisk(&[
+        "build",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--closure",
+        closure.to_str().unwrap(),
+        "--store-dir",
+        store_dir.to_str().unwrap(),
+        "--system",
+        &toplevel,
+        "--systemd-boot",
+        parts["systemd_boot"].as_str().unwrap(),
+        "--grub-bios-dir",
+        gdir.to_str().unwrap(),
+        "--grub-serial",
+        "--boot-timeout",
+        "0",
+    ]);
+    assert_ok("mkdisk build", &o);
+    let img = out.join("main.raw");
+    let boot_json_sha: String =
+        Sha256::digest(std::fs::read(store_dir.join(&toplevel[11..]).join("boot.json")).unwrap())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+
+    let qemu = parts["qemu"].as_str().unwrap();
+    let mut failures = Vec::new();
+    for firmware in ["seabios", "ovmf"] {
+        let console = dir.join(format!("console-{firmware}.log"));
+        let listing = dir.join(format!("listing-{firmware}.txt"));
+        std::fs::write(&console, "").unwrap();
+        std::fs::write(&listing, "").unwrap();
+        let mut cmd = Command::new("timeout");
+        cmd.arg("300").arg(qemu);
+        for a in parts["qemu_args"].as_array().unwrap() {
+            cmd.arg(a.as_str().unwrap());
+        }
+        for (k, v) in parts["qemu_env"].as_object().unwrap() {
+            cmd.env(k, v.as_str().unwrap());
+        }
+        cmd.args(["-machine", "q35,accel=tcg", "-m", "1024", "-smp", "1", "-nodefaults", "-display", "none"]);
+        cmd.args(["-no-reboot", "-serial", &format!("file:{}", console.display())]);
+        cmd.args(["-serial", &format!("file:{}", listing.display())]);
+        cmd.args(["-drive", &format!("file={},format=raw,if=virtio,snapshot=on", img.display())]);
+        if firmware == "ovmf" {
+            let vars = dir.join("OVMF_VARS.fd");
+            std::fs::copy(parts["ovmf_vars"].as_str().unwrap(), &vars).unwrap();
+            cmd.args([
+                "-drive",
+                &format!("if=pflash,format=raw,unit=0,readonly=on,file={}", parts["ovmf_code"].as_str().unwrap()),
+            ]);
+            cmd.args(["-drive", &format!("if=pflash,format=raw,unit=1,file={}", vars.display())]);
+        }
+        let o = cmd.output().unwrap();
+        let cons = std::fs::read_to_string(&console).unwrap_or_default().replace('\r', "");
+        let list = std::fs::read_to_string(&listing).unwrap_or_default();
+        let init_line = cons.lines().find(|l| l.contains("MKDISK-INIT start")).unwrap_or("").to_string();
+        let ok = list.contains("MKDISK-END root rc=0")
+            && list.contains("MKDISK-DONE")
+            && init_line.contains(&format!("init={toplevel}/init"))
+            && listing_sha(&list, &format!("/nix/store/{}/boot.json", &toplevel[11..])).as_deref()
+                == Some(boot_json_sha.as_str())
+            && listing_sha(&list, "/etc/NIXOS").is_some();
+        let by_loader = if firmware == "ovmf" {
+            init_line.contains("initrd=\\EFI\\nixos\\")
+        } else {
+            init_line.contains("BOOT_IMAGE=")
+        };
+        eprintln!("boot {firmware}: qemu {}, init line: {init_line}", o.status);
+        if !(ok && by_loader) {
+            failures.push(format!(
+                "{firmware}: ok={ok} by_loader={by_loader}\nconsole tail:\n{}\nlisting tail:\n{}",
+                &cons[cons.len().saturating_sub(3000)..],
+                &list[list.len().saturating_sub(1000)..]
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
