@@ -114,11 +114,7 @@ fn compare(tree: &Tree, dir: InodeId, host: &Path) -> usize {
                 n += 1 + compare(tree, e.inode, &p);
             }
             Kind::File(fd) => {
-                let got = fs::read(&p).unwrap_or_else(|err| panic!("{}: {err}", p.display()));
-                let want = mkdisk_tree::read_file(fd).unwrap();
-                let want_len = usize::try_from(fd.size).unwrap();
-                assert_eq!(got.len(), want_len, "{} size", p.display());
-                assert!(got[..] == want[..want_len.min(want.len())] || want.len() < want_len, "{} content", p.display());
+                same_content(fd, &p);
                 n += 1;
             }
             Kind::Symlink(t) => {
@@ -140,6 +136,32 @@ fn compare(tree: &Tree, dir: InodeId, host: &Path) -> usize {
         }
     }
     n
+}
+
+/// Stream-compare a restored file with its source (holes read as zeros).
+fn same_content(fd: &FileData, p: &Path) {
+    use std::os::unix::fs::FileExt as _;
+    let got = fs::File::open(p).unwrap_or_else(|err| panic!("{}: {err}", p.display()));
+    assert_eq!(got.metadata().unwrap().len(), fd.size, "{} size", p.display());
+    let host = match &fd.source {
+        Source::Host(h) => Some(fs::File::open(h).unwrap()),
+        Source::Bytes(_) => None,
+    };
+    let chunk = 4u64 << 20;
+    let mut a = vec![0u8; chunk as usize];
+    let mut b = vec![0u8; chunk as usize];
+    let mut off = 0u64;
+    while off < fd.size {
+        let n = (fd.size - off).min(chunk) as usize;
+        got.read_exact_at(&mut a[..n], off).unwrap();
+        match (&fd.source, &host) {
+            (Source::Bytes(bytes), _) => b[..n].copy_from_slice(&bytes[off as usize..off as usize + n]),
+            (_, Some(h)) => h.read_exact_at(&mut b[..n], off).unwrap(),
+            _ => unreachable!(),
+        }
+        assert!(a[..n] == b[..n], "{} content differs in [{off}, +{n})", p.display());
+        off += n as u64;
+    }
 }
 
 trait OsStrExt2 {
@@ -413,4 +435,163 @@ fn errors_are_named() {
     assert_eq!(p(&["noatime,compress=zstd:7"]).unwrap(), Some(Compress::Zstd { level: 7, force: false }));
     assert_eq!(p(&["defaults", "compress=lzo"]).unwrap(), None);
     assert!(p(&["compress=zstd:99"]).is_err());
+}
+
+/// Sparse 5 GiB file, `links` hard links in one directory (INODE_EXTREF overflow), 255-byte
+/// names, long symlinks, FIFOs, device nodes, xattrs, a `dir_entries`-entry directory.
+fn edge_tree(tmp: &Path, n_links: u32, dir_entries: u32) -> Tree {
+    use std::os::unix::fs::FileExt as _;
+    let mut t = Tree::new(meta(0o755));
+    let r = InodeId::ROOT;
+    // Sparse 5 GiB file with three data runs.
+    let sparse = tmp.join("sparse-src");
+    let f = fs::File::create(&sparse).unwrap();
+    let size = 5u64 << 30;
+    f.set_len(size).unwrap();
+    let runs = [(0u64, 10_000u64), ((1u64 << 30) + 123, 300_000), (size - 5000, 5000)];
+    for (i, &(off, len)) in runs.iter().enumerate() {
+        f.write_all_at(&bytes(len as usize, i as u8 + 1), off).unwrap();
+    }
+    let fd = FileData {
+        size,
+        source: Source::Host(sparse),
+        runs: runs.iter().map(|&(offset, len)| DataRun { offset, len }).collect(),
+    };
+    t.add_file(r, b"sparse.img", fd, meta(0o644)).unwrap();
+    // 70,000 hard links to one file, in one directory.
+    let links = t.add_dir(r, b"links", meta(0o755)).unwrap();
+    let target = t.add_file(links, b"target", FileData::from_bytes(b"linked!".to_vec()), meta(0o644)).unwrap();
+    for i in 0..n_links {
+        t.add_hardlink(links, format!("link-{i:05}-{}", "x".repeat((i % 40) as usize)).as_bytes(), target).unwrap();
+    }
+    // 255-byte names of every kind.
+    let names = t.add_dir(r, &[b'd'; 255], meta(0o755)).unwrap();
+    t.add_file(names, &[b'f'; 255], FileData::from_bytes(bytes(5000, 7)), meta(0o600)).unwrap();
+    t.add_symlink(names, &[b's'; 255], &[b'/'; 4095], meta(0o777)).unwrap();
+    t.add_symlink(names, b"long-target", "a/".repeat(2000).as_bytes(), meta(0o777)).unwrap();
+    t.add(names, b"fifo", Kind::Fifo, meta(0o600)).unwrap();
+    t.add(names, b"sock", Kind::Socket, meta(0o600)).unwrap();
+    t.add(names, b"tty", Kind::CharDev((4 << 8) | 1), meta(0o620)).unwrap();
+    t.add(names, b"sda", Kind::BlockDev((8 << 8) | 16), meta(0o660)).unwrap();
+    let x = t.add_file(names, b"xattr-file", FileData::from_bytes(bytes(100_000, 3)), meta(0o644)).unwrap();
+    // Small enough in total for the host filesystem that `btrfs restore -x` writes into.
+    t.meta_mut(x).xattrs =
+        (0..8).map(|i| Xattr { name: format!("user.attr{i:02}").into_bytes(), value: bytes(50 * i, i as u8) }).collect();
+    // The largest xattr btrfs allows (name + value = 16228), on a directory (checked by dump).
+    t.meta_mut(names).xattrs = vec![Xattr { name: b"user.huge".to_vec(), value: vec![0xAB; 16_228 - 9] }];
+    // A 100,000-entry directory.
+    let big = t.add_dir(r, b"big-dir", meta(0o755)).unwrap();
+    for i in 0..dir_entries {
+        let name = format!("entry-{i:06}");
+        match i % 4 {
+            0 => t.add_file(big, name.as_bytes(), FileData::from_bytes(i.to_le_bytes().to_vec()), meta(0o644)).map(|_| ()),
+            1 => t.add_symlink(big, name.as_bytes(), b"../links/target", meta(0o777)).map(|_| ()),
+            2 => t.add(big, name.as_bytes(), Kind::Fifo, meta(0o644)).map(|_| ()),
+            _ => t.add_dir(big, name.as_bytes(), meta(0o755)).map(|_| ()),
+        }
+        .unwrap();
+    }
+    t
+}
+
+/// `btrfs check` in lowmem mode (the original mode is quadratic in the links of one inode).
+fn check_clean_lowmem(img: &Path) {
+    let out = Command::new("btrfs")
+        .args(["check", "--readonly", "--check-data-csum", "--mode=lowmem"])
+        .arg(img)
+        .output()
+        .expect("run btrfs check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("no error found") && !stderr.contains("ERROR"),
+        "btrfs check --mode=lowmem: {stdout}\n{stderr}"
+    );
+}
+
+#[test]
+fn edge_cases_check_clean_and_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = edge_tree(tmp.path(), 2_000, 100_000);
+    let img = tmp.path().join("edge.img");
+    let layout = build(&t, &[], &opts(1 << 30), &img).unwrap();
+    // The sparse 5 GiB file stores only its runs (12 KiB + 304 KiB + 8 KiB).
+    assert!(layout.bytes_used() < 64 * MIB, "{layout:?}");
+    check_clean(&img);
+    let n = restore_compare(&img, None, &t, tmp.path(), "out");
+    assert!(n > 2_000 + 75_000, "compared {n}");
+    let dump = dump_tree(&img, Some("5"));
+    assert!(dump.contains("links 2001"));
+    assert!(dump.contains("rdev 4194305") && dump.contains("rdev 8388624"), "tty 4:1, sda 8:16");
+    assert!(dump.contains("name: user.huge") && dump.contains("data_len 16219 name_len 9"));
+    assert!(dump.contains("size 5368709120"));
+    let sparse = tmp.path().join("out/sparse.img");
+    assert!(fs::metadata(&sparse).unwrap().len() == 5 << 30);
+}
+
+#[test]
+fn seventy_thousand_hard_links() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = edge_tree(tmp.path(), 70_000, 10);
+    let img = tmp.path().join("links.img");
+    build(&t, &[], &opts(512 * MIB), &img).unwrap();
+    check_clean_lowmem(&img);
+    let n = restore_compare(&img, None, &t, tmp.path(), "out");
+    assert!(n > 70_000, "compared {n}");
+    let dump = dump_tree(&img, Some("5"));
+    assert!(dump.contains("INODE_EXTREF"), "70,000 names overflow INODE_REF");
+    assert!(dump.contains("links 70001"));
+}
+
+#[test]
+fn poisoned_target_is_check_clean() {
+    use std::io::Write as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("poison.img");
+    let size = 160 * MIB;
+    {
+        let mut f = fs::File::create(&img).unwrap();
+        let block = vec![0xD1u8; MIB as usize];
+        for _ in 0..size / MIB {
+            f.write_all(&block).unwrap();
+        }
+    }
+    let t = small_tree();
+    let mut o = opts(size);
+    o.compress = Some(Compress::Zstd { level: 3, force: true });
+    let layout = plan(&t, &[SubvolSpec { path: "sub".into(), tree: small_tree(), compress: None }], &o).unwrap();
+    let image = Image::open_existing(&img).unwrap();
+    write(&layout, &image.whole(), &NoProgress).unwrap();
+    drop(image);
+    check_clean(&img);
+    restore_compare(&img, None, &t, tmp.path(), "top");
+}
+
+fn build_with_threads(threads: usize, top: &Tree, subs: &[SubvolSpec], o: &BtrfsOptions, path: &Path) -> String {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    pool.install(|| build(top, subs, o, path).unwrap());
+    sha256_file(path)
+}
+
+#[test]
+fn reproducible_across_threads_and_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = small_tree();
+    let subs = vec![
+        SubvolSpec { path: "@".into(), tree: small_tree(), compress: Some(Compress::Zstd { level: 3, force: true }) },
+        SubvolSpec { path: "@nix".into(), tree: small_tree(), compress: Some(Compress::Zstd { level: 1, force: false }) },
+    ];
+    let o = opts(300 * MIB);
+    let a = build_with_threads(1, &t, &subs, &o, &tmp.path().join("a.img"));
+    let b = build_with_threads(2, &t, &subs, &o, &tmp.path().join("b.img"));
+    let c = build_with_threads(8, &t, &subs, &o, &tmp.path().join("c.img"));
+    let d = build_with_threads(8, &t, &subs, &o, &tmp.path().join("d.img"));
+    assert_eq!(a, b);
+    assert_eq!(a, c);
+    assert_eq!(a, d);
+    check_clean(&tmp.path().join("a.img"));
+    // A different uuid changes the image (ids are derived, not random).
+    let mut o2 = o.clone();
+    o2.uuid = Uuid::parse_str("99999999-2222-3333-4444-555555555555").unwrap();
+    assert_ne!(a, build_with_threads(2, &t, &subs, &o2, &tmp.path().join("e.img")));
 }
