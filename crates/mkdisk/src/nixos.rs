@@ -46,7 +46,7 @@ impl NixosOptions {
     /// True if any NixOS content was asked for.
     #[must_use]
     pub fn any(&self) -> bool {
-        self.closure.is_some() || self.system.is_some()
+        self.closure.is_some() || self.system.is_some() || self.systemd_boot.is_some() || self.grub_bios_dir.is_some()
     }
 
     fn store_dir(&self) -> PathBuf {

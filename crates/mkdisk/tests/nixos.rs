@@ -67,7 +67,6 @@ fn scratch_store(dir: &Path) -> Scratch {
     std::fs::create_dir_all(src.join("sub")).unwrap();
     std::fs::write(src.join("f"), "hello\n").unwrap();
     std::fs::write(src.join("exe"), "#!/bin/sh\necho hi\n").unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(src.join("exe")).unwrap().permissions(), 0o755);
     Command::new("chmod").args(["0755"]).arg(src.join("exe")).status().unwrap();
     std::os::unix::fs::symlink("f", src.join("link")).unwrap();
     std::fs::write(src.join("sub/empty"), "").unwrap();
@@ -376,6 +375,10 @@ fn bad_nixos_inputs_are_named() {
     let a = s.store_paths.iter().find(|p| p.ends_with("-a")).unwrap();
     let e = build_err(dir, &spec, &["--closure", cl, "--store-dir", sd, "--system", a]);
     assert!(e.contains("has no boot.json") && e.contains(a.as_str()), "{e}");
+
+    // Boot loader inputs without a system.
+    let e = build_err(dir, &spec, &["--systemd-boot", "/dev/null"]);
+    assert!(e.contains("need --system"), "{e}");
 
     // GRUB without an EF02 partition.
     let no_ef02 = dir.join("no-ef02.json");
