@@ -595,3 +595,184 @@ fn reproducible_across_threads_and_runs() {
     o2.uuid = Uuid::parse_str("99999999-2222-3333-4444-555555555555").unwrap();
     assert_ne!(a, build_with_threads(2, &t, &subs, &o2, &tmp.path().join("e.img")));
 }
+
+/// Run a corpus generator into a fresh directory under `tmp` and scan it.
+fn corpus(tmp: &Path, script: &str, args: &[&str]) -> (PathBuf, Tree) {
+    let dest = tmp.join(script.trim_end_matches(".py"));
+    let st = Command::new("python3").arg(tools().join(script)).arg(&dest).args(args).status().expect("python3");
+    assert!(st.success(), "{script} failed");
+    let tree = scan(&dest, &ScanOptions::default()).unwrap();
+    (dest, tree)
+}
+
+fn corpus_size(t: &Tree) -> u64 {
+    // Data plus generous room for metadata (DUP) and slack.
+    (t.data_bytes() * 2).max(64 * MIB) + (t.len() as u64) * 8192 + 256 * MIB
+}
+
+/// The store corpus (48 MiB by default, the full 1.5 GiB with MKDISK_HEAVY=1), plain and with
+/// the seed's `compress-force=zstd`.
+#[test]
+fn store_corpus_plain_and_seed_compress_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let max = if heavy() { "1536" } else { "48" };
+    let (_, t) = corpus(tmp.path(), "make-store-corpus.py", &["--max-mib", max]);
+    assert!(t.len() > 1000);
+    let img = tmp.path().join("store.img");
+    let o = opts(corpus_size(&t));
+    build(&t, &[], &o, &img).unwrap();
+    check_clean(&img);
+    assert!(restore_compare(&img, None, &t, tmp.path(), "plain") > 1000);
+    fs::remove_file(&img).unwrap();
+    fs::remove_dir_all(tmp.path().join("plain")).unwrap();
+
+    // The seed's layout: one btrfs filesystem with mountOptions compress-force=zstd.
+    let seed = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/disko/seed-regular.json")).unwrap();
+    assert!(seed.contains("\"compress-force=zstd\""));
+    let mut o = opts(corpus_size(&t));
+    o.compress = mkdisk_btrfs::parse_mount_options(&["compress-force=zstd".into(), "nosuid".into(), "nodev".into()]).unwrap();
+    let img = tmp.path().join("seed.img");
+    let layout = build(&t, &[], &o, &img).unwrap();
+    assert!(layout.compressed_extents() > 100, "{layout:?}");
+    check_clean(&img);
+    assert!(kernel_zstd_rules(&layout, &img) > 100);
+    assert!(restore_compare(&img, None, &t, tmp.path(), "seed") > 1000);
+}
+
+/// The flat store: 30,000 store paths with MKDISK_HEAVY=1, 3,000 by default.
+#[test]
+fn flat_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = if heavy() { "30000" } else { "3000" };
+    let (_, t) = corpus(tmp.path(), "make-flat-store.py", &[n]);
+    let img = tmp.path().join("flat.img");
+    let layout = build(&t, &[], &opts(corpus_size(&t)), &img).unwrap();
+    check_clean(&img);
+    let count = restore_compare(&img, None, &t, tmp.path(), "out");
+    assert!(count > 4 * n.parse::<usize>().unwrap(), "compared {count}; {layout:?}");
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Dir(u8),
+        File(u8, usize, u8),
+        Sparse(u8, u32, u16),
+        Link(u8, u8),
+        Symlink(u8, u16),
+        Fifo(u8),
+        Dev(u8, u16),
+        Xattr(u8, u8, u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            any::<u8>().prop_map(Op::Dir),
+            (any::<u8>(), prop_oneof![0usize..64, 1000usize..5000, 60_000usize..300_000], any::<u8>())
+                .prop_map(|(d, n, s)| Op::File(d, n, s)),
+            (any::<u8>(), any::<u32>(), any::<u16>()).prop_map(|(d, o, l)| Op::Sparse(d, o, l)),
+            (any::<u8>(), any::<u8>()).prop_map(|(d, f)| Op::Link(d, f)),
+            (any::<u8>(), 1u16..4095).prop_map(|(d, n)| Op::Symlink(d, n)),
+            any::<u8>().prop_map(Op::Fifo),
+            (any::<u8>(), any::<u16>()).prop_map(|(d, r)| Op::Dev(d, r)),
+            (any::<u8>(), any::<u8>(), 0u16..3000).prop_map(|(i, n, l)| Op::Xattr(i, n, l)),
+        ]
+    }
+
+    fn build_tree(ops: &[Op]) -> Tree {
+        let mut t = Tree::new(meta(0o755));
+        let mut dirs = vec![InodeId::ROOT];
+        let mut files = Vec::new();
+        let mut all = vec![InodeId::ROOT];
+        for (i, op) in ops.iter().enumerate() {
+            let name = format!("n{i}-{}", "q".repeat(i * 37 % 200));
+            let pick = |v: &Vec<InodeId>, k: u8| v[k as usize % v.len()];
+            match *op {
+                Op::Dir(d) => {
+                    let id = t.add_dir(pick(&dirs, d), name.as_bytes(), meta(0o755)).unwrap();
+                    dirs.push(id);
+                    all.push(id);
+                }
+                Op::File(d, n, s) => {
+                    let id = t.add_file(pick(&dirs, d), name.as_bytes(), FileData::from_bytes(bytes(n, s)), meta(0o644)).unwrap();
+                    files.push(id);
+                    all.push(id);
+                }
+                Op::Sparse(d, o, l) => {
+                    let off = u64::from(o % (1 << 22));
+                    let len = u64::from(l) + 1;
+                    let mut data = vec![0u8; (off + len) as usize];
+                    data[off as usize..].copy_from_slice(&bytes(len as usize, 5));
+                    let fd = FileData {
+                        size: off + len + 9000,
+                        source: Source::Bytes({
+                            data.resize((off + len + 9000) as usize, 0);
+                            data.into()
+                        }),
+                        runs: vec![DataRun { offset: off, len }],
+                    };
+                    let id = t.add_file(pick(&dirs, d), name.as_bytes(), fd, meta(0o600)).unwrap();
+                    files.push(id);
+                    all.push(id);
+                }
+                Op::Link(d, f) if !files.is_empty() => {
+                    t.add_hardlink(pick(&dirs, d), name.as_bytes(), pick(&files, f)).unwrap();
+                }
+                Op::Link(..) => {}
+                Op::Symlink(d, n) => {
+                    let id = t.add_symlink(pick(&dirs, d), name.as_bytes(), &bytes(n as usize, 1).iter().map(|b| b'a' + b % 26).collect::<Vec<_>>(), meta(0o777)).unwrap();
+                    all.push(id);
+                }
+                Op::Fifo(d) => {
+                    all.push(t.add(pick(&dirs, d), name.as_bytes(), Kind::Fifo, meta(0o644)).unwrap());
+                }
+                Op::Dev(d, r) => {
+                    all.push(t.add(pick(&dirs, d), name.as_bytes(), Kind::CharDev(u64::from(r)), meta(0o644)).unwrap());
+                }
+                Op::Xattr(i, n, l) => {
+                    let id = pick(&all, i);
+                    let x = &mut t.meta_mut(id).xattrs;
+                    let name = format!("user.x{n}").into_bytes();
+                    if !x.iter().any(|a| a.name == name) {
+                        x.push(Xattr { name, value: vec![n; l as usize] });
+                        x.sort_by(|a, b| a.name.cmp(&b.name));
+                    }
+                }
+            }
+        }
+        t
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Random trees → plan → write → `btrfs check` clean; with and without zstd and a
+        /// subvolume.
+        #[test]
+        fn random_trees_check_clean(ops in prop::collection::vec(op(), 0..60), zstd in any::<bool>(), sub in any::<bool>()) {
+            let t = build_tree(&ops);
+            let tmp = tempfile::tempdir().unwrap();
+            let img = tmp.path().join("p.img");
+            let mut o = opts(200 * MIB);
+            if zstd {
+                o.compress = Some(Compress::Zstd { level: 1, force: true });
+            }
+            let subs = if sub { vec![SubvolSpec { path: "sv".into(), tree: t.clone(), compress: None }] } else { Vec::new() };
+            let layout = build(&t, &subs, &o, &img).unwrap();
+            check_clean(&img);
+            if zstd {
+                kernel_zstd_rules(&layout, &img);
+            }
+        }
+
+        /// The planner never panics on arbitrary sizes and trees.
+        #[test]
+        fn plan_never_panics(ops in prop::collection::vec(op(), 0..30), size in 0u64..(1 << 32)) {
+            let t = build_tree(&ops);
+            let _ = plan(&t, &[], &opts(size));
+        }
+    }
+}
