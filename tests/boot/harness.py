@@ -8,9 +8,12 @@ packages fetched with `apt-get download` and unpacked with `dpkg-deb -x` into a 
   harness.py fetch                      fetch + unpack; print the parts as JSON
   harness.py initramfs OUT              build the test initramfs (newc cpio, gzip)
   harness.py run --disk IMG [--disk IMG2] --console LOG --listing OUT
-                 [--firmware direct|ovmf] [--mount ID:DEV:FS:OPTS ...] [--timeout S]
+                 [--firmware direct|ovmf|bios] [--mount ID:DEV:FS:OPTS ...] [--timeout S]
                                         boot; direct = -kernel/-initrd (SeaBIOS),
-                                        ovmf = UEFI firmware boots the disk's ESP
+                                        ovmf = UEFI firmware boots the disk's ESP,
+                                        bios = SeaBIOS boots the disk (GRUB in MBR + EF02)
+  harness.py grub-dir OUT --prefix P MODULES...
+                                        GRUB inputs for mkdisk build --grub-bios-dir
   harness.py alter IMG OUT MARKER...     sparse copy of IMG with one byte changed inside each
                                         MARKER (which must occur exactly once)
   harness.py host-list DIR              the host-side listing format (for manual diffs)
@@ -162,10 +165,44 @@ def kernel_package():
 LIB_BLOCK = {"libelogind0", "libsystemd0", "libc6", "libgcc-s1", "libstdc++6"}
 
 
-def qemu_missing_libs(binary, libdirs):
+def missing_libs(binary, libdirs):
     env = dict(os.environ, LD_LIBRARY_PATH=":".join(libdirs))
     r = run(["ldd", binary], env=env)
     return sorted({l.split()[0] for l in r.stdout.splitlines() if "not found" in l})
+
+
+def unpack_with_libs(root, pkgs, binary, debs):
+    """Unpack `pkgs` into `root`, then the not-installed library packages they depend on
+    (transitively) until `ldd binary` finds every library. Returns LD_LIBRARY_PATH entries."""
+    libdirs = [os.path.join(root, p) for p in ("usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu")]
+    done = os.path.join(root, ".complete")
+    if os.path.exists(done):
+        return libdirs
+    for p in pkgs:
+        extract(apt_download(p, debs), root)
+    seen = set(pkgs)
+    frontier = list(pkgs)
+    for _ in range(6):
+        if not missing_libs(binary, libdirs):
+            break
+        nxt = []
+        for p in frontier:
+            for d in apt_depends(p):
+                if d in seen or d in LIB_BLOCK or not d.startswith("lib"):
+                    continue
+                seen.add(d)
+                if installed(d):
+                    continue
+                extract(apt_download(d, debs), root)
+                nxt.append(d)
+        frontier = nxt
+        if not frontier:
+            break
+    missing = missing_libs(binary, libdirs)
+    if missing:
+        raise Unavailable(f"{binary} still misses libraries: {' '.join(missing)}")
+    open(done, "w").close()
+    return libdirs
 
 
 def fetch_qemu(cache, debs):
@@ -174,37 +211,9 @@ def fetch_qemu(cache, debs):
     if q:
         return q, {}, []
     root = os.path.join(cache, "qemu-root")
-    libdirs = [os.path.join(root, p) for p in ("usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu")]
-    done = os.path.join(root, ".complete")
     binary = os.path.join(root, "usr/bin/qemu-system-x86_64")
-    if not os.path.exists(done):
-        pkgs = ["qemu-system-x86", "qemu-system-common", "qemu-system-data", "seabios", "ipxe-qemu"]
-        for p in pkgs:
-            extract(apt_download(p, debs), root)
-        # Libraries: follow Depends of what was unpacked until ldd finds everything.
-        seen = set(pkgs)
-        frontier = list(pkgs)
-        for _ in range(6):
-            missing = qemu_missing_libs(binary, libdirs)
-            if not missing:
-                break
-            nxt = []
-            for p in frontier:
-                for d in apt_depends(p):
-                    if d in seen or d in LIB_BLOCK or not d.startswith("lib"):
-                        continue
-                    seen.add(d)
-                    if installed(d):
-                        continue
-                    extract(apt_download(d, debs), root)
-                    nxt.append(d)
-            frontier = nxt
-            if not frontier:
-                break
-        missing = qemu_missing_libs(binary, libdirs)
-        if missing:
-            raise Unavailable(f"unpacked QEMU still misses libraries: {' '.join(missing)}")
-        open(done, "w").close()
+    pkgs = ["qemu-system-x86", "qemu-system-common", "qemu-system-data", "seabios", "ipxe-qemu"]
+    libdirs = unpack_with_libs(root, pkgs, binary, debs)
     env = {"LD_LIBRARY_PATH": ":".join(libdirs)}
     return binary, env, ["-L", os.path.join(root, "usr/share/qemu"), "-L", os.path.join(root, "usr/share/seabios")]
 
@@ -233,11 +242,16 @@ def fetch():
         ov = extract(apt_download("ovmf", debs), os.path.join(cache, "ovmf"))
         parts["ovmf_code"] = os.path.join(ov, "usr/share/OVMF/OVMF_CODE_4M.fd")
         parts["ovmf_vars"] = os.path.join(ov, "usr/share/OVMF/OVMF_VARS_4M.fd")
+        groot = os.path.join(cache, "grub")
+        gbin = os.path.join(groot, "usr/bin/grub-mkimage")
+        parts["grub_mkimage"] = gbin
+        parts["grub_env"] = {"LD_LIBRARY_PATH": ":".join(unpack_with_libs(groot, ["grub-common", "grub-pc-bin"], gbin, debs))}
+        parts["grub_i386_pc"] = os.path.join(groot, "usr/lib/grub/i386-pc")
         q, env, extra = fetch_qemu(cache, debs)
         parts["qemu"] = q
         parts["qemu_env"] = env
         parts["qemu_args"] = extra
-        for k in ("kernel", "busybox", "systemd_boot", "ovmf_code", "ovmf_vars", "qemu"):
+        for k in ("kernel", "busybox", "systemd_boot", "ovmf_code", "ovmf_vars", "qemu", "grub_mkimage"):
             if not os.path.exists(parts[k]):
                 raise Unavailable(f"{k}: {parts[k]} missing after unpacking")
         return parts
@@ -386,6 +400,8 @@ def boot(parts, a):
         shutil.copyfile(parts["ovmf_vars"], vars_copy)
         cmd += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={parts['ovmf_code']}",
                 "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
+    elif a.firmware == "bios":
+        pass  # SeaBIOS (QEMU's default firmware) boots the disk's MBR → GRUB core.img
     else:
         initrd = a.initrd or cached_initramfs(parts)
         append = ["console=ttyS0", "panic=-1", "loglevel=4", "mkdisk.out=ttyS1"]
@@ -418,6 +434,26 @@ def boot(parts, a):
         log("console tail:\n" + cons.replace("\r", "")[-3000:])
         return 1
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# GRUB (i386-pc) inputs for `mkdisk build --grub-bios-dir`
+
+
+def grub_dir(parts, out, prefix, modules):
+    """boot.img, core.img (grub-mkimage -O i386-pc -p PREFIX MODULES) and i386-pc/*.mod,*.lst."""
+    src = parts["grub_i386_pc"]
+    os.makedirs(os.path.join(out, "i386-pc"), exist_ok=True)
+    shutil.copyfile(os.path.join(src, "boot.img"), os.path.join(out, "boot.img"))
+    env = dict(os.environ, **parts["grub_env"])
+    r = run([parts["grub_mkimage"], "-O", "i386-pc", "-d", src, "-p", prefix, "-o",
+             os.path.join(out, "core.img"), *modules], env=env)
+    if r.returncode != 0:
+        raise SystemExit(f"grub-mkimage failed: {r.stderr}")
+    for f in sorted(os.listdir(src)):
+        if f.endswith(".mod") or f.endswith(".lst"):
+            shutil.copyfile(os.path.join(src, f), os.path.join(out, "i386-pc", f))
+    log(f"grub inputs in {out}: core.img {os.path.getsize(os.path.join(out, 'core.img'))} bytes, prefix {prefix}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,10 +542,14 @@ def main():
     p.add_argument("--disk", action="append", required=True)
     p.add_argument("--console", required=True)
     p.add_argument("--listing", required=True)
-    p.add_argument("--firmware", choices=["direct", "ovmf"], default="direct")
+    p.add_argument("--firmware", choices=["direct", "ovmf", "bios"], default="direct")
     p.add_argument("--initrd")
     p.add_argument("--mount", action="append", default=[])
     p.add_argument("--timeout", type=float, default=300)
+    p = sub.add_parser("grub-dir", help="GRUB i386-pc inputs (boot.img, core.img, i386-pc/) for --grub-bios-dir")
+    p.add_argument("out")
+    p.add_argument("--prefix", required=True, help="e.g. (,gpt2)/grub")
+    p.add_argument("modules", nargs="+", help="e.g. biosdisk part_gpt fat")
     p = sub.add_parser("alter", help="sparse-copy IMG to OUT, changing one byte in each unique MARKER")
     p.add_argument("img")
     p.add_argument("out")
@@ -527,6 +567,9 @@ def main():
         parts = fetch()
         if a.cmd == "fetch":
             print(json.dumps(parts, indent=1))
+            return 0
+        if a.cmd == "grub-dir":
+            grub_dir(parts, a.out, a.prefix, a.modules)
             return 0
         if a.cmd == "initramfs":
             path = cached_initramfs(parts)

@@ -220,6 +220,7 @@ impl Mount {
 }
 
 struct Fixture {
+    parts: serde_json::Value,
     dir: PathBuf,
     src: PathBuf,
     image: PathBuf,
@@ -247,6 +248,23 @@ fn btrfs_supported(dir: &Path) -> bool {
         eprintln!("boot: btrfs not covered: {}", String::from_utf8_lossy(&o.stderr).trim());
     }
     o.status.success()
+}
+
+/// Partition name → number, from `mkdisk plan --json`.
+fn plan_numbers(spec: &Path) -> impl Fn(&str) -> u64 {
+    let o = mkdisk(&["plan", spec.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "mkdisk plan: {}", String::from_utf8_lossy(&o.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    move |name: &str| -> u64 {
+        plan["disks"][0]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no partition {name} in the plan"))["number"]
+            .as_u64()
+            .unwrap()
+    }
 }
 
 const LINUX: &str = "EFI/test/linux.efi";
@@ -327,19 +345,7 @@ fn build_fixture() -> Result<Fixture, String> {
     fs::write(&spec_path, serde_json::to_string_pretty(&spec).unwrap()).unwrap();
 
     // Partition numbers from the plan, for the guest's device names.
-    let o = mkdisk(&["plan", spec_path.to_str().unwrap(), "--json"]);
-    assert!(o.status.success(), "mkdisk plan: {}", String::from_utf8_lossy(&o.stderr));
-    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let number = |name: &str| -> u64 {
-        plan["disks"][0]["partitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .unwrap_or_else(|| panic!("no partition {name} in the plan"))["number"]
-            .as_u64()
-            .unwrap()
-    };
+    let number = plan_numbers(&spec_path);
     let mount = |id: &str, part: &str, fs: &str, opts: &str, mp: &str| Mount {
         id: id.into(),
         dev: format!("vda{}", number(part)),
@@ -374,7 +380,7 @@ fn build_fixture() -> Result<Fixture, String> {
     ]);
     assert!(o.status.success(), "mkdisk build: {}", String::from_utf8_lossy(&o.stderr));
     eprintln!("boot: mkdisk build took {:.1}s", t1.elapsed().as_secs_f64());
-    Ok(Fixture { image: out.join("main.raw"), dir, src, mounts, initrd, ext4_marker, fat_marker })
+    Ok(Fixture { parts, image: out.join("main.raw"), dir, src, mounts, initrd, ext4_marker, fat_marker })
 }
 
 fn fixture_or_why() -> &'static Result<Fixture, String> {
@@ -508,13 +514,12 @@ fn parse_listing(raw: &[u8]) -> Boot {
 
 /// The host's view of one mount: the source below its mount point, deeper mount points kept as
 /// (empty) directories. Also (dev, ino) per path for hard-link groups.
-fn host_listing(fx: &Fixture, m: &Mount) -> (BTreeMap<String, Entry>, HashMap<String, (u64, u64)>) {
-    let base = fx.src.join(m.mountpoint.trim_start_matches('/'));
-    let deeper: Vec<PathBuf> = fx
-        .mounts
+fn host_listing(src: &Path, all: &[Mount], m: &Mount) -> (BTreeMap<String, Entry>, HashMap<String, (u64, u64)>) {
+    let base = src.join(m.mountpoint.trim_start_matches('/'));
+    let deeper: Vec<PathBuf> = all
         .iter()
         .filter(|o| o.mountpoint != m.mountpoint)
-        .map(|o| fx.src.join(o.mountpoint.trim_start_matches('/')))
+        .map(|o| src.join(o.mountpoint.trim_start_matches('/')))
         .filter(|p| p.starts_with(&base) && *p != base)
         .collect();
     let mut out = BTreeMap::new();
@@ -551,6 +556,12 @@ fn host_listing(fx: &Fixture, m: &Mount) -> (BTreeMap<String, Entry>, HashMap<St
 
 /// Differences between what the kernel read (for `mounts`) and the source, one line each.
 fn compare(fx: &Fixture, b: &Boot, mounts: &[Mount]) -> Vec<String> {
+    compare_tree(&fx.src, &fx.mounts, b, mounts, &[])
+}
+
+/// [`compare`] for the tree `src` laid out by `all`; `extra_ok` = (mount id, path prefix) of
+/// entries the image may hold beyond the source (what `mkdisk build --system` adds).
+fn compare_tree(src: &Path, all: &[Mount], b: &Boot, mounts: &[Mount], extra_ok: &[(&str, &str)]) -> Vec<String> {
     let mut problems = Vec::new();
     if !b.done {
         problems.push("guest listing incomplete (no MKDISK-DONE)".to_string());
@@ -572,7 +583,7 @@ fn compare(fx: &Fixture, b: &Boot, mounts: &[Mount]) -> Vec<String> {
             problems.push(format!("{} ({} {}): rc={rc}", m.id, m.fs, m.dev));
             continue;
         }
-        let (host, host_ids) = host_listing(fx, m);
+        let (host, host_ids) = host_listing(src, all, m);
         let posix = m.fs != "vfat";
         let mut p = |s: String| problems.push(format!("{}: {s}", m.id));
         for (path, h) in &host {
@@ -620,7 +631,10 @@ fn compare(fx: &Fixture, b: &Boot, mounts: &[Mount]) -> Vec<String> {
         for path in guest.keys() {
             // mke2fs-style lost+found is the ext4 writer's addition.
             let ext4_extra = posix && path == "./lost+found";
-            if !host.contains_key(path) && !ext4_extra {
+            let added = extra_ok.iter().any(|(id, pre)| {
+                *id == m.id && (path == pre || path.strip_prefix(pre).is_some_and(|r| r.starts_with('/')))
+            });
+            if !host.contains_key(path) && !ext4_extra && !added {
                 p(format!("{path}: in the image, not in the source"));
             }
         }
@@ -742,6 +756,188 @@ fn altered_file_is_caught() {
         assert!(problems.iter().any(|p| p.starts_with(e)), "alteration not caught ({e}): {problems:#?}");
     }
     assert_eq!(problems.len(), 2, "exactly the two altered files differ: {problems:#?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A NixOS-shaped image: mkdisk installs the boot loaders itself
+
+/// An image built with `mkdisk build --system`: a bootspec whose kernel and initrd are the test's,
+/// systemd-boot on the ESP (`--systemd-boot`) and GRUB i386-pc in the EF02 partition with
+/// `/boot/grub` on the ESP (`--grub-bios-dir`, core.img from Debian's grub-mkimage).
+struct NixosImage {
+    src: PathBuf,
+    image: PathBuf,
+    mounts: Vec<Mount>,
+    kernel_sha256: String,
+    systemd_boot_sha256: String,
+}
+
+/// What `--system` adds beyond the source tree (boot loaders, kernels, profiles).
+const NIXOS_ADDED: &[(&str, &str)] = &[
+    ("esp", "./EFI"),
+    ("esp", "./loader"),
+    ("esp", "./grub"),
+    ("esp", "./kernels"),
+    ("root", "./nix"),
+    ("root", "./etc/NIXOS"),
+];
+
+fn build_nixos_image(fx: &Fixture) -> Result<NixosImage, String> {
+    let dir = fx.dir.join("nixos");
+    let _ = fs::remove_dir_all(&dir);
+    let src = dir.join("src");
+    write(&src.join("etc/hostname"), b"nixos-boot-test\n");
+    write(&src.join("srv/hello.txt"), b"hello from the NixOS-shaped image\n");
+    symlink("hello.txt", src.join("srv/hello-link")).unwrap();
+    fs::hard_link(src.join("srv/hello.txt"), src.join("srv/hello-hard")).unwrap();
+    write(&src.join("boot/notes/readme.txt"), b"ESP content next to the boot loaders\n");
+
+    let spec = serde_json::json!({"disk": {"main": {"imageSize": "384M", "content": {"type": "gpt", "partitions": {
+        "boot": {"size": "1M", "type": "EF02", "priority": 0},
+        "ESP": {"size": "96M", "type": "EF00",
+                "content": {"type": "filesystem", "format": "vfat", "mountpoint": "/boot"}},
+        "root": {"size": "100%", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/"}}}}}}});
+    let spec_path = dir.join("spec.json");
+    fs::write(&spec_path, spec.to_string()).unwrap();
+    let number = plan_numbers(&spec_path);
+    let esp = number("ESP");
+    let mount = |id: &str, part: &str, fs: &str, mp: &str| Mount {
+        id: id.into(),
+        dev: format!("vda{}", number(part)),
+        fs: fs.into(),
+        opts: "ro".into(),
+        mountpoint: mp.into(),
+    };
+    let mounts = vec![mount("esp", "ESP", "vfat", "/boot"), mount("root", "root", "ext4", "/")];
+
+    // A store with the kernel, the initramfs and a toplevel holding boot.json.
+    let store = dir.join("store/nix/store");
+    let kernel = "/nix/store/s0m1xzf0b4k3j3l7gqk4c6m2qzk7dxy8-linux-6.1";
+    let initrd = "/nix/store/0zk2yq6j6v5w7q0n2r4c1l6p8x9a3b4c-initrd-linux-6.1";
+    let toplevel = "/nix/store/1ab2cd3fg4hi5jk6lm7np8qr9sv0wxyz-nixos-system-boottest-24.05";
+    let host = |p: &str| store.join(p.trim_start_matches("/nix/store/"));
+    let kernel_file = fx.parts["kernel"].as_str().unwrap();
+    write(&host(kernel).join("bzImage"), &fs::read(kernel_file).unwrap());
+    write(&host(initrd).join("initrd"), &fs::read(&fx.initrd).unwrap());
+    let params: Vec<String> = kernel_args(&mounts).split(' ').map(str::to_string).collect();
+    let bootspec = serde_json::json!({"org.nixos.bootspec.v1": {
+        "init": format!("{toplevel}/init"),
+        "initrd": format!("{initrd}/initrd"),
+        "kernel": format!("{kernel}/bzImage"),
+        "kernelParams": params,
+        "label": "NixOS 24.05 (Linux 6.1, mkdisk boot test)",
+        "system": "x86_64-linux",
+        "toplevel": toplevel,
+    }});
+    write(&host(toplevel).join("boot.json"), bootspec.to_string().as_bytes());
+    write(&host(toplevel).join("init"), b"#!/bin/sh\n");
+
+    // GRUB: /boot is the ESP, so the prefix is (,gptN)/grub and core.img needs fat.
+    let grub = dir.join("grub");
+    let prefix = format!("(,gpt{esp})/grub");
+    match run_harness(&["grub-dir", grub.to_str().unwrap(), "--prefix", &prefix, "biosdisk", "part_gpt", "fat"]) {
+        Ok(_) => {}
+        Err(HarnessError::Unavailable(why)) => return Err(why),
+        Err(HarnessError::Failed(e)) => panic!("{e}"),
+    }
+    let sd_boot = fx.parts["systemd_boot"].as_str().unwrap();
+    let out = dir.join("out");
+    fs::create_dir_all(&out).unwrap();
+    let o = mkdisk(&[
+        "build",
+        spec_path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--root",
+        src.to_str().unwrap(),
+        "--quiet",
+        "--system",
+        toplevel,
+        "--store-dir",
+        store.to_str().unwrap(),
+        "--systemd-boot",
+        sd_boot,
+        "--grub-bios-dir",
+        grub.to_str().unwrap(),
+        "--grub-serial",
+        "--boot-timeout",
+        "0",
+    ]);
+    assert!(o.status.success(), "mkdisk build --system: {}", String::from_utf8_lossy(&o.stderr));
+    Ok(NixosImage {
+        src,
+        image: out.join("main.raw"),
+        mounts,
+        kernel_sha256: sha256_hex(&fs::read(kernel_file).unwrap()),
+        systemd_boot_sha256: sha256_hex(&fs::read(sd_boot).unwrap()),
+    })
+}
+
+fn nixos_image(fx: &'static Fixture) -> Option<&'static NixosImage> {
+    static N: OnceLock<Result<NixosImage, String>> = OnceLock::new();
+    match N.get_or_init(|| build_nixos_image(fx)) {
+        Ok(n) => Some(n),
+        Err(why) => {
+            skip(why);
+            None
+        }
+    }
+}
+
+/// The guest read the NixOS image: every source file, plus the boot loader files mkdisk added.
+fn check_nixos_boot(n: &NixosImage, b: &Boot, what: &str) {
+    let problems = compare_tree(&n.src, &n.mounts, b, &n.mounts, NIXOS_ADDED);
+    assert!(problems.is_empty(), "{}\nconsole tail:\n{}", report(what, &problems), tail(&b.console));
+    let esp = &b.mounts["esp"].1;
+    let sha =
+        |p: &str| esp.get(p).and_then(|e| e.sha256.clone()).unwrap_or_else(|| panic!("{what}: no {p} on the ESP"));
+    assert_eq!(sha("./EFI/BOOT/BOOTX64.EFI"), n.systemd_boot_sha256, "{what}: BOOTX64.EFI");
+    assert!(esp.contains_key("./grub/grub.cfg"), "{what}: no grub.cfg");
+    let kernels: Vec<&String> =
+        esp.keys().filter(|k| k.starts_with("./kernels/") || k.starts_with("./EFI/nixos/")).collect();
+    for k in &kernels {
+        if k.contains("linux-6.1-bzImage") {
+            assert_eq!(sha(k), n.kernel_sha256, "{what}: kernel copy {k}");
+        }
+    }
+    assert!(
+        kernels.iter().filter(|k| k.contains("linux-6.1-bzImage")).count() >= 2,
+        "{what}: kernel copies {kernels:?}"
+    );
+}
+
+#[test]
+fn seabios_boots_grub_from_ef02() {
+    let Some(fx) = fixture() else { return };
+    let Some(n) = nixos_image(fx) else { return };
+    let b = match boot(fx, &[&n.image], &n.mounts, "bios", "seabios-grub") {
+        Ok(b) => b,
+        Err(why) => return skip(&why),
+    };
+    // GRUB puts BOOT_IMAGE= first; the kernel came from /boot/kernels on the ESP.
+    let init_line =
+        b.console.lines().find(|l| l.starts_with("MKDISK-INIT start:")).unwrap_or_else(|| {
+            panic!("guest /init never ran under SeaBIOS + GRUB; console tail:\n{}", tail(&b.console))
+        });
+    assert!(init_line.contains("BOOT_IMAGE=") && init_line.contains("/kernels/"), "not started by GRUB: {init_line}");
+    check_nixos_boot(n, &b, "SeaBIOS → GRUB boot");
+}
+
+#[test]
+fn ovmf_boots_the_systemd_boot_mkdisk_installed() {
+    let Some(fx) = fixture() else { return };
+    let Some(n) = nixos_image(fx) else { return };
+    let b = match boot(fx, &[&n.image], &n.mounts, "ovmf", "ovmf-nixos") {
+        Ok(b) => b,
+        Err(why) => return skip(&why),
+    };
+    let init_line = b
+        .console
+        .lines()
+        .find(|l| l.starts_with("MKDISK-INIT start:"))
+        .unwrap_or_else(|| panic!("guest /init never ran under OVMF; console tail:\n{}", tail(&b.console)));
+    assert!(init_line.contains("initrd=\\EFI\\nixos\\"), "not started by the installed systemd-boot: {init_line}");
+    check_nixos_boot(n, &b, "OVMF → installed systemd-boot");
 }
 
 fn tail(s: &str) -> &str {
