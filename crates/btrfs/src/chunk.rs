@@ -81,7 +81,7 @@ pub(crate) fn dev_item(total_bytes: u64, bytes_used: u64, dev_uuid: &[u8; 16], f
     put_u32(&mut b, 24, SECTORSIZE as u32); // io_align
     put_u32(&mut b, 28, SECTORSIZE as u32); // io_width
     put_u32(&mut b, 32, SECTORSIZE as u32); // sector_size
-    // type 36, generation 44, start_offset 52, dev_group 60, seek_speed 64, bandwidth 65: 0
+                                            // type 36, generation 44, start_offset 52, dev_group 60, seek_speed 64, bandwidth 65: 0
     put_bytes(&mut b, 66, dev_uuid); // uuid
     put_bytes(&mut b, 82, fsid); // fsid
     b

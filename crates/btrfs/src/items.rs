@@ -96,7 +96,7 @@ impl InodeItem {
         put_u64(buf, off + 56, self.rdev); // rdev
         put_u64(buf, off + 64, self.flags); // flags
         put_u64(buf, off + 72, 0); // sequence
-        // reserved[4] at 80..112
+                                   // reserved[4] at 80..112
         self.time.put(buf, off + 112); // atime
         self.time.put(buf, off + 124); // ctime
         self.time.put(buf, off + 136); // mtime
@@ -215,11 +215,11 @@ impl RootItem {
         put_u64(&mut b, 200, 0); // last_snapshot
         put_u64(&mut b, 208, self.flags); // flags
         put_u32(&mut b, 216, 1); // refs
-        // drop_progress (17) at 220, drop_level at 237
+                                 // drop_progress (17) at 220, drop_level at 237
         put_u8(&mut b, 238, self.level); // level
         put_u64(&mut b, 239, self.generation); // generation_v2
         put_bytes(&mut b, 247, &self.uuid); // uuid
-        // parent_uuid 263, received_uuid 279
+                                            // parent_uuid 263, received_uuid 279
         let transid = if self.fs_tree { self.generation } else { 0 };
         put_u64(&mut b, 295, transid); // ctransid
         put_u64(&mut b, 303, transid); // otransid

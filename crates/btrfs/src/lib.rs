@@ -122,7 +122,8 @@ impl BtrfsOptions {
     /// # Errors
     /// [`BtrfsError::BadArgument`] naming anything else, a missing or a bad value.
     pub fn apply_extra_args(&mut self, args: &[String]) -> Result<(), BtrfsError> {
-        let bad = |arg: &str, reason: &str| BtrfsError::BadArgument { arg: arg.to_string(), reason: reason.to_string() };
+        let bad =
+            |arg: &str, reason: &str| BtrfsError::BadArgument { arg: arg.to_string(), reason: reason.to_string() };
         let mut it = args.iter();
         while let Some(a) = it.next() {
             let (flag, inline) = match a.split_once('=') {
@@ -143,8 +144,19 @@ impl BtrfsOptions {
             }
             let known = matches!(
                 flag,
-                "-L" | "--label" | "--csum" | "--checksum" | "-c" | "--compress" | "-m" | "--metadata" | "-d" | "--data"
-                    | "-n" | "--nodesize" | "-s" | "--sectorsize"
+                "-L" | "--label"
+                    | "--csum"
+                    | "--checksum"
+                    | "-c"
+                    | "--compress"
+                    | "-m"
+                    | "--metadata"
+                    | "-d"
+                    | "--data"
+                    | "-n"
+                    | "--nodesize"
+                    | "-s"
+                    | "--sectorsize"
             );
             if !known {
                 return Err(bad(a, "unsupported mkfs.btrfs option (supported: -L, --csum, --compress, -f)"));
@@ -216,8 +228,7 @@ pub fn parse_mount_options(opts: &[String]) -> Result<Option<Compress>, BtrfsErr
         } else {
             continue;
         };
-        out = parse_compress(value, force)
-            .map_err(|reason| BtrfsError::BadArgument { arg: o.to_string(), reason })?;
+        out = parse_compress(value, force).map_err(|reason| BtrfsError::BadArgument { arg: o.to_string(), reason })?;
     }
     Ok(out)
 }

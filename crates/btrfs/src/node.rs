@@ -21,6 +21,8 @@ pub(crate) const MAX_ITEM_DATA: usize = LEAF_DATA_SIZE - ITEM_SIZE;
 
 const _: () = assert!(LEAF_DATA_SIZE == NODESIZE as usize - HEADER_SIZE);
 const _: () = assert!(KEY_PTRS_PER_NODE == 493);
+const _: () = assert!(KEY_PTR_SIZE == KEY_SIZE + 16);
+const _: () = assert!(ITEM_SIZE == KEY_SIZE + 8);
 const _: () = assert!(MAX_ITEM_DATA == 16258);
 
 /// `BTRFS_HEADER_FLAG_WRITTEN | BTRFS_MIXED_BACKREF_REV << 56`.
@@ -96,7 +98,7 @@ impl PackedTree {
     /// fixed point so block counts only grow). Fails on an item too big for a leaf or a
     /// duplicate key (a planner bug).
     pub(crate) fn pack(owner: u64, mut items: Vec<Item>, min_leaves: usize) -> Result<PackedTree, String> {
-        items.sort_by(|a, b| a.key.cmp(&b.key));
+        items.sort_by_key(|a| a.key);
         for w in items.windows(2) {
             if w[0].key == w[1].key {
                 return Err(format!("duplicate key {:?} in tree {owner}", w[0].key));
@@ -168,10 +170,7 @@ impl PackedTree {
 
     /// Every block as (logical address, level), leaves first.
     pub(crate) fn blocks(&self) -> impl Iterator<Item = (u64, u8)> + '_ {
-        self.addrs
-            .iter()
-            .enumerate()
-            .flat_map(|(l, a)| a.iter().map(move |&x| (x, u8::try_from(l).unwrap_or(u8::MAX))))
+        self.addrs.iter().enumerate().flat_map(|(l, a)| a.iter().map(move |&x| (x, u8::try_from(l).unwrap_or(u8::MAX))))
     }
 
     /// First key of block `idx` at `level`.
@@ -187,6 +186,9 @@ impl PackedTree {
     }
 }
 
+/// Fills the checksums of `sectors` data sectors from `logical` into the buffer.
+pub(crate) type CsumFill<'a> = dyn Fn(u64, u64, &mut [u8]) -> Result<(), String> + Sync + 'a;
+
 /// What every header of this filesystem shares.
 pub(crate) struct HeaderCtx<'a> {
     pub fsid: [u8; 16],
@@ -194,7 +196,7 @@ pub(crate) struct HeaderCtx<'a> {
     pub generation: u64,
     pub csum: crate::CsumType,
     /// Fills a `Payload::Csums` item.
-    pub csums: &'a (dyn Fn(u64, u64, &mut [u8]) -> Result<(), String> + Sync),
+    pub csums: &'a CsumFill<'a>,
 }
 
 /// Serialise block `idx` of `level` into a `NODESIZE` buffer, checksum included.

@@ -71,7 +71,6 @@ pub(crate) struct DataExtent {
 #[derive(Clone)]
 pub struct BtrfsLayout {
     pub(crate) fsid: [u8; 16],
-    pub(crate) dev_uuid: [u8; 16],
     pub(crate) chunk_uuid: [u8; 16],
     pub(crate) csum: CsumType,
     pub(crate) label: Vec<u8>,
@@ -230,7 +229,10 @@ fn number<'a>(tree: &'a Tree, links: Option<&'a Links>) -> Result<Numbered<'a>, 
     let mut n = Numbered {
         order: vec![InodeId::ROOT],
         pos_of: vec![usize::MAX; tree.len()],
-        entries: Vec::new(), refs: vec![Vec::new()], first: vec![(0, b"")] };
+        entries: Vec::new(),
+        refs: vec![Vec::new()],
+        first: vec![(0, b"")],
+    };
     n.pos_of[0] = 0;
     let merged = |dir: InodeId, n: &Numbered<'a>, dpos: usize| -> Result<Vec<DirEnt<'a>>, BtrfsError> {
         let d = tree.inode(dir).as_dir().map(|d| d.entries.as_slice()).unwrap_or(&[]);
@@ -325,7 +327,8 @@ fn file_plan(fd: &FileData) -> Result<FilePlan, BtrfsError> {
             continue;
         }
         let s = r.offset / SECTORSIZE * SECTORSIZE;
-        let e = round_up(r.offset.checked_add(r.len).ok_or_else(|| err_plan("run overflow"))?, SECTORSIZE)?.min(end_max);
+        let e =
+            round_up(r.offset.checked_add(r.len).ok_or_else(|| err_plan("run overflow"))?, SECTORSIZE)?.min(end_max);
         match ranges.last_mut() {
             Some(last) if s <= last.0 + last.1 => {
                 let new_end = e.max(last.0 + last.1);
@@ -403,7 +406,10 @@ impl DataAlloc {
 fn normalize_subvol(path: &str) -> Result<Vec<Vec<u8>>, BtrfsError> {
     let comps: Vec<Vec<u8>> = path.split('/').filter(|c| !c.is_empty()).map(|c| c.as_bytes().to_vec()).collect();
     if comps.is_empty() || comps.iter().any(|c| c == b"." || c == b"..") {
-        return Err(BtrfsError::BadSubvolume { path: path.to_string(), reason: "not a relative path below the top level".into() });
+        return Err(BtrfsError::BadSubvolume {
+            path: path.to_string(),
+            reason: "not a relative path below the top level".into(),
+        });
     }
     if let Some(c) = comps.iter().find(|c| c.len() > 255) {
         return Err(BtrfsError::NameTooLong { path: path.to_string(), len: c.len() });
@@ -498,10 +504,9 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
         let rel = &comps[skip..];
         let (name, dirs) = rel.split_last().ok_or_else(|| err_plan("empty subvolume path"))?;
         let dir_path = dirs.join(&b'/');
-        let dir = trees[parent].mkdir_p(&dir_path, &dir_meta).map_err(|e| BtrfsError::BadSubvolume {
-            path: spec.path.clone(),
-            reason: e.to_string(),
-        })?;
+        let dir = trees[parent]
+            .mkdir_p(&dir_path, &dir_meta)
+            .map_err(|e| BtrfsError::BadSubvolume { path: spec.path.clone(), reason: e.to_string() })?;
         if let Some(d) = trees[parent].inode(dir).as_dir() {
             if let Ok(p) = d.entries.binary_search_by(|e| e.name.as_slice().cmp(name)) {
                 if trees[parent].inode(d.entries[p].inode).as_dir().is_none() {
@@ -627,7 +632,16 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
         fs.pieces = all;
     }
 
-    // --- Allocate data extents in canonical order.
+    // --- Allocate data extents in canonical order (after a size check, so that a huge sparse
+    // source fails fast instead of allocating forever).
+    let data_need = fss
+        .iter()
+        .flat_map(|fs| fs.pieces.iter().flatten())
+        .map(|p| p.zstd.map_or(p.len, |(_, c)| c))
+        .fold(DATA_START, u64::saturating_add);
+    if data_need > total_bytes {
+        return Err(BtrfsError::ContentTooLarge { needed: data_need, available: total_bytes });
+    }
     let mut alloc = DataAlloc { cursor: DATA_START };
     let mut extents: Vec<DataExtent> = Vec::new();
     for fs in &fss {
@@ -695,9 +709,8 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
     for (i, e) in extents.iter().enumerate() {
         ext_by_owner.entry((e.root, e.ino)).or_default().push(i);
     }
-    for (t, fs) in fss.iter().enumerate() {
-        let mut items = fs_items(fs, &placement, t, &fss, &ext_by_owner, &extents)?;
-        items.shrink_to_fit();
+    for fs in &fss {
+        let items = fs_items(fs, &ext_by_owner, &extents)?;
         fs_trees.push(pack(fs.id, items, 1)?);
     }
 
@@ -753,15 +766,12 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
     )?;
 
     // --- Metadata chunk size from the block counts.
-    let n_other_est = 1 + fs_trees.iter().chain([&csum_tree, &uuid_tree, &reloc_tree]).map(PackedTree::block_count).sum::<usize>();
+    let n_other_est =
+        1 + fs_trees.iter().chain([&csum_tree, &uuid_tree, &reloc_tree]).map(PackedTree::block_count).sum::<usize>();
     let n_chunks_est = chunks.len() + 1;
     let dummy_roots = RootAddrs::default();
-    let root_count = pack(
-        ROOT_TREE_OBJECTID,
-        root_tree_items(&fss, &placement, &dummy_roots, default_id, time),
-        1,
-    )?
-    .block_count();
+    let root_count =
+        pack(ROOT_TREE_OBJECTID, root_tree_items(&fss, &placement, &dummy_roots, default_id, time), 1)?.block_count();
     let n_ext_items = n_other_est + root_count + 8 + extents.len() + n_chunks_est;
     let est_e = blocks_for_leaves((n_ext_items * 78).div_ceil(14000) + 1);
     let mut res_e = 2 * est_e + 4;
@@ -792,13 +802,17 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
     let mut dev_bytes_used = 0u64;
     for c in &chunks {
         for &p in &c.stripes {
-            dev_items.push(Item::bytes(Key::new(1, chunk::DEV_EXTENT_KEY, p), chunk::dev_extent(c.logical, c.length, &chunk_uuid)));
+            dev_items.push(Item::bytes(
+                Key::new(1, chunk::DEV_EXTENT_KEY, p),
+                chunk::dev_extent(c.logical, c.length, &chunk_uuid),
+            ));
             dev_bytes_used += c.length;
         }
     }
     let mut dev_tree = pack(DEV_TREE_OBJECTID, dev_items, 1)?;
     let dev_item = chunk::dev_item(total_bytes, dev_bytes_used, &dev_uuid, &fsid);
-    let mut chunk_items = vec![Item::bytes(Key::new(chunk::DEV_ITEMS_OBJECTID, chunk::DEV_ITEM_KEY, 1), dev_item.clone())];
+    let mut chunk_items =
+        vec![Item::bytes(Key::new(chunk::DEV_ITEMS_OBJECTID, chunk::DEV_ITEM_KEY, 1), dev_item.clone())];
     for c in &chunks {
         chunk_items.push(Item::bytes(
             Key::new(chunk::FIRST_CHUNK_TREE_OBJECTID, chunk::CHUNK_ITEM_KEY, c.logical),
@@ -835,7 +849,10 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
         let base = root_count + res_e + res_f;
         let total_other: usize = others.iter().map(PackedTree::block_count).sum();
         if base + total_other > slots.len() {
-            return Err(BtrfsError::ContentTooLarge { needed: meta_start.saturating_add(4 * need_bytes), available: total_bytes });
+            return Err(BtrfsError::ContentTooLarge {
+                needed: meta_start.saturating_add(4 * need_bytes),
+                available: total_bytes,
+            });
         }
         let mut cur = base;
         for t in &mut others {
@@ -875,7 +892,9 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
                     level += 1;
                 }
             };
-            let root_leaves = pack(ROOT_TREE_OBJECTID, root_tree_items(&fss, &placement, &dummy_roots, default_id, time), 1)?.leaf_count();
+            let root_leaves =
+                pack(ROOT_TREE_OBJECTID, root_tree_items(&fss, &placement, &dummy_roots, default_id, time), 1)?
+                    .leaf_count();
             lv(root_leaves, root_addrs, ROOT_TREE_OBJECTID, &mut blocks);
             lv(e_leaves, e_addrs, EXTENT_TREE_OBJECTID, &mut blocks);
             lv(f_leaves, f_addrs, FREE_SPACE_TREE_OBJECTID, &mut blocks);
@@ -901,7 +920,11 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
             let mut fst_items: Vec<Item> = Vec::new();
             for (ci, c) in chunks.iter().enumerate() {
                 let used_ranges: Vec<(u64, u64)> = if c.flags & chunk::BLOCK_GROUP_DATA != 0 {
-                    extents.iter().filter(|e| e.logical >= c.logical && e.logical < c.end()).map(|e| (e.logical, e.disk_len)).collect()
+                    extents
+                        .iter()
+                        .filter(|e| e.logical >= c.logical && e.logical < c.end())
+                        .map(|e| (e.logical, e.disk_len))
+                        .collect()
                 } else {
                     blocks.iter().filter(|b| b.0 >= c.logical && b.0 < c.end()).map(|b| (b.0, NODESIZE)).collect()
                 };
@@ -975,10 +998,8 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
     let mut all_trees = vec![root_tree, extent_tree, fst_tree];
     all_trees.extend(others);
     all_trees.push(chunk_tree);
-    let _ = COMPAT_RO_FST;
     Ok(BtrfsLayout {
         fsid,
-        dev_uuid,
         chunk_uuid,
         csum: opts.csum,
         label,
@@ -1047,7 +1068,9 @@ fn root_tree_items(
         };
         out.push(Item::bytes(Key::new(id, items::ROOT_ITEM_KEY, 0), ri.encode(NODESIZE)));
     };
-    for id in [EXTENT_TREE_OBJECTID, DEV_TREE_OBJECTID, CSUM_TREE_OBJECTID, UUID_TREE_OBJECTID, FREE_SPACE_TREE_OBJECTID] {
+    for id in
+        [EXTENT_TREE_OBJECTID, DEV_TREE_OBJECTID, CSUM_TREE_OBJECTID, UUID_TREE_OBJECTID, FREE_SPACE_TREE_OBJECTID]
+    {
         root_item(id, 0, [0; 16], false, &mut out);
     }
     root_item(DATA_RELOC_TREE_OBJECTID, FIRST_FREE_OBJECTID, [0; 16], true, &mut out);
@@ -1069,8 +1092,15 @@ fn root_tree_items(
     let t = Timespec { sec: time, nsec: 0 };
     out.push(Item::bytes(
         Key::new(ROOT_TREE_DIR_OBJECTID, items::INODE_ITEM_KEY, 0),
-        InodeItem { generation: GENERATION, nbytes: NODESIZE, nlink: 1, mode: 0o040755, time: t, ..InodeItem::default() }
-            .encode(),
+        InodeItem {
+            generation: GENERATION,
+            nbytes: NODESIZE,
+            nlink: 1,
+            mode: 0o040755,
+            time: t,
+            ..InodeItem::default()
+        }
+        .encode(),
     ));
     let mut r = Vec::new();
     items::push_inode_ref(&mut r, 0, b"..");
@@ -1089,9 +1119,6 @@ fn root_tree_items(
 /// All items of one fs tree.
 fn fs_items(
     fs: &Fs<'_>,
-    _placement: &[(usize, InodeId, Vec<u8>)],
-    _t: usize,
-    _fss: &[Fs<'_>],
     ext_by_owner: &BTreeMap<(u64, u64), Vec<usize>>,
     extents: &[DataExtent],
 ) -> Result<Vec<Item>, BtrfsError> {
@@ -1129,7 +1156,8 @@ fn fs_items(
                         if let Some(list) = ext_by_owner.get(&(fs.id, ino)) {
                             for &i in list {
                                 let e = &extents[i];
-                                it.nbytes = it.nbytes.checked_add(e.ram_len).ok_or_else(|| err_plan("nbytes overflow"))?;
+                                it.nbytes =
+                                    it.nbytes.checked_add(e.ram_len).ok_or_else(|| err_plan("nbytes overflow"))?;
                                 tail.push(Item::bytes(
                                     Key::new(ino, items::EXTENT_DATA_KEY, e.file_offset),
                                     items::regular_extent(
@@ -1154,7 +1182,10 @@ fn fs_items(
                 it.size = target.len() as u64;
                 if !target.is_empty() {
                     it.nbytes = target.len() as u64;
-                    tail.push(Item::bytes(Key::new(ino, items::EXTENT_DATA_KEY, 0), items::inline_extent(GENERATION, target)));
+                    tail.push(Item::bytes(
+                        Key::new(ino, items::EXTENT_DATA_KEY, 0),
+                        items::inline_extent(GENERATION, target),
+                    ));
                 }
             }
             Kind::CharDev(r) | Kind::BlockDev(r) => it.rdev = kernel_rdev(*r),
@@ -1175,6 +1206,7 @@ fn fs_items(
             for &(parent, index, name) in &n.refs[pos] {
                 let r = by_parent.entry(parent).or_default();
                 if r.len() + items::INODE_REF_SIZE + name.len() <= MAX_ITEM_DATA {
+                    // Fits the INODE_REF item of this parent.
                     items::push_inode_ref(r, index, name);
                 } else {
                     let x = extrefs.entry(csum::extref_hash(parent, name)).or_default();
@@ -1185,6 +1217,7 @@ fn fs_items(
                 out.push(Item::bytes(Key::new(ino, items::INODE_REF_KEY, parent), r));
             }
             for (h, x) in extrefs {
+                debug_assert!(x.len() >= items::INODE_EXTREF_SIZE);
                 if x.len() > MAX_ITEM_DATA {
                     return Err(err_plan(format!("{}: extref hash collision overflow", n.path(pos))));
                 }

@@ -41,9 +41,8 @@ impl<'a> Reader<'a> {
                 buf[..end - start].copy_from_slice(&b[start..end]);
             }
             Reader::Host(f, p) => {
-                f.read_exact_at(&mut buf[..want], off).map_err(|e| {
-                    BtrfsError::Image(ImageError::Source { path: p.to_path_buf(), source: e })
-                })?;
+                f.read_exact_at(&mut buf[..want], off)
+                    .map_err(|e| BtrfsError::Image(ImageError::Source { path: p.to_path_buf(), source: e }))?;
             }
         }
         Ok(())

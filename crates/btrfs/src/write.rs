@@ -61,7 +61,12 @@ fn check_plan(layout: &BtrfsLayout, region: &Region) -> Result<(), BtrfsError> {
 }
 
 /// Write one data extent; returns its per-sector checksums.
-fn write_extent(layout: &BtrfsLayout, e: &DataExtent, region: &Region, progress: &dyn Progress) -> Result<Vec<u8>, BtrfsError> {
+fn write_extent(
+    layout: &BtrfsLayout,
+    e: &DataExtent,
+    region: &Region,
+    progress: &dyn Progress,
+) -> Result<Vec<u8>, BtrfsError> {
     let cs = layout.csum.size();
     let sectors = usize::try_from(e.disk_len / SECTORSIZE).map_err(|_| plan_err("extent too large"))?;
     let mut sums = vec![0u8; sectors * cs];

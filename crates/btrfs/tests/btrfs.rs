@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use mkdisk_btrfs::{plan, write, BtrfsError, BtrfsLayout, BtrfsOptions, Compress, CsumType, SubvolSpec};
-use mkdisk_tree::{scan, DataRun, FileData, Image, InodeId, Kind, Meta, NoProgress, ScanOptions, Source, Timestamp, Tree, Xattr};
+use mkdisk_tree::{
+    scan, DataRun, FileData, Image, InodeId, Kind, Meta, NoProgress, ScanOptions, Source, Timestamp, Tree, Xattr,
+};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -47,7 +49,10 @@ fn check_clean(img: &Path) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let bad = stderr.lines().chain(stdout.lines()).any(|l| {
         let l = l.to_lowercase();
-        l.contains("error") && !l.contains("no error found") || l.contains("wrong") || l.contains("mismatch") || l.contains("corrupt")
+        l.contains("error") && !l.contains("no error found")
+            || l.contains("wrong")
+            || l.contains("mismatch")
+            || l.contains("corrupt")
     });
     assert!(
         out.status.success() && !bad && stdout.contains("no error found"),
@@ -329,12 +334,15 @@ fn tree_with(files: &[(&str, &[u8])]) -> Tree {
 /// The disko example: `/root` mounted at `/`, `/nix` with `compress=zstd`.
 #[test]
 fn disko_btrfs_subvolumes() {
-    let json: String = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/disko/btrfs-subvolumes.json")).unwrap();
+    let json: String =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/disko/btrfs-subvolumes.json"))
+            .unwrap();
     assert!(json.contains("\"/nix\"") && json.contains("\"/root\"") && json.contains("compress=zstd"));
     let tmp = tempfile::tempdir().unwrap();
     let img = tmp.path().join("sub.img");
     let root = tree_with(&[("etc/hostname", b"host\n"), ("etc/big", &bytes(500_000, 9)), ("home/u/.profile", b"x")]);
-    let nix = tree_with(&[("store/abc-hello/bin/hello", &b"#!/bin/sh\necho hello\n".repeat(20_000)), ("var/db", b"db")]);
+    let nix =
+        tree_with(&[("store/abc-hello/bin/hello", &b"#!/bin/sh\necho hello\n".repeat(20_000)), ("var/db", b"db")]);
     let subs = vec![
         SubvolSpec { path: "/root".into(), tree: root.clone(), compress: None },
         SubvolSpec {
@@ -475,8 +483,9 @@ fn edge_tree(tmp: &Path, n_links: u32, dir_entries: u32) -> Tree {
     t.add(names, b"sda", Kind::BlockDev((8 << 8) | 16), meta(0o660)).unwrap();
     let x = t.add_file(names, b"xattr-file", FileData::from_bytes(bytes(100_000, 3)), meta(0o644)).unwrap();
     // Small enough in total for the host filesystem that `btrfs restore -x` writes into.
-    t.meta_mut(x).xattrs =
-        (0..8).map(|i| Xattr { name: format!("user.attr{i:02}").into_bytes(), value: bytes(50 * i, i as u8) }).collect();
+    t.meta_mut(x).xattrs = (0..8)
+        .map(|i| Xattr { name: format!("user.attr{i:02}").into_bytes(), value: bytes(50 * i, i as u8) })
+        .collect();
     // The largest xattr btrfs allows (name + value = 16228), on a directory (checked by dump).
     t.meta_mut(names).xattrs = vec![Xattr { name: b"user.huge".to_vec(), value: vec![0xAB; 16_228 - 9] }];
     // A 100,000-entry directory.
@@ -484,7 +493,9 @@ fn edge_tree(tmp: &Path, n_links: u32, dir_entries: u32) -> Tree {
     for i in 0..dir_entries {
         let name = format!("entry-{i:06}");
         match i % 4 {
-            0 => t.add_file(big, name.as_bytes(), FileData::from_bytes(i.to_le_bytes().to_vec()), meta(0o644)).map(|_| ()),
+            0 => t
+                .add_file(big, name.as_bytes(), FileData::from_bytes(i.to_le_bytes().to_vec()), meta(0o644))
+                .map(|_| ()),
             1 => t.add_symlink(big, name.as_bytes(), b"../links/target", meta(0o777)).map(|_| ()),
             2 => t.add(big, name.as_bytes(), Kind::Fifo, meta(0o644)).map(|_| ()),
             _ => t.add_dir(big, name.as_bytes(), meta(0o755)).map(|_| ()),
@@ -579,7 +590,11 @@ fn reproducible_across_threads_and_runs() {
     let t = small_tree();
     let subs = vec![
         SubvolSpec { path: "@".into(), tree: small_tree(), compress: Some(Compress::Zstd { level: 3, force: true }) },
-        SubvolSpec { path: "@nix".into(), tree: small_tree(), compress: Some(Compress::Zstd { level: 1, force: false }) },
+        SubvolSpec {
+            path: "@nix".into(),
+            tree: small_tree(),
+            compress: Some(Compress::Zstd { level: 1, force: false }),
+        },
     ];
     let o = opts(300 * MIB);
     let a = build_with_threads(1, &t, &subs, &o, &tmp.path().join("a.img"));
@@ -627,10 +642,13 @@ fn store_corpus_plain_and_seed_compress_force() {
     fs::remove_dir_all(tmp.path().join("plain")).unwrap();
 
     // The seed's layout: one btrfs filesystem with mountOptions compress-force=zstd.
-    let seed = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/disko/seed-regular.json")).unwrap();
+    let seed =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/disko/seed-regular.json"))
+            .unwrap();
     assert!(seed.contains("\"compress-force=zstd\""));
     let mut o = opts(corpus_size(&t));
-    o.compress = mkdisk_btrfs::parse_mount_options(&["compress-force=zstd".into(), "nosuid".into(), "nodev".into()]).unwrap();
+    o.compress =
+        mkdisk_btrfs::parse_mount_options(&["compress-force=zstd".into(), "nosuid".into(), "nodev".into()]).unwrap();
     let img = tmp.path().join("seed.img");
     let layout = build(&t, &[], &o, &img).unwrap();
     assert!(layout.compressed_extents() > 100, "{layout:?}");
@@ -697,7 +715,9 @@ mod props {
                     all.push(id);
                 }
                 Op::File(d, n, s) => {
-                    let id = t.add_file(pick(&dirs, d), name.as_bytes(), FileData::from_bytes(bytes(n, s)), meta(0o644)).unwrap();
+                    let id = t
+                        .add_file(pick(&dirs, d), name.as_bytes(), FileData::from_bytes(bytes(n, s)), meta(0o644))
+                        .unwrap();
                     files.push(id);
                     all.push(id);
                 }
@@ -723,7 +743,14 @@ mod props {
                 }
                 Op::Link(..) => {}
                 Op::Symlink(d, n) => {
-                    let id = t.add_symlink(pick(&dirs, d), name.as_bytes(), &bytes(n as usize, 1).iter().map(|b| b'a' + b % 26).collect::<Vec<_>>(), meta(0o777)).unwrap();
+                    let id = t
+                        .add_symlink(
+                            pick(&dirs, d),
+                            name.as_bytes(),
+                            &bytes(n as usize, 1).iter().map(|b| b'a' + b % 26).collect::<Vec<_>>(),
+                            meta(0o777),
+                        )
+                        .unwrap();
                     all.push(id);
                 }
                 Op::Fifo(d) => {
