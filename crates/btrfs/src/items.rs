@@ -49,7 +49,6 @@ pub(crate) const ROOT_REF_SIZE: usize = 18;
 /// `BTRFS_INODE_ROOT_ITEM_INIT`.
 pub(crate) const INODE_ROOT_ITEM_INIT: u64 = 1 << 31;
 /// `BTRFS_ROOT_SUBVOL_RDONLY`.
-#[allow(dead_code)]
 pub(crate) const ROOT_SUBVOL_RDONLY: u64 = 1;
 
 /// `struct btrfs_timespec` (12 bytes).

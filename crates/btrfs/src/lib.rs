@@ -98,6 +98,8 @@ pub struct BtrfsOptions {
     pub csum: CsumType,
     /// Subvolume path to make the default (mounted without `subvol=`).
     pub default_subvolume: Option<String>,
+    /// Subvolume paths to mark read-only (`BTRFS_ROOT_SUBVOL_RDONLY`).
+    pub readonly_subvolumes: Vec<String>,
 }
 
 impl BtrfsOptions {
@@ -112,12 +114,15 @@ impl BtrfsOptions {
             compress: None,
             csum: CsumType::Crc32c,
             default_subvolume: None,
+            readonly_subvolumes: Vec::new(),
         }
     }
 
     /// Apply mkfs.btrfs-style extra arguments: `-L`/`--label LABEL`, `--csum`/`--checksum
     /// crc32c|xxhash|sha256|blake2`, `--compress zstd[:N]`, `-f`/`--force` (ignored), and the
-    /// defaults restated (`-m dup`, `-d single`, `-n 16384`, `-s 4096`). Also `--name=value`.
+    /// defaults restated (`-m dup`, `-d single`, `-n 16384`, `-s 4096`), and
+    /// `--subvol [rw|ro|default|default-ro]:PATH` to flag one of the subvolumes as read-only
+    /// and/or the default one. Also `--name=value`.
     ///
     /// # Errors
     /// [`BtrfsError::BadArgument`] naming anything else, a missing or a bad value.
@@ -157,9 +162,11 @@ impl BtrfsOptions {
                     | "--nodesize"
                     | "-s"
                     | "--sectorsize"
+                    | "-u"
+                    | "--subvol"
             );
             if !known {
-                return Err(bad(a, "unsupported mkfs.btrfs option (supported: -L, --csum, --compress, -f)"));
+                return Err(bad(a, "unsupported mkfs.btrfs option (supported: -L, --csum, --compress, --subvol, -f)"));
             }
             let value = match inline {
                 Some(v) => v,
@@ -177,6 +184,21 @@ impl BtrfsOptions {
                 }
                 "-c" | "--compress" => {
                     self.compress = parse_compress(&value, false).map_err(|r| bad(a, &r))?;
+                }
+                "-u" | "--subvol" => {
+                    let (mode, path) = match value.split_once(':') {
+                        Some((m @ ("rw" | "ro" | "default" | "default-ro"), p)) => (m, p),
+                        _ => ("rw", value.as_str()),
+                    };
+                    if path.trim_matches('/').is_empty() {
+                        return Err(bad(a, "empty subvolume path"));
+                    }
+                    if mode.starts_with("default") {
+                        self.default_subvolume = Some(path.to_string());
+                    }
+                    if mode.ends_with("ro") {
+                        self.readonly_subvolumes.push(path.to_string());
+                    }
                 }
                 "-m" | "--metadata" if value.eq_ignore_ascii_case("dup") => {}
                 "-d" | "--data" if value.eq_ignore_ascii_case("single") => {}

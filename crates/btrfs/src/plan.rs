@@ -353,6 +353,7 @@ fn chunks_of(range: (u64, u64)) -> impl Iterator<Item = (u64, u64)> {
 /// An fs tree being planned.
 struct Fs<'a> {
     id: u64,
+    readonly: bool,
     tree: &'a Tree,
     compress: Option<Compress>,
     n: Numbered<'a>,
@@ -538,6 +539,16 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
         }
     };
 
+    let mut readonly: Vec<u64> = Vec::new();
+    for p in &opts.readonly_subvolumes {
+        let c = normalize_subvol(p)?;
+        let i = specs.iter().position(|(sc, _)| *sc == c).ok_or_else(|| BtrfsError::BadSubvolume {
+            path: p.clone(),
+            reason: "a read-only subvolume must be one of the subvolumes".into(),
+        })?;
+        readonly.push(ids[i + 1]);
+    }
+
     // --- Number every fs tree and decide how each file is stored.
     let mut fss: Vec<Fs<'_>> = Vec::with_capacity(trees.len());
     for (t, tree) in trees.iter().enumerate() {
@@ -552,7 +563,16 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
             .collect::<Result<Vec<_>, _>>()?;
         let compress = if t == 0 { opts.compress } else { specs[t - 1].1.compress.or(opts.compress) };
         let uuid = *mkdisk_tree::ids::derive(&opts.uuid, format!("btrfs-subvol-uuid:{}", ids[t]).as_bytes()).as_bytes();
-        fss.push(Fs { id: ids[t], tree, compress, n, files, pieces: Vec::new(), uuid });
+        fss.push(Fs {
+            id: ids[t],
+            readonly: readonly.contains(&ids[t]),
+            tree,
+            compress,
+            n,
+            files,
+            pieces: Vec::new(),
+            uuid,
+        });
     }
 
     // --- Compression sizes: every candidate chunk, in parallel, sizes only.
@@ -1053,14 +1073,14 @@ fn root_tree_items(
     time: i64,
 ) -> Vec<Item> {
     let mut out = Vec::new();
-    let root_item = |id: u64, dirid: u64, uuid: [u8; 16], fs_tree: bool, out: &mut Vec<Item>| {
+    let root_item = |id: u64, dirid: u64, uuid: [u8; 16], fs_tree: bool, flags: u64, out: &mut Vec<Item>| {
         let (bytenr, level, blocks) = roots.get(id);
         let ri = RootItem {
             generation: GENERATION,
             root_dirid: dirid,
             bytenr,
             bytes_used: blocks * NODESIZE,
-            flags: 0,
+            flags,
             level,
             uuid,
             time,
@@ -1071,11 +1091,12 @@ fn root_tree_items(
     for id in
         [EXTENT_TREE_OBJECTID, DEV_TREE_OBJECTID, CSUM_TREE_OBJECTID, UUID_TREE_OBJECTID, FREE_SPACE_TREE_OBJECTID]
     {
-        root_item(id, 0, [0; 16], false, &mut out);
+        root_item(id, 0, [0; 16], false, 0, &mut out);
     }
-    root_item(DATA_RELOC_TREE_OBJECTID, FIRST_FREE_OBJECTID, [0; 16], true, &mut out);
+    root_item(DATA_RELOC_TREE_OBJECTID, FIRST_FREE_OBJECTID, [0; 16], true, 0, &mut out);
     for fs in fss {
-        root_item(fs.id, FIRST_FREE_OBJECTID, fs.uuid, true, &mut out);
+        let flags = if fs.readonly { items::ROOT_SUBVOL_RDONLY } else { 0 };
+        root_item(fs.id, FIRST_FREE_OBJECTID, fs.uuid, true, flags, &mut out);
     }
     // Subvolume back references: ROOT_REF in the parent, ROOT_BACKREF in the child.
     for (i, (parent, dir, name)) in placement.iter().enumerate() {

@@ -382,7 +382,8 @@ fn nested_subvolumes_and_default() {
         SubvolSpec { path: "x/y/deep".into(), tree: deep.clone(), compress: None },
     ];
     let mut o = opts(256 * MIB);
-    o.default_subvolume = Some("@home".into());
+    o.apply_extra_args(&["--subvol".into(), "default:@home".into(), "--subvol=ro:a/b".into()]).unwrap();
+    assert_eq!(o.default_subvolume.as_deref(), Some("@home"));
     build(&top, &subs, &o, &img).unwrap();
     check_clean(&img);
     // Ids in sorted path order: @home 256, a 257, a/b 258, x/y/deep 259.
@@ -392,6 +393,7 @@ fn nested_subvolumes_and_default() {
     let rt = dump_tree(&img, Some("root"));
     assert!(rt.contains("ROOT_BACKREF 257"), "a/b's parent is a: {rt}");
     assert!(rt.contains("location key (256 ROOT_ITEM 0)"), "default → @home: {rt}");
+    assert_eq!(rt.matches("flags 0x1(RDONLY)").count(), 1, "a/b is read-only: {rt}");
     let s = Command::new("btrfs").args(["inspect-internal", "dump-super"]).arg(&img).output().unwrap();
     assert!(String::from_utf8_lossy(&s.stdout).contains("DEFAULT_SUBVOL"));
 }
