@@ -805,3 +805,66 @@ mod props {
         }
     }
 }
+
+/// The planner over sizes from tiny to huge: either a named error or a layout whose chunks
+/// lie inside the device, do not overlap physically, and follow the profile rules.
+#[test]
+fn plan_sweep_sizes() {
+    let trees = [Tree::new(meta(0o755)), small_tree()];
+    let mut size = 1u64 << 16;
+    while size <= 1 << 42 {
+        for t in &trees {
+            for sub in [false, true] {
+                let subs =
+                    if sub { vec![SubvolSpec { path: "@".into(), tree: t.clone(), compress: None }] } else { vec![] };
+                match plan(t, &subs, &opts(size + 12_345)) {
+                    Ok(l) => {
+                        assert!(l.total_bytes() <= size + 12_345 && l.total_bytes() % 4096 == 0);
+                        let mut phys: Vec<(u64, u64)> = Vec::new();
+                        for c in l.chunks() {
+                            let dup = c.flags & 0x20 != 0;
+                            assert_eq!(c.stripes.len(), if dup { 2 } else { 1 });
+                            assert!(c.flags & 0x1 == 0 || c.length <= 1 << 30, "data chunks ≤ 1 GiB");
+                            for &p in &c.stripes {
+                                assert!(p >= MIB && p + c.length <= l.total_bytes());
+                                phys.push((p, c.length));
+                            }
+                        }
+                        phys.sort_unstable();
+                        assert!(phys.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0), "{l:?}");
+                        assert!(l.chunks().windows(2).all(|w| w[0].logical + w[0].length <= w[1].logical));
+                    }
+                    Err(BtrfsError::ContentTooLarge { needed, available }) => {
+                        assert!(needed > available && available <= size + 12_345);
+                        assert!(size < 256 * MIB, "{size} bytes should fit");
+                    }
+                    Err(e) => panic!("{size}: {e}"),
+                }
+            }
+        }
+        size *= 2;
+    }
+}
+
+/// More than 1 GiB of data: several data chunks, the 64 MiB superblock mirror inside the
+/// data chunk, extents split at chunk boundaries.
+#[test]
+fn data_over_several_chunks_and_mirror() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("big-src");
+    {
+        use std::os::unix::fs::FileExt as _;
+        let f = fs::File::create(&src).unwrap();
+        f.set_len(1200 * MIB).unwrap();
+        f.write_all_at(&bytes(3 * MIB as usize, 1), 50 * MIB).unwrap();
+        f.write_all_at(&bytes(MIB as usize, 2), 1100 * MIB).unwrap();
+    }
+    let mut t = small_tree();
+    let fd = FileData::dense(1200 * MIB, Source::Host(src));
+    t.add_file(InodeId::ROOT, b"big", fd, meta(0o644)).unwrap();
+    let img = tmp.path().join("big.img");
+    let layout = build(&t, &[], &opts(1600 * MIB), &img).unwrap();
+    assert!(layout.chunks().iter().filter(|c| c.flags == 1).count() >= 2, "{layout:?}");
+    check_clean(&img);
+    restore_compare(&img, None, &t, tmp.path(), "out");
+}
