@@ -3,8 +3,9 @@
 #
 # Mounts partitions of the test disk read-only, lists every entry, and powers off.
 # Parameters from the kernel command line:
-#   mkdisk.mount=ID:DEV:FSTYPE:OPTS   (repeatable; OPTS comma-separated, e.g. ro,subvol=/nix)
-#                                      without any, every partition of /dev/vda is probed (blkid)
+#   mkdisk.mount=ID:DEV:FSTYPE:OPTS   (repeatable; OPTS comma-separated, e.g. ro,subvol=/nix;
+#                                      FSTYPE auto = try ext4, btrfs, vfat)
+#                                      without any, every partition of every /dev/vdX is tried
 #   mkdisk.out=ttyS1                   where the listing goes (default /dev/ttyS1 if present,
 #                                      else the console)
 # Listing protocol (one record per line, fields separated by one space, path last):
@@ -44,17 +45,10 @@ while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 sleep 0.2
 
 if [ -z "$mounts" ]; then
-    # Probe every partition.
-    n=0
+    # Every partition, filesystem type found by trying (busybox-static has no blkid).
+    sleep 1
     for d in /dev/vd[a-z][0-9]*; do
-        [ -b "$d" ] || continue
-        t=$(blkid "$d" | sed -n 's/.* TYPE="\([^"]*\)".*/\1/p')
-        case "$t" in
-        ext4 | ext3 | ext2 | vfat | btrfs)
-            n=$((n + 1))
-            mounts="$mounts part$n:${d#/dev/}:$t:ro"
-            ;;
-        esac
+        [ -b "$d" ] && mounts="$mounts ${d#/dev/}:${d#/dev/}:auto:ro"
     done
 fi
 
@@ -79,9 +73,23 @@ for m in $mounts; do
     mkdir -p "/mnt/$id"
     i=0
     while [ ! -b "/dev/$dev" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    ok=
+    if [ "$fs" = auto ]; then
+        for t in ext4 btrfs vfat; do
+            if mount -t "$t" -o "$opts" "/dev/$dev" "/mnt/$id" 2>/dev/null; then
+                fs=$t
+                ok=1
+                break
+            fi
+        done
+        # Not a filesystem we check (swap, BIOS boot, empty): no record.
+        [ -n "$ok" ] || continue
+    elif mount -t "$fs" -o "$opts" "/dev/$dev" "/mnt/$id"; then
+        ok=1
+    fi
     echo "MKDISK-BEGIN $id $dev $fs $opts" >"$out"
     echo "MKDISK-BEGIN $id $dev $fs $opts (uptime $(cut -d' ' -f1 /proc/uptime))"
-    if mount -t "$fs" -o "$opts" "/dev/$dev" "/mnt/$id"; then
+    if [ -n "$ok" ]; then
         if list "/mnt/$id" >/tmp/listing 2>/tmp/err; then rc=0; else rc=list-failed; fi
         echo "MKDISK-LISTED $id (uptime $(cut -d' ' -f1 /proc/uptime))"
         cat /tmp/listing >"$out"
