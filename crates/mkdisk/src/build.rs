@@ -29,6 +29,8 @@ pub struct BuildOptions {
     pub keep_owner: bool,
     /// `SOURCE_DATE_EPOCH`: clamps source mtimes, stamps filesystem creation times.
     pub source_date_epoch: Option<i64>,
+    /// Default btrfs compression (`zstd[:N]`) where the layout's mount options set none.
+    pub compress: Option<String>,
     /// NixOS content: closure, Nix database, system profile, boot loaders.
     pub nixos: crate::nixos::NixosOptions,
 }
@@ -44,6 +46,7 @@ impl BuildOptions {
             threads: None,
             keep_owner: false,
             source_date_epoch: None,
+            compress: None,
             nixos: crate::nixos::NixosOptions::default(),
         }
     }
@@ -286,6 +289,8 @@ enum FsPlan<'a> {
     Swap(SwapOptions),
     Fat(Box<mkdisk_fat::FatLayout>, &'a Tree),
     Ext4(Box<mkdisk_ext4::Ext4Layout>, &'a Tree),
+    /// The layout owns its trees; the second field is the file-data total for progress.
+    Btrfs(Box<mkdisk_btrfs::BtrfsLayout>, u64),
 }
 
 /// Options for the FAT writer from the partition and mkfs.vfat `extraArgs` (`-n LABEL`,
@@ -319,12 +324,40 @@ fn fat_options(placed: &Placed, extra: &[String]) -> Result<mkdisk_fat::FatOptio
     Ok(o)
 }
 
+/// Plan a btrfs filesystem: the filesystem UUID derives from the partition GUID like every
+/// other filesystem's; compression comes from `--compress` (lowest precedence), the
+/// filesystem's `mountOptions`, then `extraArgs`; each subvolume's own `mountOptions` win for
+/// its files.
+fn plan_btrfs<'a>(
+    placed: &Placed,
+    top: Tree,
+    subvols: Vec<mkdisk_btrfs::SubvolSpec>,
+    mount_options: &[String],
+    extra_args: &[String],
+    sde: Option<i64>,
+    compress: Option<&str>,
+) -> Result<FsPlan<'a>, mkdisk_btrfs::BtrfsError> {
+    let mut o = mkdisk_btrfs::BtrfsOptions::new(placed.size_bytes(), ids::fs_uuid(&placed.guid));
+    o.timestamp = sde.unwrap_or(0);
+    if let Some(c) = compress {
+        o.apply_extra_args(&["--compress".to_string(), c.to_string()])?;
+    }
+    if let Some(c) = mkdisk_btrfs::parse_mount_options(mount_options)? {
+        o.compress = Some(c);
+    }
+    o.apply_extra_args(extra_args)?;
+    let bytes = subvols.iter().map(|s| s.tree.data_bytes()).fold(top.data_bytes(), u64::saturating_add);
+    let layout = mkdisk_btrfs::plan(&top, &subvols, &o)?;
+    Ok(FsPlan::Btrfs(Box::new(layout), bytes))
+}
+
 fn plan_partition<'a>(
     dp: &DiskPlan,
     placed: &Placed,
     di: usize,
     sources: &'a Sources,
     sde: Option<i64>,
+    compress: Option<&str>,
 ) -> Result<FsPlan<'a>, BuildError> {
     let disk = &dp.disk;
     let Some((pi, part)) = disk.partitions.iter().enumerate().find(|(_, p)| p.name == placed.name) else {
@@ -356,7 +389,21 @@ fn plan_partition<'a>(
             crate::swap::swap_header(placed.size_bytes(), &o).map_err(|e| part_err(&e))?;
             Ok(FsPlan::Swap(o))
         }
-        Content::Btrfs(_) => Err(not_impl("the btrfs writer")),
+        Content::Btrfs(b) => {
+            let top = match &b.mountpoint {
+                Some(_) => tree_of(Target::Part(di, pi))?.clone(),
+                None => Tree::new(default_root_meta(sde)),
+            };
+            let mut subvols = Vec::new();
+            for (si, sv) in b.subvolumes.iter().enumerate() {
+                subvols.push(mkdisk_btrfs::SubvolSpec {
+                    path: sv.name.clone(),
+                    tree: tree_of(Target::Subvol(di, pi, si))?.clone(),
+                    compress: mkdisk_btrfs::parse_mount_options(&sv.mount_options).map_err(|e| part_err(&e))?,
+                });
+            }
+            plan_btrfs(placed, top, subvols, &b.mount_options, &b.extra_args, sde, compress).map_err(|e| part_err(&e))
+        }
         Content::Filesystem(fs) => match fs.format.as_str() {
             "vfat" => {
                 let tree = tree_of(Target::Part(di, pi))?;
@@ -372,7 +419,11 @@ fn plan_partition<'a>(
                 let layout = mkdisk_ext4::plan(tree, &o).map_err(|e| part_err(&e))?;
                 Ok(FsPlan::Ext4(Box::new(layout), tree))
             }
-            "btrfs" => Err(not_impl("the btrfs writer")),
+            "btrfs" => {
+                let top = tree_of(Target::Part(di, pi))?.clone();
+                plan_btrfs(placed, top, Vec::new(), &fs.mount_options, &fs.extra_args, sde, compress)
+                    .map_err(|e| part_err(&e))
+            }
             other => Err(not_impl(&format!("format {other:?}"))),
         },
     }
@@ -404,7 +455,7 @@ pub fn build(
     for (di, dp) in plans.iter().enumerate() {
         let mut v = Vec::new();
         for placed in &dp.layout.partitions {
-            v.push(plan_partition(dp, placed, di, &sources, opts.source_date_epoch)?);
+            v.push(plan_partition(dp, placed, di, &sources, opts.source_date_epoch, opts.compress.as_deref())?);
         }
         fs_plans.push(v);
     }
@@ -413,6 +464,7 @@ pub fn build(
         .flatten()
         .map(|p| match p {
             FsPlan::Fat(_, t) | FsPlan::Ext4(_, t) => t.data_bytes(),
+            FsPlan::Btrfs(_, bytes) => *bytes,
             FsPlan::None | FsPlan::Swap(_) => 0,
         })
         .fold(0, u64::saturating_add);
@@ -446,6 +498,9 @@ pub fn build(
                     FsPlan::Swap(o) => crate::swap::write_swap(&region, o).map_err(|e: SwapError| part_err(&e))?,
                     FsPlan::Fat(layout, tree) => {
                         mkdisk_fat::write(layout, tree, &region, progress).map_err(|e| part_err(&e))?;
+                    }
+                    FsPlan::Btrfs(layout, _) => {
+                        mkdisk_btrfs::write(layout, &region, progress).map_err(|e| part_err(&e))?;
                     }
                     FsPlan::Ext4(layout, tree) => {
                         mkdisk_ext4::write(layout, tree, &region, progress).map_err(|e| part_err(&e))?;

@@ -52,6 +52,9 @@ enum Command {
         /// Keep source uid/gid (default: everything root:root).
         #[arg(long)]
         keep_owner: bool,
+        /// Default btrfs compression, `zstd[:LEVEL]`, where the layout's mount options set none.
+        #[arg(long, value_name = "zstd[:LEVEL]")]
+        compress: Option<String>,
         /// No progress bar or warnings.
         #[arg(long, short)]
         quiet: bool,
@@ -202,13 +205,14 @@ fn run() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Build { spec, out, root, seed, threads, keep_owner, quiet, nixos } => {
+        Command::Build { spec, out, root, seed, threads, keep_owner, compress, quiet, nixos } => {
             let s = read_spec(&spec)?;
             let mut opts = BuildOptions::new(out);
             opts.root = root;
             opts.seed = seed_of(seed.as_deref());
             opts.threads = threads.or_else(threads_default);
             opts.keep_owner = keep_owner;
+            opts.compress = compress;
             opts.source_date_epoch = source_date_epoch()?;
             opts.nixos = (*nixos).into_options();
             let show = !quiet && std::io::stderr().is_terminal();
