@@ -309,6 +309,9 @@ fn every_buildable_layout_passes_sgdisk_and_fsck() {
         (repo().join("testdata/example.toml"), Some(repo().join("testdata/root")), "main.raw"),
         (repo().join("testdata/specs/esp-swap.json"), Some(repo().join("testdata/root")), "main.raw"),
         (shared().join("disko/ext4-swap.json"), None, "vdb.raw"),
+        (shared().join("disko/seed-regular.json"), Some(repo().join("testdata/root")), "main.raw"),
+        (shared().join("disko/seed-impermanence.json"), Some(repo().join("testdata/root")), "main.raw"),
+        (shared().join("disko/btrfs-subvolumes.json"), Some(repo().join("testdata/root")), "main.raw"),
     ];
     for (i, (spec, root, name)) in cases.iter().enumerate() {
         let out = tmp.path().join(format!("case{i}"));
@@ -337,14 +340,41 @@ fn every_buildable_layout_passes_sgdisk_and_fsck() {
                     std::fs::write(&part, &buf).unwrap();
                     tool("fsck.fat", &["-n", "-v", part.to_str().unwrap()])
                 }
-                // e2fsprogs' unix I/O manager takes `file?offset=BYTES`.
+                // e2fsprogs' unix I/O manager takes `file?offset=BYTES`; btrfs-progs needs the
+                // partition as a file of its own.
                 "0FC63DAF-8483-4772-8E79-3D69D8477DE4" => {
-                    tool("e2fsck", &["-fn", &format!("{}?offset={start}", img.display())])
+                    let mut magic = [0u8; 8];
+                    use std::os::unix::fs::FileExt;
+                    file.read_exact_at(&mut magic, start + 0x10040).unwrap();
+                    if &magic == b"_BHRfS_M" {
+                        let part = out.join("btrfs.img");
+                        extract(&file, start, size, &part);
+                        tool("btrfs", &["check", "--readonly", "--check-data-csum", part.to_str().unwrap()])
+                    } else {
+                        tool("e2fsck", &["-fn", &format!("{}?offset={start}", img.display())])
+                    }
                 }
                 _ => continue,
             };
             assert!(o.status.success(), "{} of {}: {}", p["name"], spec.display(), String::from_utf8_lossy(&o.stdout));
         }
+    }
+}
+
+/// Copy `size` bytes at `start` of `src` into a new sparse file (all-zero MiB chunks skipped).
+fn extract(src: &std::fs::File, start: u64, size: u64, dest: &Path) {
+    use std::os::unix::fs::FileExt;
+    let out = std::fs::File::create(dest).unwrap();
+    out.set_len(size).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < size {
+        let n = usize::try_from((size - at).min(1 << 20)).unwrap();
+        src.read_exact_at(&mut buf[..n], start + at).unwrap();
+        if buf[..n].iter().any(|&b| b != 0) {
+            out.write_all_at(&buf[..n], at).unwrap();
+        }
+        at += n as u64;
     }
 }
 
