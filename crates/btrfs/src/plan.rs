@@ -510,11 +510,21 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
             .map_err(|e| BtrfsError::BadSubvolume { path: spec.path.clone(), reason: e.to_string() })?;
         if let Some(d) = trees[parent].inode(dir).as_dir() {
             if let Ok(p) = d.entries.binary_search_by(|e| e.name.as_slice().cmp(name)) {
-                if trees[parent].inode(d.entries[p].inode).as_dir().is_none() {
-                    return Err(BtrfsError::BadSubvolume {
-                        path: spec.path.clone(),
-                        reason: "exists as a non-directory in its parent".into(),
-                    });
+                match trees[parent].inode(d.entries[p].inode).as_dir() {
+                    None => {
+                        return Err(BtrfsError::BadSubvolume {
+                            path: spec.path.clone(),
+                            reason: "exists as a non-directory in its parent".into(),
+                        })
+                    }
+                    Some(dd) if !dd.entries.is_empty() => {
+                        return Err(BtrfsError::BadSubvolume {
+                            path: spec.path.clone(),
+                            reason: "a non-empty directory of that name exists in its parent".into(),
+                        })
+                    }
+                    // An empty directory (a mount point) is replaced by the subvolume.
+                    Some(_) => {}
                 }
             }
         }
@@ -1304,5 +1314,49 @@ fn file_type(k: &Kind) -> u8 {
         Kind::BlockDev(_) => items::FT_BLKDEV,
         Kind::Fifo => items::FT_FIFO,
         Kind::Socket => items::FT_SOCK,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn makedev(major: u64, minor: u64) -> u64 {
+        ((major & 0xffff_f000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffff_ff00) << 12) | (minor & 0xff)
+    }
+
+    #[test]
+    fn rdev_is_the_kernel_encoding() {
+        assert_eq!(kernel_rdev(makedev(1, 3)), (1 << 20) | 3);
+        assert_eq!(kernel_rdev(makedev(259, 70_000)), (259 << 20) | 70_000);
+        assert_eq!(kernel_rdev(0), 0);
+    }
+
+    #[test]
+    fn chunks_of_splits_at_128k() {
+        let v: Vec<_> = chunks_of((4096, 300_000)).collect();
+        assert_eq!(v, vec![(4096, 131_072), (135_168, 131_072), (266_240, 37_856)]);
+    }
+
+    #[test]
+    fn data_alloc_skips_mirror_and_chunk_ends() {
+        let mut a = DataAlloc { cursor: 64 * MIB - 8192 };
+        assert_eq!(a.take(100_000, false), (64 * MIB - 8192, 8192));
+        assert_eq!(a.take(100_000, false).0, 64 * MIB + STRIPE);
+        let mut b = DataAlloc { cursor: DATA_START + DATA_CHUNK_MAX - 4096 };
+        assert_eq!(b.take(8192, true).0, DATA_START + DATA_CHUNK_MAX, "whole extents never cross a chunk");
+    }
+
+    #[test]
+    fn pack_respects_leaf_capacity_and_min_leaves() {
+        let items: Vec<Item> = (0..2000u64).map(|i| Item::bytes(Key::new(i, 1, 0), vec![0u8; 100])).collect();
+        let t = PackedTree::pack(5, items.clone(), 1).unwrap();
+        // 125 bytes per item: 130 per leaf.
+        assert_eq!(t.leaf_count(), 2000usize.div_ceil(130));
+        assert_eq!(t.root_level(), 1);
+        let t = PackedTree::pack(5, items, 40).unwrap();
+        assert_eq!(t.leaf_count(), 40);
+        let dup = vec![Item::bytes(Key::new(1, 1, 0), vec![]), Item::bytes(Key::new(1, 1, 0), vec![])];
+        assert!(PackedTree::pack(5, dup, 1).is_err());
     }
 }

@@ -374,7 +374,8 @@ fn nested_subvolumes_and_default() {
     let tmp = tempfile::tempdir().unwrap();
     let img = tmp.path().join("nested.img");
     let top = tree_with(&[("readme", b"top level")]);
-    let a = tree_with(&[("file-a", b"a"), ("b/shadowed", b"gone")]);
+    let mut a = tree_with(&[("file-a", b"a")]);
+    a.add_dir(InodeId::ROOT, b"b", meta(0o700)).unwrap(); // the mount point, replaced by a/b
     let b = tree_with(&[("file-b", &bytes(10_000, 4))]);
     let home = tree_with(&[("user/notes", b"notes")]);
     let deep = tree_with(&[("x", b"x")]);
@@ -412,8 +413,13 @@ fn subvolume_errors() {
     assert!(matches!(plan(&t, &[sub("a"), sub("/a/")], &o), Err(BtrfsError::DuplicateSubvolume { .. })));
     assert!(matches!(plan(&t, &[sub("")], &o), Err(BtrfsError::BadSubvolume { .. })));
     assert!(matches!(plan(&t, &[sub("../x")], &o), Err(BtrfsError::BadSubvolume { .. })));
-    let f = tree_with(&[("file", b"f")]);
+    let f = tree_with(&[("file", b"f"), ("full/x", b"x")]);
     assert!(matches!(plan(&f, &[sub("file")], &o), Err(BtrfsError::BadSubvolume { .. })));
+    assert!(matches!(plan(&f, &[sub("full")], &o), Err(BtrfsError::BadSubvolume { .. })));
+    assert!(matches!(plan(&f, &[sub("file/x")], &o), Err(BtrfsError::BadSubvolume { .. })));
+    let mut m = Tree::new(meta(0o755));
+    m.add_dir(InodeId::ROOT, b"mnt", meta(0o700)).unwrap();
+    assert!(plan(&m, &[sub("mnt")], &o).is_ok(), "an empty mount-point directory becomes the subvolume");
     let long = "n".repeat(256);
     assert!(matches!(plan(&t, &[sub(&long)], &o), Err(BtrfsError::NameTooLong { .. })));
     let mut o2 = opts(256 * MIB);
