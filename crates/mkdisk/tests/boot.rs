@@ -7,13 +7,18 @@
 //! fetched and cached by `tests/boot/harness.py` (see there). Where QEMU cannot be had the
 //! tests print `SKIPPED` loudly and return; with `CI=true` they fail instead.
 //!
-//! - `ovmf_boots_systemd_boot_from_our_esp`: OVMF → our FAT32 ESP → systemd-boot
-//!   (`EFI/BOOT/BOOTX64.EFI`, `loader/entries/test.conf`) → kernel + initramfs from the ESP;
-//!   the guest reads every partition.
-//! - `kernel_reads_every_file`: direct kernel boot (`-kernel/-initrd`, SeaBIOS) on the same
-//!   image; stands in for SeaBIOS → GRUB until GRUB BIOS embedding exists.
-//! - `altered_file_is_caught`: one file in the ext4 root and one in the ESP are changed in the
-//!   image after the build; the comparison must name exactly those two.
+//! - `kernel_reads_every_file`: direct kernel boot (`-kernel/-initrd`) on an image with a vfat
+//!   ESP, an ext4 root (store corpus subset + edge cases), an ext4 /home and, once `mkdisk
+//!   build` writes btrfs, btrfs subvolumes mounted with `subvol=`.
+//! - `altered_file_is_caught`: in the same boot, a second disk holds a copy of the image with one
+//!   byte changed in a file of the ext4 root and one of the ESP; exactly those two must differ.
+//! - `ovmf_boots_systemd_boot_from_our_esp`: OVMF → our FAT32 ESP → systemd-boot staged in the
+//!   tree (`EFI/BOOT/BOOTX64.EFI`, `loader/entries/test.conf`) → kernel + initramfs from the
+//!   ESP; the same full comparison.
+//! - `seabios_boots_grub_from_ef02` and `ovmf_boots_the_systemd_boot_mkdisk_installed`: a
+//!   NixOS-shaped image (`mkdisk build --system --grub-bios-dir --systemd-boot`) boots through
+//!   SeaBIOS → GRUB (boot.img in the MBR, core.img in EF02, grub.cfg on the ESP) and through
+//!   OVMF → the systemd-boot mkdisk installed; the guest reads every partition.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
