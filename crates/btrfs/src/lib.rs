@@ -3,17 +3,38 @@
 //!
 //! Layout: data SINGLE, metadata and system DUP, nodesize 16 KiB, sectorsize 4 KiB, the
 //! mkfs.btrfs 6.14 default features (mixed-backref, big-metadata, extref, skinny-metadata,
-//! no-holes, free-space-tree) and crc32c, xxhash64, sha256 or blake2b checksums. Subvolumes
-//! get their own fs trees, linked into their parents with `ROOT_REF`/`ROOT_BACKREF`; file data
-//! may be zstd-compressed (one frame per ≤ 128 KiB extent, window ≤ 128 KiB).
+//! no-holes, free-space-tree) and crc32c, xxhash64, sha256 or blake2b checksums. One
+//! generation (1) everywhere. Physical layout: `[0, 1 MiB)` reserved (primary superblock at
+//! 64 KiB), the SYSTEM chunk's two stripes at 1 MiB and 5 MiB, data chunks (≤ 1 GiB each,
+//! logical = physical) from 9 MiB, then the METADATA chunk's two stripes sized from the block
+//! count with slack; the rest of the partition stays unallocated for the kernel. 64 KiB stripes
+//! holding superblock mirrors (64 MiB, 256 GiB) are never used.
+//!
+//! Content: inode numbers and directory indices follow a sorted pre-order walk; files up to
+//! 2048 bytes and symlinks are inline, larger files regular extents (≤ 128 MiB, holes left
+//! out), hard links share one inode (`INODE_REF` per parent, overflowing into
+//! `INODE_EXTREF`), devices keep their `rdev` (kernel encoding), xattrs and nanosecond times
+//! are kept. Subvolumes ([`SubvolSpec`]) get ids 256… in sorted path order, their own fs trees,
+//! and are linked into the closest enclosing subvolume (or the top level, 5) under their last
+//! path component, creating missing parent directories; an empty directory of that name
+//! (a mount point) is replaced. The default subvolume and read-only flags come from
+//! [`BtrfsOptions`].
+//!
+//! Compression (zstd, per subvolume or filesystem-wide): every 128 KiB chunk of file data is
+//! one single-segment zstd frame (content size set, window ≤ 128 KiB, no checksum), kept only
+//! when it saves at least one sector; with `compress` (not `compress-force`) a file whose
+//! first chunk does not compress is stored raw (a simplification of the kernel's heuristic).
+//! Raw chunks of a file are merged into larger extents.
 //!
 //! [`plan`] decides every object id, logical/physical address, tree block and item. To learn
-//! compressed sizes it compresses every candidate 128 KiB chunk in parallel and keeps only the
-//! sizes; it also reads the bytes of inline files (≤ 2048 bytes), which become metadata.
-//! [`write`] checks the plan, writes (and re-compresses, deterministically) the data in
-//! parallel with rayon while checksumming it, then the metadata blocks of every tree on both
-//! DUP stripes, and the superblocks last. Memory stays bounded: per thread one 1 MiB (or one
-//! 128 KiB compressed) buffer, plus the metadata and one checksum per data sector.
+//! compressed sizes it compresses every candidate chunk in parallel (rayon) and keeps only the
+//! sizes; it also reads the bytes of inline files, which become metadata. [`write`] checks the
+//! plan, then writes the data in parallel — re-compressing the planned chunks (zstd output
+//! depends only on input, level and parameters, never on threads) and checksumming every
+//! sector — then serialises every tree block onto both DUP stripes, and writes the superblocks
+//! last. Memory stays bounded: the layout keeps metadata and sources (paths or shared bytes),
+//! never file data; the write phase uses one 1 MiB (or 128 KiB) buffer per thread plus one
+//! checksum per data sector. Output depends only on the trees and the options.
 //!
 //! The crate sits between `mkdisk-tree` (below) and the `mkdisk` binary (above); it depends on
 //! no other writer. See `docs/btrfs.md` for the on-disk reference.

@@ -1043,3 +1043,23 @@ fn kernel_mounts_and_reads_everything() {
     }
     check_clean(&img);
 }
+
+#[test]
+#[ignore = "timing helper: MKDISK_BTRFS_SRC=dir"]
+fn time_plan_write() {
+    let Some(src) = std::env::var_os("MKDISK_BTRFS_SRC") else { return };
+    let t0 = std::time::Instant::now();
+    let t = scan(Path::new(&src), &ScanOptions::default()).unwrap();
+    let t1 = std::time::Instant::now();
+    let mut o = opts(corpus_size(&t));
+    if std::env::var_os("MKDISK_BTRFS_ZSTD").is_some() {
+        o.compress = Some(Compress::Zstd { level: 3, force: true });
+    }
+    let layout = plan(&t, &[], &o).unwrap();
+    let t2 = std::time::Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = Image::create(&tmp.path().join("t.img"), o.size_bytes).unwrap();
+    write(&layout, &image.whole(), &NoProgress).unwrap();
+    let t3 = std::time::Instant::now();
+    eprintln!("scan {:?} plan {:?} write {:?}; {layout:?}", t1 - t0, t2 - t1, t3 - t2);
+}
