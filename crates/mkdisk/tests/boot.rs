@@ -233,6 +233,8 @@ struct Fixture {
     initrd: PathBuf,
     ext4_marker: String,
     fat_marker: String,
+    /// In the uncompressed btrfs subvolume `/logs` (data checksums: the kernel must refuse it).
+    btrfs_marker: Option<String>,
 }
 
 fn mkdisk(args: &[&str]) -> std::process::Output {
@@ -337,9 +339,14 @@ fn build_fixture() -> Result<Fixture, String> {
         "home": {"size": "32M", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/home"}},
         "root": {"size": "100%", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/"}},
     });
-    if with_btrfs {
+    let btrfs_marker = with_btrfs.then(|| format!("MKDISK-BOOT-MARKER-BTRFS-{stamp}"));
+    if let Some(marker) = &btrfs_marker {
         posix_edges(&src.join("srv/data"), "btrfs data subvolume");
         write(&src.join("srv/logs/boot.log"), b"log line\n");
+        // Larger than max_inline, so the bytes sit in a checksummed data extent.
+        let mut m = marker.as_bytes().to_vec();
+        m.extend_from_slice(&noise(16384, 17));
+        write(&src.join("srv/logs/marker.txt"), &m);
         partitions["srv"] = serde_json::json!({"size": "256M", "content": {"type": "btrfs", "subvolumes": {
             "/data": {"mountpoint": "/srv/data", "mountOptions": ["compress=zstd"]},
             "/logs": {"mountpoint": "/srv/logs"}}}});
@@ -385,7 +392,7 @@ fn build_fixture() -> Result<Fixture, String> {
     ]);
     assert!(o.status.success(), "mkdisk build: {}", String::from_utf8_lossy(&o.stderr));
     eprintln!("boot: mkdisk build took {:.1}s", t1.elapsed().as_secs_f64());
-    Ok(Fixture { parts, image: out.join("main.raw"), dir, src, mounts, initrd, ext4_marker, fat_marker })
+    Ok(Fixture { parts, image: out.join("main.raw"), dir, src, mounts, initrd, ext4_marker, fat_marker, btrfs_marker })
 }
 
 fn fixture_or_why() -> &'static Result<Fixture, String> {
@@ -407,11 +414,14 @@ fn fixture() -> Option<&'static Fixture> {
 // ---------------------------------------------------------------------------------------------
 // Booting and the listings
 
+/// One mount's listing: rc, entries by path, stderr of the listing commands.
+type Listing = (String, BTreeMap<String, Entry>, Vec<String>);
+
 /// What one boot printed.
 struct Boot {
     console: String,
-    /// Mount id → (rc, entries).
-    mounts: BTreeMap<String, (String, BTreeMap<String, Entry>)>,
+    /// Mount id → (rc, entries, stderr of the listing commands).
+    mounts: BTreeMap<String, Listing>,
     /// Kernel messages the guest flagged (errors, corruption).
     dmesg: Vec<String>,
     done: bool,
@@ -479,22 +489,24 @@ fn boot(fx: &Fixture, disks: &[&Path], mounts: &[Mount], firmware: &str, tag: &s
 
 fn parse_listing(raw: &[u8]) -> Boot {
     let mut b = Boot { console: String::new(), mounts: BTreeMap::new(), dmesg: Vec::new(), done: false };
-    let mut cur: Option<(String, BTreeMap<String, Entry>)> = None;
+    let mut cur: Option<Listing> = None;
     for line in raw.split(|&c| c == b'\n') {
         let line = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned();
         if let Some(rest) = line.strip_prefix("MKDISK-BEGIN ") {
-            cur = Some((rest.split(' ').next().unwrap().to_string(), BTreeMap::new()));
+            cur = Some((rest.split(' ').next().unwrap().to_string(), BTreeMap::new(), Vec::new()));
         } else if let Some(rest) = line.strip_prefix("MKDISK-END ") {
             let (id, rc) = rest.split_once(' ').unwrap_or((rest, ""));
-            let (cid, entries) = cur.take().unwrap_or_default();
+            let (cid, entries, stderr) = cur.take().unwrap_or_default();
             assert_eq!(cid, id, "listing out of order");
-            b.mounts.insert(id.to_string(), (rc.trim_start_matches("rc=").to_string(), entries));
+            b.mounts.insert(id.to_string(), (rc.trim_start_matches("rc=").to_string(), entries, stderr));
         } else if let Some(rest) = line.strip_prefix("MKDISK-DMESG ") {
             b.dmesg.push(rest.to_string());
         } else if line == "MKDISK-DONE" {
             b.done = true;
-        } else if let Some((_, entries)) = cur.as_mut() {
-            if let Some(rest) = line.strip_prefix("M ") {
+        } else if let Some((_, entries, stderr)) = cur.as_mut() {
+            if let Some(rest) = line.strip_prefix("MKDISK-STDERR ") {
+                stderr.push(rest.to_string());
+            } else if let Some(rest) = line.strip_prefix("M ") {
                 let f: Vec<&str> = rest.splitn(8, ' ').collect();
                 assert_eq!(f.len(), 8, "bad record {line:?}");
                 let e = entries.entry(f[7].to_string()).or_default();
@@ -564,6 +576,29 @@ fn compare(fx: &Fixture, b: &Boot, mounts: &[Mount]) -> Vec<String> {
     compare_tree(&fx.src, &fx.mounts, b, mounts, &[])
 }
 
+/// The `vdXN` device names a kernel message mentions.
+fn vd_devices(line: &str) -> Vec<String> {
+    let b = line.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(pos) = line[i..].find("vd") {
+        let start = i + pos;
+        let mut end = start + 2;
+        let boundary = start == 0 || !b[start - 1].is_ascii_alphanumeric();
+        if boundary && end < b.len() && b[end].is_ascii_lowercase() {
+            end += 1;
+            while end < b.len() && b[end].is_ascii_digit() {
+                end += 1;
+            }
+            if end == b.len() || !b[end].is_ascii_alphanumeric() {
+                out.push(line[start..end].to_string());
+            }
+        }
+        i = start + 2;
+    }
+    out
+}
+
 /// [`compare`] for the tree `src` laid out by `all`; `extra_ok` = (mount id, path prefix) of
 /// entries the image may hold beyond the source (what `mkdisk build --system` adds).
 fn compare_tree(src: &Path, all: &[Mount], b: &Boot, mounts: &[Mount], extra_ok: &[(&str, &str)]) -> Vec<String> {
@@ -572,18 +607,25 @@ fn compare_tree(src: &Path, all: &[Mount], b: &Boot, mounts: &[Mount], extra_ok:
         problems.push("guest listing incomplete (no MKDISK-DONE)".to_string());
     }
     for d in &b.dmesg {
-        if ["EXT4-fs error", "BTRFS error", "BTRFS critical", "FAT-fs (", "I/O error", "csum failed", "corrupt"]
-            .iter()
-            .any(|k| d.contains(k))
+        // Messages naming a device belong to that device's mounts; the rest to every check.
+        let named = vd_devices(d);
+        let ours = named.is_empty() || mounts.iter().any(|m| named.contains(&m.dev));
+        if ours
+            && ["EXT4-fs error", "BTRFS error", "BTRFS critical", "FAT-fs (", "I/O error", "csum failed", "corrupt"]
+                .iter()
+                .any(|k| d.contains(k))
         {
             problems.push(format!("kernel: {d}"));
         }
     }
     for m in mounts {
-        let Some((rc, guest)) = b.mounts.get(&m.id) else {
+        let Some((rc, guest, stderr)) = b.mounts.get(&m.id) else {
             problems.push(format!("{}: not in the guest listing", m.id));
             continue;
         };
+        for e in stderr {
+            problems.push(format!("{}: stderr: {e}", m.id));
+        }
         if rc != "0" {
             problems.push(format!("{} ({} {}): rc={rc}", m.id, m.fs, m.dev));
             continue;
@@ -716,13 +758,12 @@ fn direct_boot(fx: &'static Fixture) -> Option<&'static Boot> {
         // A sparse copy with one byte changed inside each marker text (same size, different
         // content); the markers must occur exactly once in the image.
         let t0 = Instant::now();
-        if let Err(HarnessError::Failed(e) | HarnessError::Unavailable(e)) = run_harness(&[
-            "alter",
-            fx.image.to_str().unwrap(),
-            altered.to_str().unwrap(),
-            &fx.ext4_marker,
-            &fx.fat_marker,
-        ]) {
+        let mut args =
+            vec!["alter", fx.image.to_str().unwrap(), altered.to_str().unwrap(), &fx.ext4_marker, &fx.fat_marker];
+        if let Some(m) = &fx.btrfs_marker {
+            args.push(m);
+        }
+        if let Err(HarnessError::Failed(e) | HarnessError::Unavailable(e)) = run_harness(&args) {
             panic!("altering the image failed: {e}");
         }
         eprintln!("boot: altered copy in {:.1}s", t0.elapsed().as_secs_f64());
@@ -757,10 +798,31 @@ fn altered_file_is_caught() {
     let Some(fx) = fixture() else { return };
     let Some(b) = direct_boot(fx) else { return };
     let problems = compare(fx, b, &altered_mounts(fx));
-    for e in ["altered-root: ./edge/marker.txt: sha256", "altered-esp: ./edge/marker.txt: sha256"] {
+    let mut expect = vec!["altered-root: ./edge/marker.txt: sha256", "altered-esp: ./edge/marker.txt: sha256"];
+    if fx.btrfs_marker.is_some() {
+        // btrfs checks data checksums: the read fails (EIO) and the kernel says why.
+        expect.extend(["altered-srv-logs: ./marker.txt: sha256", "kernel: "]);
+    }
+    for e in &expect {
         assert!(problems.iter().any(|p| p.starts_with(e)), "alteration not caught ({e}): {problems:#?}");
     }
-    assert_eq!(problems.len(), 2, "exactly the two altered files differ: {problems:#?}");
+    // Nothing else differs: only the altered files, the kernel's complaints about the altered
+    // disk, and the listing's read errors for those files.
+    let explained = |p: &String| {
+        expect[..2].iter().any(|e| p.starts_with(e))
+            || (fx.btrfs_marker.is_some()
+                && (p.starts_with(expect[2])
+                    || (p.starts_with("kernel: ") && vd_devices(p).iter().all(|d| d.starts_with("vdb")))
+                    || (p.starts_with("altered-srv-logs: stderr: ") && p.contains("marker.txt"))))
+    };
+    eprintln!("boot: the altered copy was caught:\n  {}", problems.join("\n  "));
+    let unexplained: Vec<&String> = problems.iter().filter(|p| !explained(p)).collect();
+    assert!(unexplained.is_empty(), "differences beyond the altered files: {unexplained:#?}\nall: {problems:#?}");
+    if fx.btrfs_marker.is_some() {
+        assert!(problems.iter().any(|p| p.starts_with("kernel: ") && p.contains("csum")), "{problems:#?}");
+    } else {
+        assert_eq!(problems.len(), 2, "exactly the two altered files differ: {problems:#?}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -955,11 +1017,19 @@ fn tail(s: &str) -> &str {
 }
 
 #[test]
+fn kernel_message_devices() {
+    assert_eq!(vd_devices("BTRFS warning (device vdb5): csum failed root 258"), ["vdb5"]);
+    assert_eq!(vd_devices("EXT4-fs (vda4): mounted; I/O error on vda12"), ["vda4", "vda12"]);
+    assert!(vd_devices("ACPI: vdso, avdb1").is_empty());
+}
+
+#[test]
 fn listing_parser_reads_guest_records() {
     let raw = b"noise\nMKDISK-BEGIN root vda3 ext4 ro\r\nM 81a4 0 0 6 2 14 1700000000 ./a b/x\nS 5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03  ./a b/x\nM a1ff 0 0 5 1 16 1 ./l\nL ./l\ta b/x\nMKDISK-END root rc=0\nMKDISK-DONE\n";
     let b = parse_listing(raw);
     assert!(b.done);
-    let (rc, e) = &b.mounts["root"];
+    let (rc, e, stderr) = &b.mounts["root"];
+    assert!(stderr.is_empty());
     assert_eq!(rc, "0");
     assert_eq!(e["./a b/x"].mode, 0o100_644);
     assert_eq!(e["./a b/x"].nlink, 2);
