@@ -800,8 +800,10 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
         1 + fs_trees.iter().chain([&csum_tree, &uuid_tree, &reloc_tree]).map(PackedTree::block_count).sum::<usize>();
     let n_chunks_est = chunks.len() + 1;
     let dummy_roots = RootAddrs::default();
-    let root_count =
-        pack(ROOT_TREE_OBJECTID, root_tree_items(&fss, &placement, &dummy_roots, default_id, time), 1)?.block_count();
+    let root_probe = pack(ROOT_TREE_OBJECTID, root_tree_items(&fss, &placement, &dummy_roots, default_id, time), 1)?;
+    let root_count = root_probe.block_count();
+    let root_leaves = root_probe.leaf_count();
+    drop(root_probe);
     let n_ext_items = n_other_est + root_count + 8 + extents.len() + n_chunks_est;
     let est_e = blocks_for_leaves((n_ext_items * 78).div_ceil(14000) + 1);
     let mut res_e = 2 * est_e + 4;
@@ -872,7 +874,9 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
             if c.flags & chunk::BLOCK_GROUP_DATA == 0 {
                 return 0;
             }
-            extents.iter().filter(|e| e.logical >= c.logical && e.logical < c.end()).map(|e| e.disk_len).sum()
+            let lo = extents.partition_point(|e| e.logical < c.logical);
+            let hi = extents.partition_point(|e| e.logical < c.end());
+            extents[lo..hi].iter().map(|e| e.disk_len).sum()
         })
         .collect();
     let (root_tree, extent_tree, fst_tree, others) = 'outer: loop {
@@ -922,9 +926,6 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
                     level += 1;
                 }
             };
-            let root_leaves =
-                pack(ROOT_TREE_OBJECTID, root_tree_items(&fss, &placement, &dummy_roots, default_id, time), 1)?
-                    .leaf_count();
             lv(root_leaves, root_addrs, ROOT_TREE_OBJECTID, &mut blocks);
             lv(e_leaves, e_addrs, EXTENT_TREE_OBJECTID, &mut blocks);
             lv(f_leaves, f_addrs, FREE_SPACE_TREE_OBJECTID, &mut blocks);
@@ -949,14 +950,15 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
             }
             let mut fst_items: Vec<Item> = Vec::new();
             for (ci, c) in chunks.iter().enumerate() {
+                // Both lists are sorted by address.
                 let used_ranges: Vec<(u64, u64)> = if c.flags & chunk::BLOCK_GROUP_DATA != 0 {
-                    extents
-                        .iter()
-                        .filter(|e| e.logical >= c.logical && e.logical < c.end())
-                        .map(|e| (e.logical, e.disk_len))
-                        .collect()
+                    let lo = extents.partition_point(|e| e.logical < c.logical);
+                    let hi = extents.partition_point(|e| e.logical < c.end());
+                    extents[lo..hi].iter().map(|e| (e.logical, e.disk_len)).collect()
                 } else {
-                    blocks.iter().filter(|b| b.0 >= c.logical && b.0 < c.end()).map(|b| (b.0, NODESIZE)).collect()
+                    let lo = blocks.partition_point(|b| b.0 < c.logical);
+                    let hi = blocks.partition_point(|b| b.0 < c.end());
+                    blocks[lo..hi].iter().map(|b| (b.0, NODESIZE)).collect()
                 };
                 let used: u64 = if c.flags & chunk::BLOCK_GROUP_DATA != 0 {
                     data_used[ci]

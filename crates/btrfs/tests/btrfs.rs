@@ -1033,6 +1033,8 @@ fn kernel_mounts_and_reads_everything() {
         assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
         let st = Command::new("sync").status().unwrap();
         assert!(st.success());
+        let out = Command::new("btrfs").args(["balance", "start", "--full-balance"]).arg(m.path()).output().unwrap();
+        assert!(out.status.success(), "balance: {}", String::from_utf8_lossy(&out.stderr));
         let out = Command::new("btrfs").args(["scrub", "start", "-B"]).arg(m.path()).output().unwrap();
         let s = String::from_utf8_lossy(&out.stdout);
         assert!(
