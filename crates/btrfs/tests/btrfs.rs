@@ -678,6 +678,7 @@ fn store_corpus_plain_and_seed_compress_force() {
     let layout = build(&t, &[], &o, &img).unwrap();
     assert!(layout.compressed_extents() > 100, "{layout:?}");
     check_clean(&img);
+    check_clean_lowmem(&img);
     assert!(kernel_zstd_rules(&layout, &img) > 100);
     assert!(restore_compare(&img, None, &t, tmp.path(), "seed") > 1000);
     kernel_compare(&img, "ro", &t);
@@ -1007,6 +1008,7 @@ fn kernel_mounts_and_reads_everything() {
     o.default_subvolume = Some("@".into());
     build(&top, &subs, &o, &img).unwrap();
     check_clean(&img);
+    check_clean_lowmem(&img);
     {
         let Some(m) = Mount::new(&img, "ro,subvolid=5") else { return };
         let n = compare(&top, InodeId::ROOT, m.path());
