@@ -573,8 +573,12 @@ fn host_listing(src: &Path, all: &[Mount], m: &Mount) -> (BTreeMap<String, Entry
 
 /// Differences between what the kernel read (for `mounts`) and the source, one line each.
 fn compare(fx: &Fixture, b: &Boot, mounts: &[Mount]) -> Vec<String> {
-    compare_tree(&fx.src, &fx.mounts, b, mounts, &[])
+    compare_tree(&fx.src, &fx.mounts, b, mounts, &[], None)
 }
+
+/// Adjusts the host's expectation for (mount id, path) where the image is meant to differ
+/// from the source (the Nix store's canonical metadata).
+type Fixup<'a> = &'a dyn Fn(&str, &str, &mut Entry);
 
 /// The `vdXN` device names a kernel message mentions.
 fn vd_devices(line: &str) -> Vec<String> {
@@ -601,7 +605,14 @@ fn vd_devices(line: &str) -> Vec<String> {
 
 /// [`compare`] for the tree `src` laid out by `all`; `extra_ok` = (mount id, path prefix) of
 /// entries the image may hold beyond the source (what `mkdisk build --system` adds).
-fn compare_tree(src: &Path, all: &[Mount], b: &Boot, mounts: &[Mount], extra_ok: &[(&str, &str)]) -> Vec<String> {
+fn compare_tree(
+    src: &Path,
+    all: &[Mount],
+    b: &Boot,
+    mounts: &[Mount],
+    extra_ok: &[(&str, &str)],
+    fixup: Option<Fixup<'_>>,
+) -> Vec<String> {
     let mut problems = Vec::new();
     if !b.done {
         problems.push("guest listing incomplete (no MKDISK-DONE)".to_string());
@@ -630,7 +641,12 @@ fn compare_tree(src: &Path, all: &[Mount], b: &Boot, mounts: &[Mount], extra_ok:
             problems.push(format!("{} ({} {}): rc={rc}", m.id, m.fs, m.dev));
             continue;
         }
-        let (host, host_ids) = host_listing(src, all, m);
+        let (mut host, host_ids) = host_listing(src, all, m);
+        if let Some(f) = fixup {
+            for (path, e) in &mut host {
+                f(&m.id, path, e);
+            }
+        }
         let posix = m.fs != "vfat";
         let mut p = |s: String| problems.push(format!("{}: {s}", m.id));
         for (path, h) in &host {
@@ -953,7 +969,7 @@ fn nixos_image(fx: &'static Fixture) -> Option<&'static NixosImage> {
 
 /// The guest read the NixOS image: every source file, plus the boot loader files mkdisk added.
 fn check_nixos_boot(n: &NixosImage, b: &Boot, what: &str) {
-    let problems = compare_tree(&n.src, &n.mounts, b, &n.mounts, NIXOS_ADDED);
+    let problems = compare_tree(&n.src, &n.mounts, b, &n.mounts, NIXOS_ADDED, None);
     assert!(problems.is_empty(), "{}\nconsole tail:\n{}", report(what, &problems), tail(&b.console));
     let esp = &b.mounts["esp"].1;
     let sha =
@@ -1005,6 +1021,215 @@ fn ovmf_boots_the_systemd_boot_mkdisk_installed() {
         .unwrap_or_else(|| panic!("guest /init never ran under OVMF; console tail:\n{}", tail(&b.console)));
     assert!(init_line.contains("initrd=\\EFI\\nixos\\"), "not started by the installed systemd-boot: {init_line}");
     check_nixos_boot(n, &b, "OVMF → installed systemd-boot");
+}
+
+/// The NAR serialisation of `p` (for closureInfo's registration).
+fn nar(p: &Path, out: &mut Vec<u8>) {
+    fn s(out: &mut Vec<u8>, b: &[u8]) {
+        out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        out.extend_from_slice(b);
+        out.resize(out.len() + (8 - b.len() % 8) % 8, 0);
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let md = fs::symlink_metadata(p).unwrap();
+    if out.is_empty() {
+        s(out, b"nix-archive-1");
+    }
+    s(out, b"(");
+    s(out, b"type");
+    if md.is_symlink() {
+        s(out, b"symlink");
+        s(out, b"target");
+        s(out, fs::read_link(p).unwrap().as_os_str().as_bytes());
+    } else if md.is_file() {
+        s(out, b"regular");
+        if md.mode() & 0o100 != 0 {
+            s(out, b"executable");
+            s(out, b"");
+        }
+        s(out, b"contents");
+        s(out, &fs::read(p).unwrap());
+    } else {
+        s(out, b"directory");
+        let mut names: Vec<_> = fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        for n in names {
+            s(out, b"entry");
+            s(out, b"(");
+            s(out, b"name");
+            s(out, n.as_bytes());
+            s(out, b"node");
+            nar(&p.join(&n), out);
+            s(out, b")");
+        }
+    }
+    s(out, b")");
+}
+
+/// A closureInfo directory (`store-paths`, `registration`) for `paths` in the host store
+/// `store` (`.../nix/store`); `refs` = (path, its references).
+fn closure_info(dir: &Path, store: &Path, paths: &[&str], refs: &[(&str, &[&str])]) {
+    let mut reg = String::new();
+    for p in paths {
+        let mut n = Vec::new();
+        nar(&store.join(p.trim_start_matches("/nix/store/")), &mut n);
+        let r: &[&str] = refs.iter().find(|(q, _)| q == p).map_or(&[], |(_, r)| *r);
+        reg.push_str(&format!("{p}\nsha256:{}\n{}\n\n{}\n", sha256_hex(&n), n.len(), r.len()));
+        for x in r {
+            reg.push_str(&format!("{x}\n"));
+        }
+    }
+    write(&dir.join("registration"), reg.as_bytes());
+    write(&dir.join("store-paths"), (paths.join("\n") + "\n").as_bytes());
+}
+
+/// A NixOS-shaped image with a btrfs root: subvolumes `/root` (at `/`) and `/nix`, the closure
+/// (kernel, initrd, toplevel) in `/nix/store`, and GRUB reading `/boot/grub` and the kernel from
+/// the btrfs subvolumes (core.img with `btrfs`, prefix `(,gptN)/root/boot/grub`).
+fn build_btrfs_grub_image(fx: &Fixture) -> Result<NixosImage, String> {
+    let dir = fx.dir.join("nixos-btrfs");
+    let _ = fs::remove_dir_all(&dir);
+    let src = dir.join("src");
+    write(&src.join("etc/hostname"), b"nixos-btrfs-boot-test\n");
+    write(&src.join("var/lib/state.txt"), b"state on the root subvolume\n");
+    symlink("state.txt", src.join("var/lib/state-link")).unwrap();
+    let spec = serde_json::json!({"disk": {"main": {"imageSize": "384M", "content": {"type": "gpt", "partitions": {
+        "boot": {"size": "1M", "type": "EF02", "priority": 0},
+        "root": {"size": "100%", "content": {"type": "btrfs", "subvolumes": {
+            "/root": {"mountpoint": "/"},
+            "/nix": {"mountpoint": "/nix", "mountOptions": ["compress=zstd", "noatime"]}}}}}}}}});
+    let spec_path = dir.join("spec.json");
+    write(&spec_path, spec.to_string().as_bytes());
+    let number = plan_numbers(&spec_path);
+    let root = number("root");
+    let mount = |id: &str, opts: &str, mp: &str| Mount {
+        id: id.into(),
+        dev: format!("vda{root}"),
+        fs: "btrfs".into(),
+        opts: opts.into(),
+        mountpoint: mp.into(),
+    };
+    let mounts = vec![mount("root", "ro,subvol=/root", "/"), mount("nix", "ro,subvol=/nix", "/nix")];
+
+    let store = dir.join("store/nix/store");
+    let kernel = "/nix/store/a0m1xzf0b4k3j3l7gqk4c6m2qzk7dxy8-linux-6.1";
+    let initrd = "/nix/store/b0k2yq6j6v5w7q0n2r4c1l6p8x9a3b4c-initrd-linux-6.1";
+    let toplevel = "/nix/store/c1b2cd3fg4hi5jk6lm7np8qr9sv0wxyz-nixos-system-btrfstest-24.05";
+    let host = |p: &str| store.join(p.trim_start_matches("/nix/store/"));
+    let kernel_file = fx.parts["kernel"].as_str().unwrap();
+    write(&host(kernel).join("bzImage"), &fs::read(kernel_file).unwrap());
+    write(&host(initrd).join("initrd"), &fs::read(&fx.initrd).unwrap());
+    let bootspec = serde_json::json!({"org.nixos.bootspec.v1": {
+        "init": format!("{toplevel}/init"),
+        "initrd": format!("{initrd}/initrd"),
+        "kernel": format!("{kernel}/bzImage"),
+        "kernelParams": kernel_args(&mounts).split(' ').collect::<Vec<_>>(),
+        "label": "NixOS 24.05 (Linux 6.1, btrfs boot test)",
+        "system": "x86_64-linux",
+        "toplevel": toplevel,
+    }});
+    write(&host(toplevel).join("boot.json"), bootspec.to_string().as_bytes());
+    write(&host(toplevel).join("init"), b"#!/bin/sh\n");
+    chmod(&host(toplevel).join("init"), 0o755);
+    symlink(format!("{kernel}/bzImage"), host(toplevel).join("kernel")).unwrap();
+    symlink(format!("{initrd}/initrd"), host(toplevel).join("initrd")).unwrap();
+    let closure = dir.join("closure");
+    closure_info(&closure, &store, &[kernel, initrd, toplevel], &[(toplevel, &[kernel, initrd, toplevel])]);
+
+    let grub = dir.join("grub");
+    let prefix = format!("(,gpt{root})/root/boot/grub");
+    match run_harness(&["grub-dir", grub.to_str().unwrap(), "--prefix", &prefix, "biosdisk", "part_gpt", "btrfs"]) {
+        Ok(_) => {}
+        Err(HarnessError::Unavailable(why)) => return Err(why),
+        Err(HarnessError::Failed(e)) => panic!("{e}"),
+    }
+    let out = dir.join("out");
+    fs::create_dir_all(&out).unwrap();
+    let o = mkdisk(&[
+        "build",
+        spec_path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--root",
+        src.to_str().unwrap(),
+        "--quiet",
+        "--closure",
+        closure.to_str().unwrap(),
+        "--store-dir",
+        store.to_str().unwrap(),
+        "--system",
+        toplevel,
+        "--grub-bios-dir",
+        grub.to_str().unwrap(),
+        "--grub-serial",
+        "--boot-timeout",
+        "0",
+    ]);
+    assert!(o.status.success(), "mkdisk build --system (btrfs): {}", String::from_utf8_lossy(&o.stderr));
+    // The closure is part of the expected tree: /nix/store as the host store holds it.
+    let nix_src = src.join("nix/store");
+    fs::create_dir_all(&nix_src).unwrap();
+    for p in [kernel, initrd, toplevel] {
+        let name = p.trim_start_matches("/nix/store/");
+        let st = Command::new("cp").arg("-a").arg(store.join(name)).arg(&nix_src).status().unwrap();
+        assert!(st.success());
+    }
+    Ok(NixosImage {
+        src,
+        image: out.join("main.raw"),
+        mounts,
+        kernel_sha256: sha256_hex(&fs::read(kernel_file).unwrap()),
+        systemd_boot_sha256: String::new(),
+    })
+}
+
+#[test]
+fn seabios_boots_grub_from_btrfs_subvolumes() {
+    let Some(fx) = fixture() else { return };
+    static N: OnceLock<Result<NixosImage, String>> = OnceLock::new();
+    let n = match N.get_or_init(|| build_btrfs_grub_image(fx)) {
+        Ok(n) => n,
+        Err(why) => return skip(why),
+    };
+    let b = match boot(fx, &[&n.image], &n.mounts, "bios", "seabios-grub-btrfs") {
+        Ok(b) => b,
+        Err(why) => return skip(&why),
+    };
+    let init_line = b.console.lines().find(|l| l.starts_with("MKDISK-INIT start:")).unwrap_or_else(|| {
+        panic!("guest /init never ran under SeaBIOS + GRUB (btrfs); console tail:\n{}", tail(&b.console))
+    });
+    // The kernel is read by GRUB from the /nix subvolume: BOOT_IMAGE=(hd0,gptN)/nix/store/….
+    assert!(init_line.contains("BOOT_IMAGE=") && init_line.contains("/nix/store/"), "not started by GRUB: {init_line}");
+    // Beyond the source: the Nix DB and profiles (nix), /etc/NIXOS, /boot/grub (root).
+    let added: &[(&str, &str)] = &[("nix", "./var"), ("root", "./boot"), ("root", "./etc/NIXOS"), ("root", "./nix")];
+    // The store as Nix keeps it: /nix/store 1775 root:nixbld (30000); in store paths, dirs 0555,
+    // files 0444 or 0555, mtime 1.
+    let canonical = |id: &str, path: &str, e: &mut Entry| {
+        if id != "nix" {
+            return;
+        }
+        if path == "./store" {
+            e.mode = S_IFDIR | 0o1775;
+            e.gid = 30000;
+        } else if path.starts_with("./store/") {
+            e.mtime = 1;
+            match e.mode & S_IFMT {
+                S_IFDIR => e.mode = S_IFDIR | 0o555,
+                S_IFREG => e.mode = S_IFREG | if e.mode & 0o100 != 0 { 0o555 } else { 0o444 },
+                _ => {}
+            }
+        }
+    };
+    let problems = compare_tree(&n.src, &n.mounts, &b, &n.mounts, added, Some(&canonical));
+    assert!(
+        problems.is_empty(),
+        "{}\nconsole tail:\n{}",
+        report("SeaBIOS → GRUB (btrfs)", &problems),
+        tail(&b.console)
+    );
+    assert!(b.mounts["root"].1.contains_key("./boot/grub/grub.cfg"), "no /boot/grub/grub.cfg on the root subvolume");
+    let k = b.mounts["nix"].1.iter().find(|(p, _)| p.ends_with("-linux-6.1/bzImage")).map(|(_, e)| e.sha256.clone());
+    assert_eq!(k.flatten().as_deref(), Some(n.kernel_sha256.as_str()), "kernel in /nix/store");
 }
 
 fn tail(s: &str) -> &str {
