@@ -11,7 +11,8 @@
 //!   ESP, an ext4 root (store corpus subset + edge cases), an ext4 /home and, once `mkdisk
 //!   build` writes btrfs, btrfs subvolumes mounted with `subvol=`.
 //! - `altered_file_is_caught`: in the same boot, a second disk holds a copy of the image with one
-//!   byte changed in a file of the ext4 root and one of the ESP; exactly those two must differ.
+//!   byte changed in a file of the ext4 root, one of the ESP and one of a btrfs subvolume;
+//!   exactly those must differ (btrfs: the kernel refuses the read with a checksum error).
 //! - `ovmf_boots_systemd_boot_from_our_esp`: OVMF → our FAT32 ESP → systemd-boot staged in the
 //!   tree (`EFI/BOOT/BOOTX64.EFI`, `loader/entries/test.conf`) → kernel + initramfs from the
 //!   ESP; the same full comparison.
@@ -19,6 +20,8 @@
 //!   NixOS-shaped image (`mkdisk build --system --grub-bios-dir --systemd-boot`) boots through
 //!   SeaBIOS → GRUB (boot.img in the MBR, core.img in EF02, grub.cfg on the ESP) and through
 //!   OVMF → the systemd-boot mkdisk installed; the guest reads every partition.
+//! - `seabios_boots_grub_from_btrfs_subvolumes`: GRUB reads grub.cfg and the kernel from btrfs
+//!   subvolumes (`/root` at `/`, `/nix` with the closure).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
