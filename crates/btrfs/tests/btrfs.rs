@@ -314,9 +314,14 @@ fn csum_types_check_clean() {
         let img = tmp.path().join(format!("{name}.img"));
         let mut o = opts(128 * MIB);
         o.apply_extra_args(&["--csum".to_string(), name.to_string(), "-f".to_string()]).unwrap();
+        o.apply_extra_args(&["-L".to_string(), format!("label-{name}")]).unwrap();
         assert_ne!(o.csum, CsumType::Crc32c);
         build(&t, &[], &o, &img).unwrap();
         check_clean(&img);
+        let sup = Command::new("btrfs").args(["inspect-internal", "dump-super"]).arg(&img).output().unwrap();
+        let sup = String::from_utf8_lossy(&sup.stdout);
+        assert!(sup.contains(&format!("label\t\t\tlabel-{name}")) || sup.contains(&format!("label-{name}")), "{sup}");
+        assert!(sup.contains(&format!("csum_type\t\t{}", o.csum.code())), "{sup}");
         restore_compare(&img, None, &t, tmp.path(), name);
         kernel_compare(&img, "ro", &t);
     }
@@ -907,8 +912,11 @@ impl Mount {
             .args(["-t", "btrfs", "-o", &format!("loop,{options}")])
             .arg(img)
             .arg(dir.path())
-            .output()
-            .ok()?;
+            .output();
+        let Ok(out) = out else {
+            eprintln!("\n*** SKIPPED (not a pass): kernel mount of {}: no mount command", img.display());
+            return None;
+        };
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(
