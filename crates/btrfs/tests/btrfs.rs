@@ -25,6 +25,11 @@ fn tools() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/tools")
 }
 
+/// The `btrfs` tool: `MKDISK_BTRFS_PROGS` (say, an unpacked btrfs-progs 6.14) or the one on PATH.
+fn btrfs_cmd() -> Command {
+    Command::new(std::env::var_os("MKDISK_BTRFS_PROGS").unwrap_or_else(|| "btrfs".into()))
+}
+
 fn heavy() -> bool {
     std::env::var_os("MKDISK_HEAVY").is_some_and(|v| v == "1")
 }
@@ -40,11 +45,8 @@ fn build(top: &Tree, subs: &[SubvolSpec], o: &BtrfsOptions, path: &Path) -> Resu
 
 /// `btrfs check --readonly --check-data-csum`: exit 0 and no error lines.
 fn check_clean(img: &Path) {
-    let out = Command::new("btrfs")
-        .args(["check", "--readonly", "--check-data-csum"])
-        .arg(img)
-        .output()
-        .expect("run btrfs check");
+    let out =
+        btrfs_cmd().args(["check", "--readonly", "--check-data-csum"]).arg(img).output().expect("run btrfs check");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let bad = stderr.lines().chain(stdout.lines()).any(|l| {
@@ -63,7 +65,7 @@ fn check_clean(img: &Path) {
 }
 
 fn dump_tree(img: &Path, tree: Option<&str>) -> String {
-    let mut c = Command::new("btrfs");
+    let mut c = btrfs_cmd();
     c.args(["inspect-internal", "dump-tree"]);
     if let Some(t) = tree {
         c.args(["-t", t]);
@@ -76,7 +78,7 @@ fn dump_tree(img: &Path, tree: Option<&str>) -> String {
 /// `btrfs restore -S -x [-r root]` into a fresh directory.
 fn restore(img: &Path, root: Option<u64>, dest: &Path) {
     fs::create_dir_all(dest).unwrap();
-    let mut c = Command::new("btrfs");
+    let mut c = btrfs_cmd();
     c.args(["restore", "-S", "-x", "-i"]);
     if let Some(r) = root {
         c.args(["-r", &r.to_string()]);
@@ -274,7 +276,7 @@ fn compress_force_zstd_small_tree() {
     check_clean(&img);
     assert!(kernel_zstd_rules(&layout, &img) > 0);
     assert!(restore_compare(&img, None, &t, tmp.path(), "out") >= 10);
-    let super_dump = Command::new("btrfs").args(["inspect-internal", "dump-super"]).arg(&img).output().unwrap();
+    let super_dump = btrfs_cmd().args(["inspect-internal", "dump-super"]).arg(&img).output().unwrap();
     let s = String::from_utf8_lossy(&super_dump.stdout);
     assert!(s.contains("COMPRESS_ZSTD"), "{s}");
 }
@@ -318,7 +320,7 @@ fn csum_types_check_clean() {
         assert_ne!(o.csum, CsumType::Crc32c);
         build(&t, &[], &o, &img).unwrap();
         check_clean(&img);
-        let sup = Command::new("btrfs").args(["inspect-internal", "dump-super"]).arg(&img).output().unwrap();
+        let sup = btrfs_cmd().args(["inspect-internal", "dump-super"]).arg(&img).output().unwrap();
         let sup = String::from_utf8_lossy(&sup.stdout);
         assert!(sup.contains(&format!("label\t\t\tlabel-{name}")) || sup.contains(&format!("label-{name}")), "{sup}");
         assert!(sup.contains(&format!("csum_type\t\t{}", o.csum.code())), "{sup}");
@@ -403,7 +405,7 @@ fn nested_subvolumes_and_default() {
     assert!(rt.contains("ROOT_BACKREF 257"), "a/b's parent is a: {rt}");
     assert!(rt.contains("location key (256 ROOT_ITEM 0)"), "default → @home: {rt}");
     assert_eq!(rt.matches("flags 0x1(RDONLY)").count(), 1, "a/b is read-only: {rt}");
-    let s = Command::new("btrfs").args(["inspect-internal", "dump-super"]).arg(&img).output().unwrap();
+    let s = btrfs_cmd().args(["inspect-internal", "dump-super"]).arg(&img).output().unwrap();
     assert!(String::from_utf8_lossy(&s.stdout).contains("DEFAULT_SUBVOL"));
     kernel_compare(&img, "ro", &home);
     kernel_compare(&img, "ro,subvol=/a/b", &b);
@@ -526,7 +528,7 @@ fn edge_tree(tmp: &Path, n_links: u32, dir_entries: u32) -> Tree {
 
 /// `btrfs check` in lowmem mode (the original mode is quadratic in the links of one inode).
 fn check_clean_lowmem(img: &Path) {
-    let out = Command::new("btrfs")
+    let out = btrfs_cmd()
         .args(["check", "--readonly", "--check-data-csum", "--mode=lowmem"])
         .arg(img)
         .output()
@@ -1039,13 +1041,13 @@ fn kernel_mounts_and_reads_everything() {
         let m = Mount::new(&img, "rw,subvolid=5").unwrap();
         fs::write(m.path().join("new-file"), bytes(20 * MIB as usize, 3)).unwrap();
         fs::remove_dir_all(m.path().join("dir")).unwrap();
-        let st = Command::new("btrfs").args(["subvolume", "create"]).arg(m.path().join("new-sub")).output().unwrap();
+        let st = btrfs_cmd().args(["subvolume", "create"]).arg(m.path().join("new-sub")).output().unwrap();
         assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
         let st = Command::new("sync").status().unwrap();
         assert!(st.success());
-        let out = Command::new("btrfs").args(["balance", "start", "--full-balance"]).arg(m.path()).output().unwrap();
+        let out = btrfs_cmd().args(["balance", "start", "--full-balance"]).arg(m.path()).output().unwrap();
         assert!(out.status.success(), "balance: {}", String::from_utf8_lossy(&out.stderr));
-        let out = Command::new("btrfs").args(["scrub", "start", "-B"]).arg(m.path()).output().unwrap();
+        let out = btrfs_cmd().args(["scrub", "start", "-B"]).arg(m.path()).output().unwrap();
         let s = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && s.contains("no errors found"),
