@@ -28,7 +28,7 @@
 //!
 //! [`plan`] decides every object id, logical/physical address, tree block and item. To learn
 //! compressed sizes it compresses every candidate chunk in parallel (rayon) and keeps only the
-//! sizes; it also reads the bytes of inline files, which become metadata. [`write`] checks the
+//! sizes; it also reads the bytes of inline files, which become metadata. [`write()`] checks the
 //! plan, then writes the data in parallel — re-compressing the planned chunks (zstd output
 //! depends only on input, level and parameters, never on threads) and checksumming every
 //! sector — then serialises every tree block onto both DUP stripes, and writes the superblocks
