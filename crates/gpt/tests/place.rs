@@ -38,7 +38,12 @@ fn req(parts: Vec<(String, i64, u64, u64)>, tail: bool, disk_mib: u64) -> DiskRe
 }
 
 fn part_strategy() -> impl Strategy<Value = (String, i64, u64, u64)> {
-    ("[a-zA-Z][a-zA-Z0-9_]{0,6}", 0i64..2000, 1u64..4096, prop_oneof![Just(0u64), Just(1), Just(8), Just(2048), Just(4096)])
+    (
+        "[a-zA-Z][a-zA-Z0-9_]{0,6}",
+        0i64..2000,
+        1u64..4096,
+        prop_oneof![Just(0u64), Just(1), Just(8), Just(2048), Just(4096)],
+    )
 }
 
 proptest! {
