@@ -99,7 +99,8 @@ fn measure(script: &str, out: &Path, env: &[(&str, &str)]) -> Result<Sample> {
     let wall: f64 = f.next().context("time output")?.parse()?;
     let rss_kib: u64 = f.next().context("time output")?.parse()?;
     let alloc = if out.is_dir() {
-        std::fs::read_dir(out)?.filter_map(|e| e.ok()).map(|e| allocated(&e.path())).sum()
+        let o = Command::new("du").args(["-sB1"]).arg(out).output()?;
+        String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or("0").parse()?
     } else {
         allocated(out)
     };
@@ -253,8 +254,46 @@ fn cases(a: &Args, corpora: &[(String, PathBuf)]) -> Result<Vec<Case>> {
             runs.push(("tar cf (floor)".into(), format!("tar cf \"$OUT\" -C {d} .")));
             v.push(Case { name: format!("{fs} / {cname}"), corpus: dir.clone(), bytes, runs });
         }
+        if cname == "store" {
+            v.push(closure_case(a, dir, bytes, &specs, nproc)?);
+        }
     }
     Ok(v)
+}
+
+/// Closure copy: the store corpus as a closureInfo (`--closure`, straight from the host
+/// store into an ext4 image, Nix DB included) against `cp -a` of the same store paths into a
+/// directory, the floor.
+fn closure_case(a: &Args, corpus: &Path, bytes: u64, specs: &Path, nproc: usize) -> Result<Case> {
+    let paths = std::fs::read_to_string(corpus.join("store-paths"))?;
+    let info = a.work.join("closure-info");
+    std::fs::create_dir_all(&info)?;
+    let mut reg = String::new();
+    for p in paths.lines().filter(|l| !l.is_empty()) {
+        // The writer does not re-hash; any well-formed narHash serves for throughput.
+        writeln!(reg, "{p}\nsha256:{}\n0\n\n0", "0".repeat(64))?;
+    }
+    std::fs::write(info.join("store-paths"), &paths)?;
+    std::fs::write(info.join("registration"), reg)?;
+    let spec = specs.join("ext4-closure.json");
+    std::fs::write(&spec, layout("ext4", bytes, ""))?;
+    let store = corpus.join("nix/store");
+    let mk = format!(
+        "{} build {} --out \"$OUT\" --quiet --threads {nproc} --closure {} --store-dir {}",
+        sh_quote(&a.mkdisk),
+        sh_quote(&spec),
+        sh_quote(&info),
+        sh_quote(&store)
+    );
+    Ok(Case {
+        name: "closure copy / store".into(),
+        corpus: corpus.to_path_buf(),
+        bytes,
+        runs: vec![
+            (format!("mkdisk --closure ({nproc} threads)"), format!("mkdir -p \"$OUT\" && {mk}")),
+            ("cp -a (floor)".into(), format!("mkdir -p \"$OUT\" && cp -a {}/* \"$OUT\"/", sh_quote(&store))),
+        ],
+    })
 }
 
 fn main() -> Result<()> {
