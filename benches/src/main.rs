@@ -256,9 +256,80 @@ fn cases(a: &Args, corpora: &[(String, PathBuf)]) -> Result<Vec<Case>> {
         }
         if cname == "store" {
             v.push(closure_case(a, dir, bytes, &specs, nproc)?);
+            let esp = corpora.iter().find(|c| c.0 == "esp").map(|c| c.1.clone());
+            if let Some(esp) = esp {
+                v.push(seed_case(a, dir, &esp, &specs, nproc)?);
+            }
         }
     }
     Ok(v)
+}
+
+/// The whole seed image (EF02, 512 MiB FAT32 ESP at /boot, btrfs / with compress-force=zstd)
+/// from one root (the store corpus plus the ESP tree) against systemd-repart 254 `--offline`
+/// under `unshare --map-root-user`, as NixOS' image.repart runs it (with
+/// `SYSTEMD_REPART_MKFS_OPTIONS_BTRFS=--compress zstd` so both compress). The repart binary
+/// comes from `benches/fetch-repart.sh` (bookworm-backports, extracted, not installed).
+fn seed_case(a: &Args, store: &Path, esp: &Path, specs: &Path, nproc: usize) -> Result<Case> {
+    let root = a.work.join(if a.short { "corpus/seed-root-short" } else { "corpus/seed-root" });
+    if !root.join("boot").exists() {
+        std::fs::create_dir_all(&root)?;
+        let st = Command::new("cp").arg("-a").arg(store.join("nix")).arg(&root).status()?;
+        let st2 = Command::new("cp").arg("-a").arg(esp).arg(root.join("boot")).status()?;
+        if !st.success() || !st2.success() {
+            bail!("cannot assemble {}", root.display());
+        }
+    }
+    let bytes = du_apparent(&root)?;
+    // repart sizes its offline btrfs generously; give both tools the same, roomy disk.
+    let mib = ((bytes * 3) >> 20) + 1536;
+    let spec = specs.join("seed.json");
+    let text = std::fs::read_to_string(a.shared.join("disko/seed-regular.json"))?
+        .replace("\"imageSize\": \"2G\"", &format!("\"imageSize\": \"{mib}M\""));
+    std::fs::write(&spec, text)?;
+    let mk = format!(
+        "{} build {} --root {} --out \"$OUT\" --quiet --threads {nproc}",
+        sh_quote(&a.mkdisk),
+        sh_quote(&spec),
+        sh_quote(&root)
+    );
+    let mut runs = vec![(format!("mkdisk ({nproc} threads)"), format!("mkdir -p \"$OUT\" && {mk}"))];
+    let repart = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("fetch-repart.sh"))
+        .arg(a.work.join("repart"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if let Some(repart) = repart {
+        let defs = a.work.join("repart-defs");
+        std::fs::create_dir_all(&defs)?;
+        std::fs::write(
+            defs.join("00-bios.conf"),
+            "[Partition]\nType=21686148-6449-6e6f-744e-656564454649\nSizeMinBytes=1M\nSizeMaxBytes=1M\n",
+        )?;
+        std::fs::write(
+            defs.join("10-esp.conf"),
+            "[Partition]\nType=esp\nFormat=vfat\nSizeMinBytes=512M\nSizeMaxBytes=512M\nCopyFiles=/boot:/\n",
+        )?;
+        std::fs::write(
+            defs.join("20-root.conf"),
+            "[Partition]\nType=linux-generic\nFormat=btrfs\nCopyFiles=/:/\nExcludeFiles=/boot/\n",
+        )?;
+        runs.push((
+            "systemd-repart 254 --offline".into(),
+            format!(
+                "SYSTEMD_REPART_MKFS_OPTIONS_BTRFS='--compress zstd' unshare --map-root-user {} --offline=yes \
+                 --empty=create --size={}M --seed=0867da16-f251-457d-a9e8-c31f9a3c220b --root={} \
+                 --definitions={} --dry-run=no --sector-size=512 --json=off \"$OUT\" >/dev/null",
+                sh_quote(Path::new(&repart)),
+                mib + 2,
+                sh_quote(&root),
+                sh_quote(&defs)
+            ),
+        ));
+    }
+    runs.push(("tar cf (floor)".into(), format!("tar cf \"$OUT\" -C {} .", sh_quote(&root))));
+    Ok(Case { name: "seed image / store+esp".into(), corpus: root, bytes, runs })
 }
 
 /// Closure copy: the store corpus as a closureInfo (`--closure`, straight from the host
