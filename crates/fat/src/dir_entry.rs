@@ -1,7 +1,7 @@
 //! Directory entries: the 32-byte short (8.3) entry, long-name (LFN) entries with their
 //! checksum, and FAT date/time encoding.
 
-use mkdisk_tree::Timestamp;
+use mkdisk_tree::{civil_from_days, Timestamp};
 
 use crate::names::ShortName;
 use crate::{put_u16, put_u32};
@@ -36,20 +36,6 @@ pub(crate) struct FatTime {
 const FAT_EPOCH_MIN: i64 = 315_532_800;
 /// 2107-12-31T23:59:58Z (2108-01-01 is 4,354,819,200).
 const FAT_EPOCH_MAX: i64 = 4_354_819_198;
-
-/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
 
 impl FatTime {
     /// Encode a Unix time (UTC), clamped to the FAT range, seconds rounded down to even.

@@ -6,6 +6,7 @@
 
 pub mod ids;
 mod image;
+pub mod le;
 mod model;
 mod scan;
 mod split;
@@ -13,7 +14,9 @@ mod split;
 use std::path::{Path, PathBuf};
 
 pub use image::{open_source, read_file, Image, Region};
-pub use model::{DataRun, DirData, Entry, FileData, Inode, InodeId, Kind, Meta, Source, Timestamp, Tree, Xattr};
+pub use model::{
+    civil_from_days, DataRun, DirData, Entry, FileData, Inode, InodeId, Kind, Meta, Source, Timestamp, Tree, Xattr,
+};
 pub use scan::{scan, scan_entry_into, scan_into, ScanOptions};
 pub use split::{is_under, normalize_mountpoint, split, Split};
 
