@@ -144,25 +144,35 @@ fn parse_pos(s: &str) -> Option<Pos> {
     })
 }
 
-/// Parse `N[KMGTPs]` (sgdisk units) to sectors.
-#[must_use]
-pub fn parse_sectors(s: &str) -> Option<u64> {
+/// Split `N[unit]` into the number and the unit suffix (`None` without leading digits).
+fn number_and_unit(s: &str) -> Option<(u64, &str)> {
     let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     if digits_end == 0 {
         return None;
     }
-    let n: u64 = s[..digits_end].parse().ok()?;
-    let unit = &s[digits_end..];
-    let shift = match unit {
-        "" | "s" | "S" => return Some(n),
-        "K" | "k" => 10,
-        "M" | "m" => 20,
-        "G" | "g" => 30,
-        "T" | "t" => 40,
-        "P" | "p" => 50,
-        _ => return None,
-    };
-    let bytes = n.checked_mul(1u64 << shift)?;
+    Some((s[..digits_end].parse().ok()?, &s[digits_end..]))
+}
+
+/// The binary shift of a `K`/`M`/`G`/`T`/`P` suffix.
+fn binary_shift(unit: &str) -> Option<u32> {
+    match unit {
+        "K" | "k" => Some(10),
+        "M" | "m" => Some(20),
+        "G" | "g" => Some(30),
+        "T" | "t" => Some(40),
+        "P" | "p" => Some(50),
+        _ => None,
+    }
+}
+
+/// Parse `N[KMGTPs]` (sgdisk units) to sectors.
+#[must_use]
+pub fn parse_sectors(s: &str) -> Option<u64> {
+    let (n, unit) = number_and_unit(s)?;
+    if matches!(unit, "" | "s" | "S") {
+        return Some(n);
+    }
+    let bytes = n.checked_mul(1u64 << binary_shift(unit)?)?;
     Some(bytes / SECTOR_SIZE)
 }
 
@@ -170,20 +180,8 @@ pub fn parse_sectors(s: &str) -> Option<u64> {
 /// whole sectors as `qemu-img create` does.
 #[must_use]
 pub fn parse_image_size(s: &str) -> Option<u64> {
-    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    if digits_end == 0 {
-        return None;
-    }
-    let n: u64 = s[..digits_end].parse().ok()?;
-    let shift = match &s[digits_end..] {
-        "" => 0,
-        "K" | "k" => 10,
-        "M" | "m" => 20,
-        "G" | "g" => 30,
-        "T" | "t" => 40,
-        "P" | "p" => 50,
-        _ => return None,
-    };
+    let (n, unit) = number_and_unit(s)?;
+    let shift = if unit.is_empty() { 0 } else { binary_shift(unit)? };
     let bytes = n.checked_mul(1u64 << shift)?;
     bytes.checked_add(SECTOR_SIZE - 1).map(|b| b / SECTOR_SIZE * SECTOR_SIZE)
 }
