@@ -144,12 +144,13 @@ pub(crate) const FILE_EXTENT_REG: u8 = 1;
 /// `btrfs_file_extent_item.compression` for zstd.
 pub(crate) const COMPRESS_ZSTD: u8 = 3;
 
-/// Inline file extent: header then the data.
-pub(crate) fn inline_extent(generation: u64, data: &[u8]) -> Vec<u8> {
+/// Inline file extent: header then the data (`ram_bytes` of file content, stored raw or, for
+/// `compression` 3, as one zstd frame).
+pub(crate) fn inline_extent(generation: u64, ram_bytes: u64, compression: u8, data: &[u8]) -> Vec<u8> {
     let mut b = vec![0u8; FILE_EXTENT_INLINE_HEADER + data.len()];
     put_u64(&mut b, 0, generation); // generation
-    put_u64(&mut b, 8, u64::try_from(data.len()).unwrap_or(0)); // ram_bytes
-    put_u8(&mut b, 16, 0); // compression
+    put_u64(&mut b, 8, ram_bytes); // ram_bytes
+    put_u8(&mut b, 16, compression); // compression
     put_u8(&mut b, 17, 0); // encryption
     put_u16(&mut b, 18, 0); // other_encoding
     put_u8(&mut b, 20, FILE_EXTENT_INLINE); // type

@@ -22,26 +22,30 @@
 //!
 //! Compression (zstd, per subvolume or filesystem-wide): every 128 KiB chunk of file data is
 //! one single-segment zstd frame (content size set, window ≤ 128 KiB, no checksum), kept only
-//! when it saves at least one sector; with `compress` (not `compress-force`) a file whose
+//! when it saves at least one sector; a file under one sector is inline and compressed when
+//! its frame is strictly smaller and at most 2048 bytes (the kernel's rule); with `compress` (not `compress-force`) a file whose
 //! first chunk does not compress is stored raw (a simplification of the kernel's heuristic).
 //! Raw chunks of a file are merged into larger extents.
 //!
 //! [`plan`] decides every object id, logical/physical address, tree block and item. To learn
-//! compressed sizes it compresses every candidate chunk in parallel (rayon) and keeps only the
-//! sizes; it also reads the bytes of inline files, which become metadata. [`write()`] checks the
-//! plan, then writes the data in parallel — re-compressing the planned chunks (zstd output
-//! depends only on input, level and parameters, never on threads) and checksumming every
-//! sector — then serialises every tree block onto both DUP stripes, and writes the superblocks
-//! last. Memory stays bounded: the layout keeps metadata and sources (paths or shared bytes),
-//! never file data; the write phase uses one 1 MiB (or 128 KiB) buffer per thread plus one
-//! checksum per data sector. Output depends only on the trees and the options.
-//!
+//! compressed sizes it compresses every candidate chunk once, in parallel (rayon), and keeps
+//! the frames that will be stored: in memory, or in an unnamed scratch file in
+//! [`BtrfsOptions::scratch_dir`]; it also reads the bytes of inline files, which become
+//! metadata. [`write()`] checks the plan, then writes the data in parallel — copying the
+//! planned frames and reading raw extents from their sources — checksumming every sector,
+//! then serialises every tree block onto both DUP stripes, and writes the superblocks last.
+//! Memory stays bounded: the layout keeps metadata and sources (paths or shared bytes), never
+//! raw file data; the write phase uses one 1 MiB buffer per thread plus one checksum per data
+//! sector. Output depends only on the trees and the options (zstd output depends only on the
+//! input, level and parameters, never on threads or on which thread's context made it).
+
 //! The crate sits between `mkdisk-tree` (below) and the `mkdisk` binary (above); it depends on
 //! no other writer. See `docs/btrfs.md` for the on-disk reference.
 
 mod chunk;
 mod csum;
 mod extent;
+mod frames;
 mod items;
 mod le;
 mod node;
@@ -49,6 +53,8 @@ mod plan;
 mod source;
 mod superblock;
 mod write;
+
+use std::path::PathBuf;
 
 use mkdisk_tree::{ImageError, Tree, TreeError};
 use uuid::Uuid;
@@ -121,6 +127,10 @@ pub struct BtrfsOptions {
     pub default_subvolume: Option<String>,
     /// Subvolume paths to mark read-only (`BTRFS_ROOT_SUBVOL_RDONLY`).
     pub readonly_subvolumes: Vec<String>,
+    /// Directory for an unnamed scratch file that holds compressed frames between [`plan`]
+    /// and [`write()`] (mkdisk passes the output directory). `None` keeps them in memory,
+    /// which costs about the compressed size of the data.
+    pub scratch_dir: Option<PathBuf>,
 }
 
 impl BtrfsOptions {
@@ -136,6 +146,7 @@ impl BtrfsOptions {
             csum: CsumType::Crc32c,
             default_subvolume: None,
             readonly_subvolumes: Vec::new(),
+            scratch_dir: None,
         }
     }
 
@@ -347,6 +358,14 @@ pub enum BtrfsError {
         path: String,
         /// The error.
         message: String,
+    },
+    /// The scratch file for compressed frames could not be created, written or read.
+    #[error("btrfs scratch file in {path}: {source}")]
+    Scratch {
+        /// The scratch directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
     },
     /// The region given to `write` does not match the plan, or a plan check failed.
     #[error("btrfs plan check failed: {0}")]

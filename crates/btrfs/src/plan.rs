@@ -1,14 +1,17 @@
 //! The planner: turns trees and options into a [`BtrfsLayout`] that fixes every chunk, data
 //! extent, tree block and item. Pure apart from reading inline files and compressing chunks
-//! to learn their sizes (the compressed bytes are dropped and re-made by `write`).
+//! to learn their sizes; the frames are kept (in memory or a scratch file, see `frames`) so
+//! that `write` only copies them.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use mkdisk_tree::{FileData, InodeId, Kind, Meta, Source, Timestamp, Tree};
 use rayon::prelude::*;
 
 use crate::chunk::{self, Chunk};
 use crate::extent;
+use crate::frames::{self, Frame, Spill};
 use crate::items::{self, InodeItem, RootItem, Timespec};
 use crate::node::{Item, Key, PackedTree, Payload, KEY_PTRS_PER_NODE, MAX_ITEM_DATA};
 use crate::source::{source_name, zstd_frame, Reader};
@@ -52,7 +55,7 @@ const INCOMPAT_COMPRESS_ZSTD: u64 = 0x10;
 const COMPAT_RO_FST: u64 = 0x1 | 0x2;
 
 /// One planned data extent: file bytes `file_offset..file_offset+ram_len` of `source`, stored
-/// at `logical` (raw, or as one zstd frame of `zstd.1` bytes), padded to `disk_len`.
+/// at `logical` (raw, or as one zstd frame), padded to `disk_len`.
 #[derive(Clone, Debug)]
 pub(crate) struct DataExtent {
     pub logical: u64,
@@ -61,8 +64,8 @@ pub(crate) struct DataExtent {
     pub file_offset: u64,
     pub file_size: u64,
     pub source: Source,
-    /// (level, exact frame length) for compressed extents.
-    pub zstd: Option<(i32, u64)>,
+    /// The frame of a compressed extent.
+    pub zstd: Option<Frame>,
     pub root: u64,
     pub ino: u64,
 }
@@ -83,6 +86,8 @@ pub struct BtrfsLayout {
     pub(crate) trees: Vec<PackedTree>,
     pub(crate) dev_item: Vec<u8>,
     pub(crate) sys_chunk_array: Vec<u8>,
+    /// Scratch file holding the compressed frames (none: frames are in memory).
+    pub(crate) spill: Option<Arc<Spill>>,
 }
 
 impl std::fmt::Debug for BtrfsLayout {
@@ -299,7 +304,11 @@ fn number<'a>(tree: &'a Tree, links: Option<&'a Links>) -> Result<Numbered<'a>, 
 /// How one regular file is stored.
 enum FilePlan {
     None,
-    Inline(Vec<u8>),
+    /// Inline data: the file bytes, or (`zstd`) one zstd frame of them.
+    Inline {
+        data: Vec<u8>,
+        zstd: bool,
+    },
     /// Sector-aligned data ranges (start, len).
     Ranges(Vec<(u64, u64)>),
 }
@@ -308,17 +317,31 @@ enum FilePlan {
 struct Piece {
     off: u64,
     len: u64,
-    zstd: Option<(i32, u64)>,
+    zstd: Option<Frame>,
 }
 
-fn file_plan(fd: &FileData) -> Result<FilePlan, BtrfsError> {
+/// How a file is stored. Inline: files up to [`MAX_INLINE`] bytes, and with compression also
+/// files under one sector whose frame is strictly smaller than the file and at most
+/// [`MAX_INLINE`] bytes (the kernel's rule: it inlines a compressed range of one sector at
+/// offset 0 when the compressed bytes fit `max_inline`).
+fn file_plan(fd: &FileData, compress: Option<Compress>) -> Result<FilePlan, BtrfsError> {
     if fd.size == 0 || fd.runs.is_empty() {
         return Ok(FilePlan::None);
     }
-    if fd.size <= MAX_INLINE {
+    let inline_max = if compress.is_some() { SECTORSIZE - 1 } else { MAX_INLINE };
+    if fd.size <= inline_max {
         let mut buf = vec![0u8; usize::try_from(fd.size).unwrap_or(0)];
         Reader::open(&fd.source)?.read(fd.size, 0, &mut buf)?;
-        return Ok(FilePlan::Inline(buf));
+        if let Some(Compress::Zstd { level, .. }) = compress {
+            let frame = zstd_frame(level, &buf)
+                .map_err(|message| BtrfsError::Compress { path: source_name(&fd.source), message })?;
+            if frame.len() < buf.len() && frame.len() as u64 <= MAX_INLINE {
+                return Ok(FilePlan::Inline { data: frame, zstd: true });
+            }
+        }
+        if fd.size <= MAX_INLINE {
+            return Ok(FilePlan::Inline { data: buf, zstd: false });
+        }
     }
     let end_max = round_up(fd.size, SECTORSIZE)?;
     let mut ranges: Vec<(u64, u64)> = Vec::new();
@@ -563,15 +586,15 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
     let mut fss: Vec<Fs<'_>> = Vec::with_capacity(trees.len());
     for (t, tree) in trees.iter().enumerate() {
         let n = number(tree, Some(&links[t]))?;
+        let compress = if t == 0 { opts.compress } else { specs[t - 1].1.compress.or(opts.compress) };
         let files = n
             .order
             .par_iter()
             .map(|&id| match &tree.inode(id).kind {
-                Kind::File(fd) => file_plan(fd),
+                Kind::File(fd) => file_plan(fd, compress),
                 _ => Ok(FilePlan::None),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let compress = if t == 0 { opts.compress } else { specs[t - 1].1.compress.or(opts.compress) };
         let uuid = *mkdisk_tree::ids::derive(&opts.uuid, format!("btrfs-subvol-uuid:{}", ids[t]).as_bytes()).as_bytes();
         fss.push(Fs {
             id: ids[t],
@@ -585,7 +608,8 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
         });
     }
 
-    // --- Compression sizes: every candidate chunk, in parallel, sizes only.
+    // --- Compression: every candidate chunk once, in parallel. A frame that saves a sector is
+    // kept (memory or scratch file) for `write`; for the others only the length matters.
     struct Cand<'b> {
         fd: &'b FileData,
         off: u64,
@@ -607,20 +631,27 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
             }
         }
     }
-    let sizes: Vec<u64> = cands
+    let spill = match (&opts.scratch_dir, cands.is_empty()) {
+        (Some(dir), false) => Some(Arc::new(Spill::new(dir)?)),
+        _ => None,
+    };
+    let sizes: Vec<(u64, Option<Frame>)> = cands
         .par_iter()
         .map(|c| {
             let mut buf = vec![0u8; usize::try_from(c.len.min(c.fd.size.saturating_sub(c.off))).unwrap_or(0)];
             Reader::open(&c.fd.source)?.read(c.fd.size, c.off, &mut buf)?;
             let frame = zstd_frame(c.level, &buf)
                 .map_err(|message| BtrfsError::Compress { path: source_name(&c.fd.source), message })?;
-            Ok(u64::try_from(frame.len()).unwrap_or(u64::MAX))
+            let clen = u64::try_from(frame.len()).unwrap_or(u64::MAX);
+            let saves = round_up(clen, SECTORSIZE)?.saturating_add(SECTORSIZE) <= c.len;
+            let kept = if saves { Some(frames::keep(spill.as_deref(), frame)?) } else { None };
+            Ok((clen, kept))
         })
         .collect::<Result<_, BtrfsError>>()?;
     drop(cands);
 
     // --- Pieces per file (same traversal as the candidates).
-    let mut next_size = sizes.iter();
+    let mut next_size = sizes.into_iter();
     for fs in &mut fss {
         let mut all = Vec::with_capacity(fs.files.len());
         for fp in &fs.files {
@@ -634,20 +665,20 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
                         _ => pieces.push(Piece { off, len, zstd: None }),
                     };
                     match fs.compress {
-                        Some(Compress::Zstd { level, force }) => {
+                        Some(Compress::Zstd { force, .. }) => {
                             for (off, len) in chunks_of(r) {
                                 if len <= SECTORSIZE {
                                     push_raw(&mut pieces, off, len);
                                     continue;
                                 }
-                                let c = *next_size.next().ok_or_else(|| err_plan("compression sizes"))?;
-                                let keep = !nocompress && round_up(c, SECTORSIZE)? + SECTORSIZE <= len;
+                                let (_, frame) = next_size.next().ok_or_else(|| err_plan("compression sizes"))?;
+                                let keep = !nocompress && frame.is_some();
                                 if first && !keep && !force {
                                     nocompress = true;
                                 }
                                 first = false;
-                                if keep {
-                                    pieces.push(Piece { off, len, zstd: Some((level, c)) });
+                                if let Some(frame) = frame.filter(|_| keep) {
+                                    pieces.push(Piece { off, len, zstd: Some(frame) });
                                 } else {
                                     push_raw(&mut pieces, off, len);
                                 }
@@ -667,7 +698,7 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
     let data_need = fss
         .iter()
         .flat_map(|fs| fs.pieces.iter().flatten())
-        .map(|p| p.zstd.map_or(p.len, |(_, c)| c))
+        .map(|p| p.zstd.as_ref().map_or(p.len, |f| f.len))
         .fold(DATA_START, u64::saturating_add);
     if data_need > total_bytes {
         return Err(BtrfsError::ContentTooLarge { needed: data_need, available: total_bytes });
@@ -679,9 +710,9 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
             let Kind::File(fd) = &fs.tree.inode(fs.n.order[pos]).kind else { continue };
             let ino = FIRST_FREE_OBJECTID + pos as u64;
             for p in pieces {
-                match p.zstd {
-                    Some((level, clen)) => {
-                        let disk_len = round_up(clen, SECTORSIZE)?;
+                match &p.zstd {
+                    Some(frame) => {
+                        let disk_len = round_up(frame.len, SECTORSIZE)?;
                         let (at, _) = alloc.take(disk_len, true);
                         extents.push(DataExtent {
                             logical: at,
@@ -690,7 +721,7 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
                             file_offset: p.off,
                             file_size: fd.size,
                             source: fd.source.clone(),
-                            zstd: Some((level, clen)),
+                            zstd: Some(frame.clone()),
                             root: fs.id,
                             ino,
                         });
@@ -1021,7 +1052,8 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
         .unwrap_or(0)
             * NODESIZE;
     let mut incompat = INCOMPAT_BASE;
-    if extents.iter().any(|e| e.zstd.is_some()) {
+    let inline_zstd = fss.iter().any(|fs| fs.files.iter().any(|f| matches!(f, FilePlan::Inline { zstd: true, .. })));
+    if inline_zstd || extents.iter().any(|e| e.zstd.is_some()) {
         incompat |= INCOMPAT_COMPRESS_ZSTD;
     }
     if default_id != FS_TREE_OBJECTID {
@@ -1043,6 +1075,7 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
         trees: all_trees,
         dev_item,
         sys_chunk_array,
+        spill,
     })
 }
 
@@ -1178,11 +1211,12 @@ fn fs_items(
             Kind::File(fd) => {
                 it.size = fd.size;
                 match &fs.files[pos] {
-                    FilePlan::Inline(data) => {
+                    FilePlan::Inline { data, zstd } => {
                         it.nbytes = fd.size;
+                        let compression = if *zstd { items::COMPRESS_ZSTD } else { 0 };
                         tail.push(Item::bytes(
                             Key::new(ino, items::EXTENT_DATA_KEY, 0),
-                            items::inline_extent(GENERATION, data),
+                            items::inline_extent(GENERATION, fd.size, compression, data),
                         ));
                     }
                     FilePlan::Ranges(_) => {
@@ -1217,7 +1251,7 @@ fn fs_items(
                     it.nbytes = target.len() as u64;
                     tail.push(Item::bytes(
                         Key::new(ino, items::EXTENT_DATA_KEY, 0),
-                        items::inline_extent(GENERATION, target),
+                        items::inline_extent(GENERATION, target.len() as u64, 0, target),
                     ));
                 }
             }

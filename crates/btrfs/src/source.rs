@@ -49,14 +49,29 @@ impl<'a> Reader<'a> {
     }
 }
 
+thread_local! {
+    /// One zstd context per thread and level, reused for every frame (a fresh context per
+    /// 128 KiB chunk cost more than the compression of small chunks). Reuse does not change
+    /// the output: each frame is a one-shot `ZSTD_compress2` with the same parameters.
+    static ZSTD: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Compress one chunk into a single zstd frame the kernel accepts: one-shot with the content
 /// size (single segment, window = content size ≤ 128 KiB), window log capped at 17, no
 /// checksum.
 pub(crate) fn zstd_frame(level: i32, data: &[u8]) -> Result<Vec<u8>, String> {
     use zstd::zstd_safe::CParameter;
-    let mut c = zstd::bulk::Compressor::new(level).map_err(|e| e.to_string())?;
-    c.set_parameter(CParameter::WindowLog(17)).map_err(|e| e.to_string())?;
-    c.set_parameter(CParameter::ContentSizeFlag(true)).map_err(|e| e.to_string())?;
-    c.set_parameter(CParameter::ChecksumFlag(false)).map_err(|e| e.to_string())?;
-    c.compress(data).map_err(|e| e.to_string())
+    ZSTD.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            let mut c = zstd::bulk::Compressor::new(level).map_err(|e| e.to_string())?;
+            c.set_parameter(CParameter::WindowLog(17)).map_err(|e| e.to_string())?;
+            c.set_parameter(CParameter::ContentSizeFlag(true)).map_err(|e| e.to_string())?;
+            c.set_parameter(CParameter::ChecksumFlag(false)).map_err(|e| e.to_string())?;
+            *slot = Some((level, c));
+        }
+        let (_, c) = slot.as_mut().ok_or("no zstd context")?;
+        c.compress(data).map_err(|e| e.to_string())
+    })
 }

@@ -1,4 +1,4 @@
-//! The writer: checks the plan, writes (and compresses) file data in parallel while
+//! The writer: checks the plan, writes file data (and the planner's zstd frames) in parallel while
 //! checksumming it, then every tree block on each stripe, then the superblocks.
 
 use mkdisk_tree::{Progress, Region};
@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use crate::node::{serialize, HeaderCtx};
 use crate::plan::{BtrfsLayout, DataExtent, COMPAT_RO_FLAGS};
-use crate::source::{source_name, zstd_frame, Reader};
+use crate::source::Reader;
 use crate::superblock::{sb_offset, Super, SUPER_INFO_SIZE};
 use crate::{BtrfsError, GENERATION, NODESIZE, SECTORSIZE};
 
@@ -78,24 +78,14 @@ fn write_extent(
             layout.csum.compute(s, &mut sums[o..o + cs]);
         }
     };
-    match e.zstd {
-        Some((level, clen)) => {
-            let real = e.ram_len.min(e.file_size.saturating_sub(e.file_offset));
-            let mut buf = vec![0u8; usize::try_from(real).unwrap_or(0)];
-            reader.read(e.file_size, e.file_offset, &mut buf)?;
-            let mut frame = zstd_frame(level, &buf)
-                .map_err(|message| BtrfsError::Compress { path: source_name(&e.source), message })?;
-            if frame.len() as u64 != clen {
-                return Err(plan_err(format!(
-                    "{}: zstd frame is {} bytes, planned {clen} (source changed?)",
-                    source_name(&e.source),
-                    frame.len()
-                )));
-            }
-            frame.resize(usize::try_from(e.disk_len).unwrap_or(0), 0);
-            checksum(&frame, 0, &mut sums);
+    match &e.zstd {
+        Some(frame) => {
+            // The planner's frame, copied into place and padded to whole sectors.
+            let mut buf = vec![0u8; usize::try_from(e.disk_len).unwrap_or(0)];
+            crate::frames::load(layout.spill.as_deref(), frame, &mut buf)?;
+            checksum(&buf, 0, &mut sums);
             for p in &phys {
-                region.write_at(*p, &frame)?;
+                region.write_at(*p, &buf)?;
             }
             progress.data_written(e.ram_len);
         }

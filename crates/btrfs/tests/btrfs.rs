@@ -1077,3 +1077,71 @@ fn time_plan_write() {
     let t3 = std::time::Instant::now();
     eprintln!("scan {:?} plan {:?} write {:?}; {layout:?}", t1 - t0, t2 - t1, t3 - t2);
 }
+
+/// Files under one sector are inline and zstd-compressed when the frame is strictly smaller
+/// and at most 2048 bytes (the kernel's rule); others stay raw inline (≤ 2048) or become a
+/// one-sector extent. Frames kept in a scratch file give the very same image as frames kept
+/// in memory. Check, restore and the kernel (which decodes inline frames in one call and
+/// fails with EIO on a short one) agree.
+#[test]
+fn compressed_inline_extents_and_scratch_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Tree::new(meta(0o755));
+    let r = InodeId::ROOT;
+    let mut x = 0x9E37_79B9u32;
+    let noise: Vec<u8> = (0..4095)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    let files: [(&[u8], Vec<u8>); 7] = [
+        (b"tiny", b"a".to_vec()),
+        (b"text-100", b"0123456789".repeat(10)),
+        (b"text-2048", b"nix store ".repeat(205)[..2048].to_vec()),
+        (b"text-3000", b"/nix/store/abc-hello ".repeat(150)[..3000].to_vec()),
+        (b"text-4095", b"/nix/store/xyz ".repeat(300)[..4095].to_vec()),
+        (b"noise-2048", noise[..2048].to_vec()),
+        (b"noise-3000", noise[..3000].to_vec()),
+    ];
+    for (name, data) in &files {
+        t.add_file(r, name, FileData::from_bytes(data.clone()), meta(0o644)).unwrap();
+    }
+    let mut o = opts(128 * MIB);
+    o.compress = Some(Compress::Zstd { level: 3, force: true });
+    let img = tmp.path().join("inline.img");
+    build(&t, &[], &o, &img).unwrap();
+    check_clean(&img);
+    restore_compare(&img, None, &t, tmp.path(), "out");
+    let fs5 = dump_tree(&img, Some("5"));
+    // Four compressible files under a sector are inline frames; noise-2048 is raw inline;
+    // noise-3000 is a regular extent; "tiny" (1 byte) does not shrink.
+    let zinline = fs5.matches("inline extent data size").count();
+    let compressed = fs5.lines().filter(|l| l.contains("inline extent") && l.contains("compression 3")).count();
+    assert_eq!(compressed, 4, "compressed inline extents:\n{fs5}");
+    assert_eq!(zinline, 6, "inline extents:\n{fs5}");
+    assert!(fs5.contains("ram_bytes 4095 compression 3"), "{fs5}");
+    let sup = btrfs_cmd().args(["inspect-internal", "dump-super"]).arg(&img).output().unwrap();
+    assert!(String::from_utf8_lossy(&sup.stdout).contains("COMPRESS_ZSTD"));
+    kernel_compare(&img, "ro", &t);
+
+    // The scratch file changes nothing in the image.
+    let scratch = tmp.path().join("scratch");
+    fs::create_dir(&scratch).unwrap();
+    let mut o2 = o.clone();
+    o2.scratch_dir = Some(scratch.clone());
+    let big = small_tree();
+    let a = tmp.path().join("mem.img");
+    let b = tmp.path().join("spill.img");
+    build(&big, &[], &o, &a).unwrap();
+    build(&big, &[], &o2, &b).unwrap();
+    assert_eq!(sha256_file(&a), sha256_file(&b));
+    assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0, "the scratch file is unnamed");
+    check_clean(&b);
+    // An unusable scratch directory is a named error.
+    o2.scratch_dir = Some(tmp.path().join("missing"));
+    let e = plan(&big, &[], &o2).unwrap_err().to_string();
+    assert!(e.contains("scratch") && e.contains("missing"), "{e}");
+}

@@ -324,22 +324,29 @@ fn fat_options(placed: &Placed, extra: &[String]) -> Result<mkdisk_fat::FatOptio
     Ok(o)
 }
 
+/// What every btrfs filesystem of a build shares.
+struct BtrfsBuild<'a> {
+    sde: Option<i64>,
+    compress: Option<&'a str>,
+    scratch: &'a Path,
+}
+
 /// Plan a btrfs filesystem: the filesystem UUID derives from the partition GUID like every
 /// other filesystem's; compression comes from `--compress` (lowest precedence), the
 /// filesystem's `mountOptions`, then `extraArgs`; each subvolume's own `mountOptions` win for
-/// its files.
+/// its files. Compressed frames wait in an unnamed scratch file in the output directory.
 fn plan_btrfs<'a>(
     placed: &Placed,
     top: Tree,
     subvols: Vec<mkdisk_btrfs::SubvolSpec>,
     mount_options: &[String],
     extra_args: &[String],
-    sde: Option<i64>,
-    compress: Option<&str>,
+    bo: &BtrfsBuild<'_>,
 ) -> Result<FsPlan<'a>, mkdisk_btrfs::BtrfsError> {
     let mut o = mkdisk_btrfs::BtrfsOptions::new(placed.size_bytes(), ids::fs_uuid(&placed.guid));
-    o.timestamp = sde.unwrap_or(0);
-    if let Some(c) = compress {
+    o.timestamp = bo.sde.unwrap_or(0);
+    o.scratch_dir = Some(bo.scratch.to_path_buf());
+    if let Some(c) = bo.compress {
         o.apply_extra_args(&["--compress".to_string(), c.to_string()])?;
     }
     if let Some(c) = mkdisk_btrfs::parse_mount_options(mount_options)? {
@@ -356,9 +363,10 @@ fn plan_partition<'a>(
     placed: &Placed,
     di: usize,
     sources: &'a Sources,
-    sde: Option<i64>,
-    compress: Option<&str>,
+    opts: &BuildOptions,
 ) -> Result<FsPlan<'a>, BuildError> {
+    let sde = opts.source_date_epoch;
+    let bo = BtrfsBuild { sde, compress: opts.compress.as_deref(), scratch: &opts.out_dir };
     let disk = &dp.disk;
     let Some((pi, part)) = disk.partitions.iter().enumerate().find(|(_, p)| p.name == placed.name) else {
         return Ok(FsPlan::None);
@@ -402,7 +410,7 @@ fn plan_partition<'a>(
                     compress: mkdisk_btrfs::parse_mount_options(&sv.mount_options).map_err(|e| part_err(&e))?,
                 });
             }
-            plan_btrfs(placed, top, subvols, &b.mount_options, &b.extra_args, sde, compress).map_err(|e| part_err(&e))
+            plan_btrfs(placed, top, subvols, &b.mount_options, &b.extra_args, &bo).map_err(|e| part_err(&e))
         }
         Content::Filesystem(fs) => match fs.format.as_str() {
             "vfat" => {
@@ -421,8 +429,7 @@ fn plan_partition<'a>(
             }
             "btrfs" => {
                 let top = tree_of(Target::Part(di, pi))?.clone();
-                plan_btrfs(placed, top, Vec::new(), &fs.mount_options, &fs.extra_args, sde, compress)
-                    .map_err(|e| part_err(&e))
+                plan_btrfs(placed, top, Vec::new(), &fs.mount_options, &fs.extra_args, &bo).map_err(|e| part_err(&e))
             }
             other => Err(not_impl(&format!("format {other:?}"))),
         },
@@ -450,15 +457,24 @@ pub fn build(
     check_out_dir(&opts.out_dir)?;
     let plans = place_all(spec, &opts.seed)?;
     let (sources, grub) = split_sources_placed(spec, opts, &plans, warn)?;
-    // Plan every filesystem before touching the output.
-    let mut fs_plans: Vec<Vec<FsPlan<'_>>> = Vec::new();
-    for (di, dp) in plans.iter().enumerate() {
-        let mut v = Vec::new();
-        for placed in &dp.layout.partitions {
-            v.push(plan_partition(dp, placed, di, &sources, opts.source_date_epoch, opts.compress.as_deref())?);
-        }
-        fs_plans.push(v);
+    // One pool for planning (btrfs compresses there) and writing, so `--threads` bounds both.
+    let mut pool = rayon::ThreadPoolBuilder::new();
+    if let Some(n) = opts.threads {
+        pool = pool.num_threads(n);
     }
+    let pool = pool.build().map_err(|e| BuildError::Threads(e.to_string()))?;
+    // Plan every filesystem before touching the output.
+    let fs_plans = pool.install(|| -> Result<Vec<Vec<FsPlan<'_>>>, BuildError> {
+        let mut fs_plans = Vec::new();
+        for (di, dp) in plans.iter().enumerate() {
+            let mut v = Vec::new();
+            for placed in &dp.layout.partitions {
+                v.push(plan_partition(dp, placed, di, &sources, opts)?);
+            }
+            fs_plans.push(v);
+        }
+        Ok(fs_plans)
+    })?;
     let total: u64 = fs_plans
         .iter()
         .flatten()
@@ -469,11 +485,6 @@ pub fn build(
         })
         .fold(0, u64::saturating_add);
     progress.set_total(total);
-    let mut pool = rayon::ThreadPoolBuilder::new();
-    if let Some(n) = opts.threads {
-        pool = pool.num_threads(n);
-    }
-    let pool = pool.build().map_err(|e| BuildError::Threads(e.to_string()))?;
     let mut images = Vec::new();
     for (di, (dp, fsp)) in plans.iter().zip(&fs_plans).enumerate() {
         let path = opts.out_dir.join(format!("{}.raw", dp.disk.image_name));
