@@ -18,7 +18,7 @@ fuzz_target!(|input: (Vec<Node>, u8, bool, bool)| {
         opts.compress = Some(mkdisk_btrfs::Compress::Zstd { level: 1, force: true });
     }
     let (top, subvols) = if subvol {
-        let sv = mkdisk_btrfs::SubvolSpec { path: "root".into(), tree, compress: None };
+        let sv = mkdisk_btrfs::SubvolSpec { path: "root".into(), tree: std::borrow::Cow::Owned(tree), compress: None };
         (Tree::new(Meta::new(0o755)), vec![sv])
     } else {
         (tree, Vec::new())

@@ -54,6 +54,7 @@ mod source;
 mod superblock;
 mod write;
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 
 use mkdisk_tree::{ImageError, Tree, TreeError};
@@ -98,11 +99,12 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
 /// One subvolume to create.
 #[derive(Clone, Debug)]
-pub struct SubvolSpec {
+pub struct SubvolSpec<'a> {
     /// Path relative to the top level (`root`, `@home`, `a/b`; leading `/` allowed).
     pub path: String,
-    /// Its content.
-    pub tree: Tree,
+    /// Its content (borrowed: a NixOS store can be a large tree; the planner copies it only
+    /// when it must create a directory in it for a nested subvolume).
+    pub tree: Cow<'a, Tree>,
     /// Compression for its files (`None`: the filesystem default).
     pub compress: Option<Compress>,
 }

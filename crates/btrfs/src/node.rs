@@ -52,8 +52,8 @@ impl Key {
 /// An item's payload: bytes known at plan time, or data checksums filled in by `write`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Payload {
-    /// Literal bytes.
-    Bytes(Vec<u8>),
+    /// Literal bytes (boxed: no spare capacity, as a tree can hold millions of items).
+    Bytes(Box<[u8]>),
     /// `EXTENT_CSUM` array: one checksum per sector of `sectors` sectors from `logical`.
     Csums { logical: u64, sectors: u64, csum_size: usize },
 }
@@ -76,7 +76,7 @@ pub(crate) struct Item {
 
 impl Item {
     pub(crate) fn bytes(key: Key, data: Vec<u8>) -> Self {
-        Item { key, data: Payload::Bytes(data) }
+        Item { key, data: Payload::Bytes(data.into_boxed_slice()) }
     }
 }
 
@@ -91,6 +91,118 @@ pub(crate) struct PackedTree {
     pub levels: Vec<Vec<Range<usize>>>,
     /// Logical address of every block, same shape as `levels`.
     pub addrs: Vec<Vec<u64>>,
+    /// Leaves already serialised by a [`LeafStream`] (then `items` is empty and leaf `i` is
+    /// `levels[0][i] = i..i + 1`): a large fs tree costs its on-disk size in memory, not an
+    /// allocation per item.
+    pub bodies: Vec<LeafBody>,
+}
+
+/// One serialised leaf: everything after the header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LeafBody {
+    pub first: Key,
+    pub nritems: u32,
+    /// `LEAF_DATA_SIZE` bytes: item headers from the front, data from the back.
+    pub data: Box<[u8]>,
+}
+
+/// Builds a tree from items pushed in key order, serialising leaves as they fill — the same
+/// greedy packing as [`PackedTree::pack`], so the blocks are identical.
+pub(crate) struct LeafStream {
+    owner: u64,
+    bodies: Vec<LeafBody>,
+    cur: Vec<u8>,
+    first: Option<Key>,
+    n: usize,
+    data_end: usize,
+    last: Option<Key>,
+}
+
+impl LeafStream {
+    pub(crate) fn new(owner: u64) -> Self {
+        LeafStream {
+            owner,
+            bodies: Vec::new(),
+            cur: vec![0u8; LEAF_DATA_SIZE],
+            first: None,
+            n: 0,
+            data_end: LEAF_DATA_SIZE,
+            last: None,
+        }
+    }
+
+    fn flush(&mut self) {
+        let data = std::mem::replace(&mut self.cur, vec![0u8; LEAF_DATA_SIZE]).into_boxed_slice();
+        self.bodies.push(LeafBody {
+            first: self.first.take().unwrap_or(Key::new(0, 0, 0)),
+            nritems: u32::try_from(self.n).unwrap_or(u32::MAX),
+            data,
+        });
+        self.n = 0;
+        self.data_end = LEAF_DATA_SIZE;
+    }
+
+    /// Append one item; keys must strictly increase.
+    pub(crate) fn push(&mut self, key: Key, data: &[u8]) -> Result<(), String> {
+        if self.last.is_some_and(|l| l >= key) {
+            return Err(format!("key {key:?} out of order or duplicate in tree {}", self.owner));
+        }
+        self.last = Some(key);
+        let cost = ITEM_SIZE + data.len();
+        if cost > LEAF_DATA_SIZE {
+            return Err(format!("item {key:?} of {} bytes does not fit a leaf", data.len()));
+        }
+        let used = self.n * ITEM_SIZE + (LEAF_DATA_SIZE - self.data_end);
+        if self.n > 0 && used + cost > LEAF_DATA_SIZE {
+            self.flush();
+        }
+        let data_off = self.data_end - data.len();
+        let ioff = self.n * ITEM_SIZE;
+        key.put(&mut self.cur, ioff);
+        put_u32(&mut self.cur, ioff + 17, u32::try_from(data_off).unwrap_or(0));
+        put_u32(&mut self.cur, ioff + 21, u32::try_from(data.len()).unwrap_or(0));
+        self.cur[data_off..self.data_end].copy_from_slice(data);
+        self.data_end = data_off;
+        if self.n == 0 {
+            self.first = Some(key);
+        }
+        self.n += 1;
+        Ok(())
+    }
+
+    /// The finished tree (one empty leaf if nothing was pushed).
+    pub(crate) fn finish(mut self) -> PackedTree {
+        if self.n > 0 || self.bodies.is_empty() {
+            self.flush();
+        }
+        let leaves: Vec<Range<usize>> = (0..self.bodies.len()).map(|i| i..i + 1).collect();
+        PackedTree {
+            owner: self.owner,
+            items: Vec::new(),
+            levels: node_levels(leaves),
+            addrs: Vec::new(),
+            bodies: self.bodies,
+        }
+    }
+}
+
+/// Leaves plus the node levels above them (children split evenly, at most
+/// `KEY_PTRS_PER_NODE` per node).
+fn node_levels(leaves: Vec<Range<usize>>) -> Vec<Vec<Range<usize>>> {
+    let mut levels = vec![leaves];
+    while levels.last().map_or(0, Vec::len) > 1 {
+        let n = levels.last().map_or(0, Vec::len);
+        let groups = n.div_ceil(KEY_PTRS_PER_NODE);
+        let mut nodes = Vec::with_capacity(groups);
+        let mut s = 0;
+        for g in 0..groups {
+            let size = n / groups + usize::from(g < n % groups);
+            nodes.push(s..s + size);
+            s += size;
+        }
+        levels.push(nodes);
+    }
+    levels
 }
 
 impl PackedTree {
@@ -98,7 +210,9 @@ impl PackedTree {
     /// fixed point so block counts only grow). Fails on an item too big for a leaf or a
     /// duplicate key (a planner bug).
     pub(crate) fn pack(owner: u64, mut items: Vec<Item>, min_leaves: usize) -> Result<PackedTree, String> {
-        items.sort_by_key(|a| a.key);
+        // Keys are unique (checked below), so an unstable sort gives the same order without
+        // the stable sort's scratch buffer of half the items.
+        items.sort_unstable_by_key(|a| a.key);
         for w in items.windows(2) {
             if w[0].key == w[1].key {
                 return Err(format!("duplicate key {:?} in tree {owner}", w[0].key));
@@ -133,20 +247,7 @@ impl PackedTree {
             leaves[idx] = r.start..mid;
             leaves.insert(idx + 1, mid..r.end);
         }
-        let mut levels = vec![leaves];
-        while levels.last().map_or(0, Vec::len) > 1 {
-            let n = levels.last().map_or(0, Vec::len);
-            let groups = n.div_ceil(KEY_PTRS_PER_NODE);
-            let mut nodes = Vec::with_capacity(groups);
-            let mut s = 0;
-            for g in 0..groups {
-                let size = n / groups + usize::from(g < n % groups);
-                nodes.push(s..s + size);
-                s += size;
-            }
-            levels.push(nodes);
-        }
-        Ok(PackedTree { owner, items, levels, addrs: Vec::new() })
+        Ok(PackedTree { owner, items, levels: node_levels(leaves), addrs: Vec::new(), bodies: Vec::new() })
     }
 
     /// Number of tree blocks.
@@ -181,6 +282,9 @@ impl PackedTree {
             i = self.levels[l][i].start;
             l -= 1;
         }
+        if let Some(b) = self.bodies.get(i) {
+            return b.first;
+        }
         let r = &self.levels[0][i];
         self.items.get(r.start).map_or(Key::new(0, 0, 0), |it| it.key)
     }
@@ -211,9 +315,16 @@ pub(crate) fn serialize(tree: &PackedTree, level: usize, idx: usize, ctx: &Heade
     put_bytes(&mut b, 64, &ctx.chunk_tree_uuid); // chunk_tree_uuid
     put_u64(&mut b, 80, ctx.generation); // generation
     put_u64(&mut b, 88, tree.owner); // owner
-    put_u32(&mut b, 96, u32::try_from(range.len()).map_err(|_| "too many items".to_string())?); // nritems
+    let body = if level == 0 { tree.bodies.get(idx) } else { None };
+    let nritems = match body {
+        Some(body) => body.nritems,
+        None => u32::try_from(range.len()).map_err(|_| "too many items".to_string())?,
+    };
+    put_u32(&mut b, 96, nritems); // nritems
     put_u8(&mut b, 100, u8::try_from(level).map_err(|_| "level".to_string())?); // level
-    if level == 0 {
+    if let Some(body) = body {
+        b[HEADER_SIZE..].copy_from_slice(&body.data);
+    } else if level == 0 {
         let mut data_end = LEAF_DATA_SIZE;
         for (n, it) in tree.items[range].iter().enumerate() {
             let size = it.data.len();
@@ -241,4 +352,68 @@ pub(crate) fn serialize(tree: &PackedTree, level: usize, idx: usize, ctx: &Heade
     ctx.csum.compute(&b[32..], &mut sum);
     b[..32].copy_from_slice(&sum);
     Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The streaming packer makes the very blocks `pack` makes from the same sorted items.
+    #[test]
+    fn leaf_stream_matches_pack() {
+        let items: Vec<Item> = (0..5000u64)
+            .map(|i| {
+                Item::bytes(Key::new(256 + i / 3, (i % 3) as u8, i), vec![(i % 251) as u8; (i * 37 % 700) as usize])
+            })
+            .collect();
+        let packed = PackedTree::pack(5, items.clone(), 1).unwrap();
+        let mut s = LeafStream::new(5);
+        for it in &items {
+            let Payload::Bytes(b) = &it.data else { unreachable!() };
+            s.push(it.key, b).unwrap();
+        }
+        let mut streamed = s.finish();
+        assert!(packed.leaf_count() > 100 && packed.root_level() == 1);
+        assert_eq!(
+            streamed.levels.iter().map(Vec::len).collect::<Vec<_>>(),
+            packed.levels.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        let mut packed = packed;
+        let addrs: Vec<u64> = (0..packed.block_count() as u64).map(|i| (1 << 30) + i * NODESIZE).collect();
+        for t in [&mut packed, &mut streamed] {
+            let mut i = 0;
+            t.addrs = t
+                .levels
+                .iter()
+                .map(|l| {
+                    let v = addrs[i..i + l.len()].to_vec();
+                    i += l.len();
+                    v
+                })
+                .collect();
+        }
+        let none = |_: u64, _: u64, _: &mut [u8]| -> Result<(), String> { Err("no csums".into()) };
+        let ctx = HeaderCtx {
+            fsid: [1; 16],
+            chunk_tree_uuid: [2; 16],
+            generation: 1,
+            csum: crate::CsumType::Crc32c,
+            csums: &none,
+        };
+        for (l, v) in packed.levels.iter().enumerate() {
+            for i in 0..v.len() {
+                assert_eq!(
+                    serialize(&packed, l, i, &ctx).unwrap(),
+                    serialize(&streamed, l, i, &ctx).unwrap(),
+                    "block {l}/{i}"
+                );
+            }
+        }
+        // Keys must increase; an item larger than a leaf is refused.
+        let mut s = LeafStream::new(5);
+        s.push(Key::new(2, 1, 0), b"x").unwrap();
+        assert!(s.push(Key::new(2, 1, 0), b"y").is_err());
+        assert!(s.push(Key::new(3, 1, 0), &vec![0u8; LEAF_DATA_SIZE]).is_err());
+        assert_eq!(LeafStream::new(5).finish().leaf_count(), 1, "an empty tree has one empty leaf");
+    }
 }

@@ -3,6 +3,7 @@
 //! to learn their sizes; the frames are kept (in memory or a scratch file, see `frames`) so
 //! that `write` only copies them.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use crate::chunk::{self, Chunk};
 use crate::extent;
 use crate::frames::{self, Frame, Spill};
 use crate::items::{self, InodeItem, RootItem, Timespec};
-use crate::node::{Item, Key, PackedTree, Payload, KEY_PTRS_PER_NODE, MAX_ITEM_DATA};
+use crate::node::{Item, Key, LeafStream, PackedTree, Payload, KEY_PTRS_PER_NODE, MAX_ITEM_DATA};
 use crate::source::{source_name, zstd_frame, Reader};
 use crate::{
     csum, BtrfsError, BtrfsOptions, Compress, CsumType, SubvolSpec, GENERATION, MAX_COMPRESSED_CHUNK, MAX_INLINE,
@@ -304,9 +305,10 @@ fn number<'a>(tree: &'a Tree, links: Option<&'a Links>) -> Result<Numbered<'a>, 
 /// How one regular file is stored.
 enum FilePlan {
     None,
-    /// Inline data: the file bytes, or (`zstd`) one zstd frame of them.
+    /// The inline `EXTENT_DATA` item's payload (header and the file bytes, or with `zstd` one
+    /// zstd frame of them), built once and moved into the fs tree.
     Inline {
-        data: Vec<u8>,
+        item: Vec<u8>,
         zstd: bool,
     },
     /// Sector-aligned data ranges (start, len).
@@ -336,11 +338,12 @@ fn file_plan(fd: &FileData, compress: Option<Compress>) -> Result<FilePlan, Btrf
             let frame = zstd_frame(level, &buf)
                 .map_err(|message| BtrfsError::Compress { path: source_name(&fd.source), message })?;
             if frame.len() < buf.len() && frame.len() as u64 <= MAX_INLINE {
-                return Ok(FilePlan::Inline { data: frame, zstd: true });
+                let item = items::inline_extent(GENERATION, fd.size, items::COMPRESS_ZSTD, &frame);
+                return Ok(FilePlan::Inline { item, zstd: true });
             }
         }
         if fd.size <= MAX_INLINE {
-            return Ok(FilePlan::Inline { data: buf, zstd: false });
+            return Ok(FilePlan::Inline { item: items::inline_extent(GENERATION, fd.size, 0, &buf), zstd: false });
         }
     }
     let end_max = round_up(fd.size, SECTORSIZE)?;
@@ -489,7 +492,7 @@ fn pack(owner: u64, items: Vec<Item>, min_leaves: usize) -> Result<PackedTree, B
 /// # Errors
 /// Names over 255 bytes, oversized xattrs or symlinks, duplicate or impossible subvolume
 /// paths, content larger than the partition, unreadable inline sources.
-pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<BtrfsLayout, BtrfsError> {
+pub fn plan(top: &Tree, subvols: &[SubvolSpec<'_>], opts: &BtrfsOptions) -> Result<BtrfsLayout, BtrfsError> {
     let fsid = *opts.uuid.as_bytes();
     let dev_uuid = *mkdisk_tree::ids::derive(&opts.uuid, b"btrfs-dev-uuid").as_bytes();
     let chunk_uuid = *mkdisk_tree::ids::derive(&opts.uuid, b"btrfs-chunk-tree-uuid").as_bytes();
@@ -502,7 +505,7 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
     let dir_meta = Meta::new(0o755).with_mtime(Timestamp::from_secs(time));
 
     // --- Subvolumes: ids in sorted path order, parents by longest prefix.
-    let mut specs: Vec<(Vec<Vec<u8>>, &SubvolSpec)> =
+    let mut specs: Vec<(Vec<Vec<u8>>, &SubvolSpec<'_>)> =
         subvols.iter().map(|s| normalize_subvol(&s.path).map(|c| (c, s))).collect::<Result<_, _>>()?;
     specs.sort_by(|a, b| a.0.cmp(&b.0));
     for w in specs.windows(2) {
@@ -510,9 +513,10 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
             return Err(BtrfsError::DuplicateSubvolume { path: w[1].1.path.clone() });
         }
     }
-    let mut trees: Vec<Tree> = Vec::with_capacity(specs.len() + 1);
-    trees.push(top.clone());
-    trees.extend(specs.iter().map(|(_, s)| s.tree.clone()));
+    // Borrowed unless a subvolume needs a parent directory created (a tree can be large).
+    let mut trees: Vec<Cow<'_, Tree>> = Vec::with_capacity(specs.len() + 1);
+    trees.push(Cow::Borrowed(top));
+    trees.extend(specs.iter().map(|(_, s)| Cow::Borrowed(&*s.tree)));
     let ids: Vec<u64> = std::iter::once(FS_TREE_OBJECTID).chain((0..specs.len() as u64).map(|i| 256 + i)).collect();
     let mut links: Vec<Links> = vec![Links::new(); trees.len()];
     // (subvol idx) -> (parent tree idx, dir, name)
@@ -528,8 +532,9 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
         let rel = &comps[skip..];
         let (name, dirs) = rel.split_last().ok_or_else(|| err_plan("empty subvolume path"))?;
         let dir_path = dirs.join(&b'/');
-        let dir = trees[parent]
-            .mkdir_p(&dir_path, &dir_meta)
+        let existing = trees[parent].lookup(&dir_path).filter(|&d| trees[parent].inode(d).as_dir().is_some());
+        let dir = existing
+            .map_or_else(|| trees[parent].to_mut().mkdir_p(&dir_path, &dir_meta), Ok)
             .map_err(|e| BtrfsError::BadSubvolume { path: spec.path.clone(), reason: e.to_string() })?;
         if let Some(d) = trees[parent].inode(dir).as_dir() {
             if let Ok(p) = d.entries.binary_search_by(|e| e.name.as_slice().cmp(name)) {
@@ -770,9 +775,8 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec], opts: &BtrfsOptions) -> Result<B
     for (i, e) in extents.iter().enumerate() {
         ext_by_owner.entry((e.root, e.ino)).or_default().push(i);
     }
-    for fs in &fss {
-        let items = fs_items(fs, &ext_by_owner, &extents)?;
-        fs_trees.push(pack(fs.id, items, 1)?);
+    for fs in &mut fss {
+        fs_trees.push(fs_tree(fs, &ext_by_owner, &extents)?);
     }
 
     // --- csum tree.
@@ -1182,16 +1186,21 @@ fn root_tree_items(
     out
 }
 
-/// All items of one fs tree.
-fn fs_items(
-    fs: &Fs<'_>,
+/// One fs tree, packed as its items are made: inode by inode (inode numbers increase, so
+/// sorting each inode's items gives the whole tree in key order), straight into serialised
+/// leaves.
+fn fs_tree(
+    fs: &mut Fs<'_>,
     ext_by_owner: &BTreeMap<(u64, u64), Vec<usize>>,
     extents: &[DataExtent],
-) -> Result<Vec<Item>, BtrfsError> {
+) -> Result<PackedTree, BtrfsError> {
     let tree = fs.tree;
     let n = &fs.n;
+    let files = &mut fs.files;
+    let mut stream = LeafStream::new(fs.id);
     let mut out: Vec<Item> = Vec::new();
     for (pos, &id) in n.order.iter().enumerate() {
+        out.clear();
         let ino = FIRST_FREE_OBJECTID + pos as u64;
         let inode = tree.inode(id);
         let mut it = InodeItem {
@@ -1210,14 +1219,10 @@ fn fs_items(
             }
             Kind::File(fd) => {
                 it.size = fd.size;
-                match &fs.files[pos] {
-                    FilePlan::Inline { data, zstd } => {
+                match &mut files[pos] {
+                    FilePlan::Inline { item, .. } => {
                         it.nbytes = fd.size;
-                        let compression = if *zstd { items::COMPRESS_ZSTD } else { 0 };
-                        tail.push(Item::bytes(
-                            Key::new(ino, items::EXTENT_DATA_KEY, 0),
-                            items::inline_extent(GENERATION, fd.size, compression, data),
-                        ));
+                        tail.push(Item::bytes(Key::new(ino, items::EXTENT_DATA_KEY, 0), std::mem::take(item)));
                     }
                     FilePlan::Ranges(_) => {
                         if let Some(list) = ext_by_owner.get(&(fs.id, ino)) {
@@ -1329,8 +1334,13 @@ fn fs_items(
             }
         }
         out.extend(tail);
+        out.sort_unstable_by_key(|it| it.key);
+        for it in &out {
+            let Payload::Bytes(data) = &it.data else { return Err(err_plan("checksum item in an fs tree")) };
+            stream.push(it.key, data).map_err(BtrfsError::Plan)?;
+        }
     }
-    Ok(out)
+    Ok(stream.finish())
 }
 
 /// `BTRFS_MAX_XATTR_SIZE` for 16 KiB nodes.

@@ -1,6 +1,7 @@
 //! Integration tests: build images with mkdisk-btrfs and check them with btrfs-progs
 //! (`btrfs check --readonly --check-data-csum`, `btrfs restore`, `dump-tree`).
 
+use std::borrow::Cow;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,7 +36,7 @@ fn heavy() -> bool {
 }
 
 /// Plan and write into a fresh sparse image.
-fn build(top: &Tree, subs: &[SubvolSpec], o: &BtrfsOptions, path: &Path) -> Result<BtrfsLayout, BtrfsError> {
+fn build(top: &Tree, subs: &[SubvolSpec<'_>], o: &BtrfsOptions, path: &Path) -> Result<BtrfsLayout, BtrfsError> {
     let layout = plan(top, subs, o)?;
     let image = Image::create(path, o.size_bytes).unwrap();
     write(&layout, &image.whole(), &NoProgress)?;
@@ -352,10 +353,10 @@ fn disko_btrfs_subvolumes() {
     let nix =
         tree_with(&[("store/abc-hello/bin/hello", &b"#!/bin/sh\necho hello\n".repeat(20_000)), ("var/db", b"db")]);
     let subs = vec![
-        SubvolSpec { path: "/root".into(), tree: root.clone(), compress: None },
+        SubvolSpec { path: "/root".into(), tree: Cow::Borrowed(&root), compress: None },
         SubvolSpec {
             path: "/nix".into(),
-            tree: nix.clone(),
+            tree: Cow::Borrowed(&nix),
             compress: mkdisk_btrfs::parse_mount_options(&["compress=zstd".into(), "noatime".into()]).unwrap(),
         },
     ];
@@ -387,10 +388,14 @@ fn nested_subvolumes_and_default() {
     let home = tree_with(&[("user/notes", b"notes")]);
     let deep = tree_with(&[("x", b"x")]);
     let subs = vec![
-        SubvolSpec { path: "a".into(), tree: a.clone(), compress: None },
-        SubvolSpec { path: "a/b".into(), tree: b.clone(), compress: Some(Compress::Zstd { level: 15, force: true }) },
-        SubvolSpec { path: "@home".into(), tree: home.clone(), compress: None },
-        SubvolSpec { path: "x/y/deep".into(), tree: deep.clone(), compress: None },
+        SubvolSpec { path: "a".into(), tree: Cow::Borrowed(&a), compress: None },
+        SubvolSpec {
+            path: "a/b".into(),
+            tree: Cow::Borrowed(&b),
+            compress: Some(Compress::Zstd { level: 15, force: true }),
+        },
+        SubvolSpec { path: "@home".into(), tree: Cow::Borrowed(&home), compress: None },
+        SubvolSpec { path: "x/y/deep".into(), tree: Cow::Borrowed(&deep), compress: None },
     ];
     let mut o = opts(256 * MIB);
     o.apply_extra_args(&["--subvol".into(), "default:@home".into(), "--subvol=ro:a/b".into()]).unwrap();
@@ -415,7 +420,7 @@ fn nested_subvolumes_and_default() {
 #[test]
 fn subvolume_errors() {
     let t = Tree::new(meta(0o755));
-    let sub = |p: &str| SubvolSpec { path: p.into(), tree: Tree::new(meta(0o755)), compress: None };
+    let sub = |p: &str| SubvolSpec { path: p.into(), tree: Cow::Owned(Tree::new(meta(0o755))), compress: None };
     let o = opts(256 * MIB);
     assert!(matches!(plan(&t, &[sub("a"), sub("/a/")], &o), Err(BtrfsError::DuplicateSubvolume { .. })));
     assert!(matches!(plan(&t, &[sub("")], &o), Err(BtrfsError::BadSubvolume { .. })));
@@ -602,7 +607,8 @@ fn poisoned_target_is_check_clean() {
     let t = small_tree();
     let mut o = opts(size);
     o.compress = Some(Compress::Zstd { level: 3, force: true });
-    let layout = plan(&t, &[SubvolSpec { path: "sub".into(), tree: small_tree(), compress: None }], &o).unwrap();
+    let layout =
+        plan(&t, &[SubvolSpec { path: "sub".into(), tree: Cow::Owned(small_tree()), compress: None }], &o).unwrap();
     let image = Image::open_existing(&img).unwrap();
     write(&layout, &image.whole(), &NoProgress).unwrap();
     drop(image);
@@ -610,7 +616,7 @@ fn poisoned_target_is_check_clean() {
     restore_compare(&img, None, &t, tmp.path(), "top");
 }
 
-fn build_with_threads(threads: usize, top: &Tree, subs: &[SubvolSpec], o: &BtrfsOptions, path: &Path) -> String {
+fn build_with_threads(threads: usize, top: &Tree, subs: &[SubvolSpec<'_>], o: &BtrfsOptions, path: &Path) -> String {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     pool.install(|| build(top, subs, o, path).unwrap());
     sha256_file(path)
@@ -621,10 +627,14 @@ fn reproducible_across_threads_and_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let t = small_tree();
     let subs = vec![
-        SubvolSpec { path: "@".into(), tree: small_tree(), compress: Some(Compress::Zstd { level: 3, force: true }) },
+        SubvolSpec {
+            path: "@".into(),
+            tree: Cow::Owned(small_tree()),
+            compress: Some(Compress::Zstd { level: 3, force: true }),
+        },
         SubvolSpec {
             path: "@nix".into(),
-            tree: small_tree(),
+            tree: Cow::Owned(small_tree()),
             compress: Some(Compress::Zstd { level: 1, force: false }),
         },
     ];
@@ -821,7 +831,7 @@ mod props {
             if zstd {
                 o.compress = Some(Compress::Zstd { level: 1, force: true });
             }
-            let subs = if sub { vec![SubvolSpec { path: "sv".into(), tree: t.clone(), compress: None }] } else { Vec::new() };
+            let subs = if sub { vec![SubvolSpec { path: "sv".into(), tree: Cow::Borrowed(&t), compress: None }] } else { Vec::new() };
             let layout = build(&t, &subs, &o, &img).unwrap();
             check_clean(&img);
             if zstd {
@@ -847,8 +857,11 @@ fn plan_sweep_sizes() {
     while size <= 1 << 42 {
         for t in &trees {
             for sub in [false, true] {
-                let subs =
-                    if sub { vec![SubvolSpec { path: "@".into(), tree: t.clone(), compress: None }] } else { vec![] };
+                let subs = if sub {
+                    vec![SubvolSpec { path: "@".into(), tree: Cow::Borrowed(t), compress: None }]
+                } else {
+                    vec![]
+                };
                 match plan(t, &subs, &opts(size + 12_345)) {
                     Ok(l) => {
                         assert!(l.total_bytes() <= size + 12_345 && l.total_bytes() % 4096 == 0);
@@ -1010,8 +1023,12 @@ fn kernel_mounts_and_reads_everything() {
     let nix =
         tree_with(&[("store/x/bin/hello", &b"#!/bin/sh\necho hello\n".repeat(30_000)), ("big", &bytes(3_000_000, 5))]);
     let subs = vec![
-        SubvolSpec { path: "@".into(), tree: small_tree(), compress: None },
-        SubvolSpec { path: "@nix".into(), tree: nix.clone(), compress: Some(Compress::Zstd { level: 3, force: true }) },
+        SubvolSpec { path: "@".into(), tree: Cow::Owned(small_tree()), compress: None },
+        SubvolSpec {
+            path: "@nix".into(),
+            tree: Cow::Borrowed(&nix),
+            compress: Some(Compress::Zstd { level: 3, force: true }),
+        },
     ];
     let mut o = opts(512 * MIB);
     o.compress = Some(Compress::Zstd { level: 3, force: true });

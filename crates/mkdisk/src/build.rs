@@ -337,8 +337,8 @@ struct BtrfsBuild<'a> {
 /// its files. Compressed frames wait in an unnamed scratch file in the output directory.
 fn plan_btrfs<'a>(
     placed: &Placed,
-    top: Tree,
-    subvols: Vec<mkdisk_btrfs::SubvolSpec>,
+    top: &Tree,
+    subvols: Vec<mkdisk_btrfs::SubvolSpec<'_>>,
     mount_options: &[String],
     extra_args: &[String],
     bo: &BtrfsBuild<'_>,
@@ -354,7 +354,7 @@ fn plan_btrfs<'a>(
     }
     o.apply_extra_args(extra_args)?;
     let bytes = subvols.iter().map(|s| s.tree.data_bytes()).fold(top.data_bytes(), u64::saturating_add);
-    let layout = mkdisk_btrfs::plan(&top, &subvols, &o)?;
+    let layout = mkdisk_btrfs::plan(top, &subvols, &o)?;
     Ok(FsPlan::Btrfs(Box::new(layout), bytes))
 }
 
@@ -398,15 +398,19 @@ fn plan_partition<'a>(
             Ok(FsPlan::Swap(o))
         }
         Content::Btrfs(b) => {
+            let empty;
             let top = match &b.mountpoint {
-                Some(_) => tree_of(Target::Part(di, pi))?.clone(),
-                None => Tree::new(default_root_meta(sde)),
+                Some(_) => tree_of(Target::Part(di, pi))?,
+                None => {
+                    empty = Tree::new(default_root_meta(sde));
+                    &empty
+                }
             };
             let mut subvols = Vec::new();
             for (si, sv) in b.subvolumes.iter().enumerate() {
                 subvols.push(mkdisk_btrfs::SubvolSpec {
                     path: sv.name.clone(),
-                    tree: tree_of(Target::Subvol(di, pi, si))?.clone(),
+                    tree: std::borrow::Cow::Borrowed(tree_of(Target::Subvol(di, pi, si))?),
                     compress: mkdisk_btrfs::parse_mount_options(&sv.mount_options).map_err(|e| part_err(&e))?,
                 });
             }
@@ -428,7 +432,7 @@ fn plan_partition<'a>(
                 Ok(FsPlan::Ext4(Box::new(layout), tree))
             }
             "btrfs" => {
-                let top = tree_of(Target::Part(di, pi))?.clone();
+                let top = tree_of(Target::Part(di, pi))?;
                 plan_btrfs(placed, top, Vec::new(), &fs.mount_options, &fs.extra_args, &bo).map_err(|e| part_err(&e))
             }
             other => Err(not_impl(&format!("format {other:?}"))),

@@ -271,6 +271,17 @@ impl Tree {
         }
     }
 
+    /// Give back the spare capacity of the inode table and of every directory (a tree of a
+    /// few hundred thousand inodes built by appending carries tens of MiB of it).
+    pub fn shrink_to_fit(&mut self) {
+        self.inodes.shrink_to_fit();
+        for i in &mut self.inodes {
+            if let Kind::Dir(d) = &mut i.kind {
+                d.entries.shrink_to_fit();
+            }
+        }
+    }
+
     /// Number of inodes (including the root).
     #[must_use]
     pub fn len(&self) -> usize {
@@ -607,6 +618,7 @@ impl Tree {
             // sorted order; determinism only needs it to be a fixed function of the input).
             stack.extend(subdirs.into_iter().rev());
         }
+        out.shrink_to_fit();
         Ok(out)
     }
 }
