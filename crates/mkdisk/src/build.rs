@@ -448,6 +448,22 @@ fn check_out_dir(out: &Path) -> Result<(), BuildError> {
     }
 }
 
+/// Phase durations on stderr when `MKDISK_TIMINGS` is set (for profiling; never in output).
+struct Timings(Option<std::time::Instant>);
+
+impl Timings {
+    fn from_env() -> Self {
+        Timings(std::env::var_os("MKDISK_TIMINGS").map(|_| std::time::Instant::now()))
+    }
+
+    fn lap(&mut self, what: &str) {
+        if let Some(t) = &mut self.0 {
+            eprintln!("mkdisk: {what}: {:.3} s", t.elapsed().as_secs_f64());
+            *t = std::time::Instant::now();
+        }
+    }
+}
+
 /// Build every disk of `spec` into `opts.out_dir`. Returns the written image paths.
 ///
 /// # Errors
@@ -459,8 +475,10 @@ pub fn build(
     warn: &mut dyn FnMut(String),
 ) -> Result<Vec<PathBuf>, BuildError> {
     check_out_dir(&opts.out_dir)?;
+    let mut timings = Timings::from_env();
     let plans = place_all(spec, &opts.seed)?;
     let (sources, grub) = split_sources_placed(spec, opts, &plans, warn)?;
+    timings.lap("scan and split");
     // One pool for planning (btrfs compresses there) and writing, so `--threads` bounds both.
     let mut pool = rayon::ThreadPoolBuilder::new();
     if let Some(n) = opts.threads {
@@ -479,6 +497,7 @@ pub fn build(
         }
         Ok(fs_plans)
     })?;
+    timings.lap("plan");
     let total: u64 = fs_plans
         .iter()
         .flatten()
@@ -525,6 +544,7 @@ pub fn build(
             Ok(())
         })?;
         images.push(image);
+        timings.lap(&format!("write {}", dp.disk.name));
     }
     let mut out = Vec::new();
     for image in images {
