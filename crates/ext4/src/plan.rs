@@ -227,19 +227,23 @@ fn plan_dir(
         v.extend(ents);
         return Ok((vec![DirBlock::Leaf(v)], false));
     }
-    let mut hashed: Vec<(u32, u32, DirEnt)> = ents
+    // Sorted by the kernel's major hash, which maps 0xFFFFFFFE to 0xFFFFFFFC (the 32-bit EOF
+    // marker); ties by the unmapped value, so that a checker that does not map (e2fsprogs,
+    // by docs/ext4.md) still sees hashes rising within a leaf. Index keys come from the
+    // kernel's value: none ever lies in (0xFFFFFFFC, 0xFFFFFFFE], where the two disagree.
+    let mut hashed: Vec<(u32, u32, u32, DirEnt)> = ents
         .into_iter()
         .map(|e| {
-            let (maj, min) = htree::half_md4(&e.name, hash_seed);
-            (maj, min, e)
+            let (raw, min) = htree::half_md4(&e.name, hash_seed);
+            (htree::kernel_major(raw), raw, min, e)
         })
         .collect();
-    hashed.sort_by(|a, b| (a.0, a.1, &a.2.name).cmp(&(b.0, b.1, &b.2.name)));
+    hashed.sort_by(|a, b| (a.0, a.1, a.2, &a.3.name).cmp(&(b.0, b.1, b.2, &b.3.name)));
     let mut leaves: Vec<Vec<DirEnt>> = Vec::new();
     let mut keys: Vec<u32> = Vec::new();
     let mut left = 0usize;
     let mut prev_major: Option<u32> = None;
-    for (maj, _min, e) in hashed {
+    for (maj, _raw, _min, e) in hashed {
         let rl = dir::rec_len(e.name.len());
         if leaves.is_empty() || rl > left {
             let key = if prev_major == Some(maj) { maj | 1 } else { maj };
