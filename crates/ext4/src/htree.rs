@@ -202,6 +202,8 @@ mod tests {
             let name = format!("eof-{i:010x}");
             half_md4(name.as_bytes(), &seed).0 == 0xFFFF_FFFE
         });
-        println!("{hit:?} -> eof-{:010x}", hit.unwrap_or(0));
+        let hit = hit.expect("no name found");
+        assert_eq!(half_md4(format!("eof-{hit:010x}").as_bytes(), &seed).0, 0xFFFF_FFFE, "eof-{hit:010x}");
+        eprintln!("found eof-{hit:010x}");
     }
 }
