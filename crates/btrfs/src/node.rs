@@ -250,6 +250,21 @@ impl PackedTree {
         Ok(PackedTree { owner, items, levels: node_levels(leaves), addrs: Vec::new(), bodies: Vec::new() })
     }
 
+    /// Give the blocks their logical addresses, leaves first (`addrs` has at least
+    /// [`Self::block_count`] entries).
+    pub(crate) fn assign(&mut self, addrs: &[u64]) {
+        let mut i = 0;
+        self.addrs = self
+            .levels
+            .iter()
+            .map(|l| {
+                let v = addrs[i..i + l.len()].to_vec();
+                i += l.len();
+                v
+            })
+            .collect();
+    }
+
     /// Number of tree blocks.
     pub(crate) fn block_count(&self) -> usize {
         self.levels.iter().map(Vec::len).sum()
@@ -380,18 +395,8 @@ mod tests {
         );
         let mut packed = packed;
         let addrs: Vec<u64> = (0..packed.block_count() as u64).map(|i| (1 << 30) + i * NODESIZE).collect();
-        for t in [&mut packed, &mut streamed] {
-            let mut i = 0;
-            t.addrs = t
-                .levels
-                .iter()
-                .map(|l| {
-                    let v = addrs[i..i + l.len()].to_vec();
-                    i += l.len();
-                    v
-                })
-                .collect();
-        }
+        packed.assign(&addrs);
+        streamed.assign(&addrs);
         let none = |_: u64, _: u64, _: &mut [u8]| -> Result<(), String> { Err("no csums".into()) };
         let ctx = HeaderCtx {
             fsid: [1; 16],

@@ -470,19 +470,6 @@ fn blocks_for_leaves(leaves: usize) -> usize {
     total
 }
 
-fn assign(tree: &mut PackedTree, addrs: &[u64]) {
-    let mut i = 0;
-    tree.addrs = tree
-        .levels
-        .iter()
-        .map(|l| {
-            let v = addrs[i..i + l.len()].to_vec();
-            i += l.len();
-            v
-        })
-        .collect();
-}
-
 fn pack(owner: u64, items: Vec<Item>, min_leaves: usize) -> Result<PackedTree, BtrfsError> {
     PackedTree::pack(owner, items, min_leaves).map_err(BtrfsError::Plan)
 }
@@ -891,7 +878,7 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec<'_>], opts: &BtrfsOptions) -> Resu
     if chunk_tree.block_count() > sys_slots.len() {
         return Err(err_plan("chunk tree does not fit the system chunk"));
     }
-    assign(&mut chunk_tree, &sys_slots);
+    chunk_tree.assign(&sys_slots);
     let mut sys_chunk_array = vec![0u8; 17];
     Key::new(chunk::FIRST_CHUNK_TREE_OBJECTID, chunk::CHUNK_ITEM_KEY, SYS_LOGICAL).put(&mut sys_chunk_array, 0);
     sys_chunk_array.extend_from_slice(&chunks[0].encode(&dev_uuid));
@@ -926,7 +913,7 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec<'_>], opts: &BtrfsOptions) -> Resu
         let mut cur = base;
         for t in &mut others {
             let n = t.block_count();
-            assign(t, &slots[cur..cur + n]);
+            t.assign(&slots[cur..cur + n]);
             cur += n;
         }
         let mut e_leaves = 1usize;
@@ -1032,14 +1019,14 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec<'_>], opts: &BtrfsOptions) -> Resu
             }
             let mut et = et;
             let mut ft = ft;
-            assign(&mut et, e_addrs);
-            assign(&mut ft, f_addrs);
+            et.assign(e_addrs);
+            ft.assign(f_addrs);
             let roots = RootAddrs::collect(&et, &ft, &others);
             let mut rt = pack(ROOT_TREE_OBJECTID, root_tree_items(&fss, &placement, &roots, default_id, time), 1)?;
             if rt.block_count() != root_count {
                 return Err(err_plan("root tree size changed"));
             }
-            assign(&mut rt, root_addrs);
+            rt.assign(root_addrs);
             break 'outer (rt, et, ft, others);
         }
         return Err(err_plan("extent tree fixed point did not converge"));

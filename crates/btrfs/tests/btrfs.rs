@@ -189,6 +189,19 @@ fn bytes(n: usize, seed: u8) -> Vec<u8> {
     (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 9) as u8)).collect()
 }
 
+/// `n` incompressible bytes (xorshift32 from `seed`).
+fn noise(n: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
 /// A small tree with every inode kind.
 fn small_tree() -> Tree {
     let mut t = Tree::new(meta(0o755));
@@ -288,15 +301,7 @@ fn compress_heuristic_keeps_incompressible_raw() {
     let img = tmp.path().join("c.img");
     let mut t = Tree::new(meta(0o755));
     // Pseudo-random (incompressible) data and compressible data.
-    let mut x = 0x1234_5678u32;
-    let noise: Vec<u8> = (0..600_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect();
+    let noise = noise(600_000, 0x1234_5678);
     t.add_file(InodeId::ROOT, b"noise", FileData::from_bytes(noise), meta(0o644)).unwrap();
     t.add_file(InodeId::ROOT, b"text", FileData::from_bytes(b"abcdefgh".repeat(100_000)), meta(0o644)).unwrap();
     let mut o = opts(128 * MIB);
@@ -1121,15 +1126,7 @@ fn compressed_inline_extents_and_scratch_file() {
     let tmp = tempfile::tempdir().unwrap();
     let mut t = Tree::new(meta(0o755));
     let r = InodeId::ROOT;
-    let mut x = 0x9E37_79B9u32;
-    let noise: Vec<u8> = (0..4095)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect();
+    let noise = noise(4095, 0x9E37_79B9);
     let files: [(&[u8], Vec<u8>); 7] = [
         (b"tiny", b"a".to_vec()),
         (b"text-100", b"0123456789".repeat(10)),
