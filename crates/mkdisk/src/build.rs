@@ -477,14 +477,24 @@ pub fn build(
     check_out_dir(&opts.out_dir)?;
     let mut timings = Timings::from_env();
     let plans = place_all(spec, &opts.seed)?;
-    let (sources, grub) = split_sources_placed(spec, opts, &plans, warn)?;
-    timings.lap("scan and split");
-    // One pool for planning (btrfs compresses there) and writing, so `--threads` bounds both.
+    // One pool for scanning, planning (btrfs compresses there) and writing, so `--threads`
+    // bounds them all.
     let mut pool = rayon::ThreadPoolBuilder::new();
     if let Some(n) = opts.threads {
         pool = pool.num_threads(n);
     }
     let pool = pool.build().map_err(|e| BuildError::Threads(e.to_string()))?;
+    // Warnings are collected inside the pool and passed on in order afterwards.
+    let (split, warnings) = pool.install(|| {
+        let mut warnings = Vec::new();
+        let r = split_sources_placed(spec, opts, &plans, &mut |m| warnings.push(m));
+        (r, warnings)
+    });
+    for m in warnings {
+        warn(m);
+    }
+    let (sources, grub) = split?;
+    timings.lap("scan and split");
     // Plan every filesystem before touching the output.
     let fs_plans = pool.install(|| -> Result<Vec<Vec<FsPlan<'_>>>, BuildError> {
         let mut fs_plans = Vec::new();

@@ -209,49 +209,83 @@ fn data_runs(path: &Path, size: u64, md: &fs::Metadata) -> Result<Vec<DataRun>, 
     Ok(runs)
 }
 
-struct Pending {
-    dir: InodeId,
-    host: PathBuf,
+/// One host entry, read in parallel (lstat, xattrs, holes, symlink target) and placed into
+/// the tree afterwards, serially and in the order of the serial walk, so the tree (inode ids,
+/// hard-link choice) is the same whatever the thread count.
+struct Scanned {
+    name: Vec<u8>,
+    dev: u64,
+    ino: u64,
+    nlink: u64,
+    /// Metadata and kind; `Err(path, lstat)` for a non-directory with more links, read only
+    /// when it turns out to be the first name of its inode (later names cost no more syscalls).
+    read: Result<(Meta, Kind), (PathBuf, fs::Metadata)>,
+    /// A directory's entries, sorted by name.
+    children: Vec<Scanned>,
+}
+
+/// Read `host`'s entries, sorted bytewise, and everything below them, in parallel (rayon's
+/// current pool). The first error in entry order wins.
+fn read_tree(host: &Path, opts: &ScanOptions) -> Result<Vec<Scanned>, TreeError> {
+    use rayon::prelude::*;
+    let rd = fs::read_dir(host).map_err(|e| TreeError::io(host, e))?;
+    let mut names: Vec<Vec<u8>> = Vec::new();
+    for ent in rd {
+        let ent = ent.map_err(|e| TreeError::io(host, e))?;
+        names.push(ent.file_name().as_bytes().to_vec());
+    }
+    names.sort_unstable();
+    let read: Vec<Result<Scanned, TreeError>> = names
+        .into_par_iter()
+        .map(|name| {
+            let path = host.join(std::ffi::OsStr::from_bytes(&name));
+            let md = fs::symlink_metadata(&path).map_err(|e| TreeError::io(&path, e))?;
+            let is_dir = md.file_type().is_dir();
+            let read = if !is_dir && md.nlink() > 1 {
+                Err((path.clone(), md.clone()))
+            } else {
+                Ok((meta_of(&path, &md, opts)?, kind_of(&path, &md)?))
+            };
+            let children = if is_dir { read_tree(&path, opts)? } else { Vec::new() };
+            Ok(Scanned { name, dev: md.dev(), ino: md.ino(), nlink: md.nlink(), read, children })
+        })
+        .collect();
+    read.into_iter().collect()
 }
 
 fn scan_children(tree: &mut Tree, dir: InodeId, host: &Path, opts: &ScanOptions) -> Result<(), TreeError> {
+    let entries = read_tree(host, opts)?;
     let mut links: HashMap<(u64, u64), InodeId> = HashMap::new();
-    let mut stack = vec![Pending { dir, host: host.to_path_buf() }];
-    while let Some(Pending { dir, host }) = stack.pop() {
-        let rd = fs::read_dir(&host).map_err(|e| TreeError::io(&host, e))?;
-        let mut names: Vec<Vec<u8>> = Vec::new();
-        for ent in rd {
-            let ent = ent.map_err(|e| TreeError::io(&host, e))?;
-            names.push(ent.file_name().as_bytes().to_vec());
-        }
-        names.sort_unstable();
+    let mut stack = vec![(dir, entries)];
+    while let Some((dir, entries)) = stack.pop() {
         let merging = tree.inode(dir).as_dir().is_some_and(|d| !d.entries.is_empty());
         let mut subdirs = Vec::new();
-        for name in names {
-            let path = host.join(std::ffi::OsStr::from_bytes(&name));
-            let md = fs::symlink_metadata(&path).map_err(|e| TreeError::io(&path, e))?;
-            let ft = md.file_type();
-            if !ft.is_dir() && md.nlink() > 1 {
-                if let Some(&target) = links.get(&(md.dev(), md.ino())) {
+        for e in entries {
+            if e.read.is_err() {
+                if let Some(&target) = links.get(&(e.dev, e.ino)) {
                     if merging {
-                        tree.add_hardlink(dir, &name, target)?;
+                        tree.add_hardlink(dir, &e.name, target)?;
                     } else {
-                        tree.add_hardlink_sorted(dir, name, target)?;
+                        tree.add_hardlink_sorted(dir, e.name, target)?;
                     }
                     continue;
                 }
             }
-            let meta = meta_of(&path, &md, opts)?;
-            let kind = match kind_of(&path, &md)? {
+            let (meta, kind) = match e.read {
+                Ok(r) => r,
+                Err((path, md)) => (meta_of(&path, &md, opts)?, kind_of(&path, &md)?),
+            };
+            let kind = match kind {
                 Kind::Dir(_) => Kind::Dir(DirData { parent: dir, entries: Vec::new() }),
                 k => k,
             };
             let is_dir = matches!(kind, Kind::Dir(_));
-            let id = if merging { tree.add(dir, &name, kind, meta)? } else { tree.add_sorted(dir, name, kind, meta)? };
+            let id =
+                if merging { tree.add(dir, &e.name, kind, meta)? } else { tree.add_sorted(dir, e.name, kind, meta)? };
             if is_dir {
-                subdirs.push(Pending { dir: id, host: path });
-            } else if md.nlink() > 1 {
-                links.insert((md.dev(), md.ino()), id);
+                subdirs.push((id, e.children));
+            } else if e.nlink > 1 {
+                links.insert((e.dev, e.ino), id);
             }
         }
         stack.extend(subdirs.into_iter().rev());
