@@ -31,19 +31,11 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn harness() -> PathBuf {
-    repo().join("tests/boot/harness.py")
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
+mod common;
+use common::{
+    boot_parts, build_args, grub_boot_args, harness_or_why, in_ci, mkdisk, plan_numbers, repo, run_harness, sha256_hex,
+    system_args, HarnessError,
+};
 
 /// QEMU or a part cannot be had: a loud skip, or a failure under CI. Written to the real
 /// stderr (not the test harness's captured output), so it shows in every `cargo test` run.
@@ -57,31 +49,6 @@ fn skip(why: &str) {
 
 /// Boots are serialized: TCG is CPU-bound and the machine is small.
 static BOOT: Mutex<()> = Mutex::new(());
-
-const HARNESS_UNAVAILABLE: i32 = 77;
-
-enum HarnessError {
-    Unavailable(String),
-    Failed(String),
-}
-
-fn run_harness(args: &[&str]) -> Result<String, HarnessError> {
-    let out = Command::new("python3")
-        .arg(harness())
-        .args(args)
-        .output()
-        .map_err(|e| HarnessError::Unavailable(format!("python3 not runnable: {e}")))?;
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    match out.status.code() {
-        Some(0) => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
-        Some(HARNESS_UNAVAILABLE) => Err(HarnessError::Unavailable(stderr)),
-        _ => Err(HarnessError::Failed(format!("harness {args:?} failed ({}):\n{stderr}", out.status))),
-    }
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
-}
 
 // ---------------------------------------------------------------------------------------------
 // The source tree
@@ -222,6 +189,10 @@ struct Mount {
 }
 
 impl Mount {
+    fn new(id: &str, dev: String, fs: &str, opts: &str, mountpoint: &str) -> Mount {
+        Mount { id: id.into(), dev, fs: fs.into(), opts: opts.into(), mountpoint: mountpoint.into() }
+    }
+
     fn arg(&self) -> String {
         format!("{}:{}:{}:{}", self.id, self.dev, self.fs, self.opts)
     }
@@ -240,8 +211,13 @@ struct Fixture {
     btrfs_marker: Option<String>,
 }
 
-fn mkdisk(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_mkdisk")).args(args).env_remove("SOURCE_DATE_EPOCH").output().unwrap()
+const LINUX: &str = "EFI/test/linux.efi";
+const INITRD: &str = "EFI/test/initrd.efi";
+
+fn kernel_args(mounts: &[Mount]) -> String {
+    let mut a = vec!["console=ttyS0".to_string(), "panic=-1".into(), "loglevel=4".into(), "mkdisk.out=ttyS1".into()];
+    a.extend(mounts.iter().map(|m| format!("mkdisk.mount={}", m.arg())));
+    a.join(" ")
 }
 
 /// Whether `mkdisk build` writes btrfs yet (decides whether the fixture has a btrfs partition).
@@ -252,7 +228,7 @@ fn btrfs_supported(dir: &Path) -> bool {
         "partitions": {"p": {"size": "100%", "content": {"type": "btrfs", "subvolumes": {
             "/a": {"mountpoint": "/a"}}}}}}}}});
     fs::write(d.join("spec.json"), spec.to_string()).unwrap();
-    let o = mkdisk(&["build", d.join("spec.json").to_str().unwrap(), "--out", d.to_str().unwrap(), "--quiet"]);
+    let o = mkdisk(&build_args(&d.join("spec.json"), &d));
     let _ = fs::remove_dir_all(&d);
     let err = String::from_utf8_lossy(&o.stderr);
     // Only "not written yet" drops btrfs from the image; any other failure is a finding.
@@ -263,46 +239,10 @@ fn btrfs_supported(dir: &Path) -> bool {
     o.status.success()
 }
 
-/// Partition name → number, from `mkdisk plan --json`.
-fn plan_numbers(spec: &Path) -> impl Fn(&str) -> u64 {
-    let o = mkdisk(&["plan", spec.to_str().unwrap(), "--json"]);
-    assert!(o.status.success(), "mkdisk plan: {}", String::from_utf8_lossy(&o.stderr));
-    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    move |name: &str| -> u64 {
-        plan["disks"][0]["partitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .unwrap_or_else(|| panic!("no partition {name} in the plan"))["number"]
-            .as_u64()
-            .unwrap()
-    }
-}
-
-const LINUX: &str = "EFI/test/linux.efi";
-const INITRD: &str = "EFI/test/initrd.efi";
-
-fn kernel_args(mounts: &[Mount]) -> String {
-    let mut a = vec!["console=ttyS0".to_string(), "panic=-1".into(), "loglevel=4".into(), "mkdisk.out=ttyS1".into()];
-    a.extend(mounts.iter().map(|m| format!("mkdisk.mount={}", m.arg())));
-    a.join(" ")
-}
-
 /// The fixture, or why the parts cannot be had here.
 fn build_fixture() -> Result<Fixture, String> {
     let t0 = Instant::now();
-    let parts = match run_harness(&["fetch"]) {
-        Ok(s) => s,
-        Err(HarnessError::Unavailable(why)) => return Err(why),
-        Err(HarnessError::Failed(e)) => panic!("{e}"),
-    };
-    let parts: serde_json::Value = serde_json::from_str(&parts).unwrap();
-    let initrd = match run_harness(&["initramfs"]) {
-        Ok(s) => PathBuf::from(s.trim()),
-        Err(HarnessError::Unavailable(why)) => return Err(why),
-        Err(HarnessError::Failed(e)) => panic!("{e}"),
-    };
+    let (parts, initrd) = boot_parts()?;
     eprintln!("boot: parts ready in {:.1}s ({})", t0.elapsed().as_secs_f64(), parts["kernel_package"]);
 
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("boot-test");
@@ -364,12 +304,8 @@ fn build_fixture() -> Result<Fixture, String> {
 
     // Partition numbers from the plan, for the guest's device names.
     let number = plan_numbers(&spec_path);
-    let mount = |id: &str, part: &str, fs: &str, opts: &str, mp: &str| Mount {
-        id: id.into(),
-        dev: format!("vda{}", number(part)),
-        fs: fs.into(),
-        opts: opts.into(),
-        mountpoint: mp.into(),
+    let mount = |id: &str, part: &str, fs: &str, opts: &str, mp: &str| {
+        Mount::new(id, format!("vda{}", number(part)), fs, opts, mp)
     };
     let mut mounts = vec![
         mount("esp", "ESP", "vfat", "ro", "/boot"),
@@ -387,15 +323,7 @@ fn build_fixture() -> Result<Fixture, String> {
     let out = dir.join("out");
     fs::create_dir_all(&out).unwrap();
     let t1 = Instant::now();
-    let o = mkdisk(&[
-        "build",
-        spec_path.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--root",
-        src.to_str().unwrap(),
-        "--quiet",
-    ]);
+    let o = mkdisk(&[&build_args(&spec_path, &out)[..], &["--root", src.to_str().unwrap()]].concat());
     assert!(o.status.success(), "mkdisk build: {}", String::from_utf8_lossy(&o.stderr));
     eprintln!("boot: mkdisk build took {:.1}s", t1.elapsed().as_secs_f64());
     Ok(Fixture { parts, image: out.join("main.raw"), dir, src, mounts, initrd, ext4_marker, fat_marker, btrfs_marker })
@@ -491,6 +419,20 @@ fn boot(fx: &Fixture, disks: &[&Path], mounts: &[Mount], firmware: &str, tag: &s
     let b = parse_listing(&fs::read(&listing).unwrap());
     let console = String::from_utf8_lossy(&fs::read(&console).unwrap()).replace('\r', "");
     Ok(Boot { console, ..b })
+}
+
+/// [`boot`], or `None` after a loud [`skip`] where QEMU could not run here.
+fn boot_or_skip(fx: &Fixture, disks: &[&Path], mounts: &[Mount], firmware: &str, tag: &str) -> Option<Boot> {
+    boot(fx, disks, mounts, firmware, tag).map_err(|why| skip(&why)).ok()
+}
+
+/// The line the guest's /init printed first, with the kernel command line it was started with;
+/// a failure, with the console's tail, where it never ran (booting `under` the firmware named).
+fn init_line<'a>(b: &'a Boot, under: &str) -> &'a str {
+    b.console
+        .lines()
+        .find(|l| l.starts_with("MKDISK-INIT start:"))
+        .unwrap_or_else(|| panic!("guest /init never ran under {under}; console tail:\n{}", tail(&b.console)))
 }
 
 fn parse_listing(raw: &[u8]) -> Boot {
@@ -744,17 +686,10 @@ fn report(what: &str, problems: &[String]) -> String {
 #[test]
 fn ovmf_boots_systemd_boot_from_our_esp() {
     let Some(fx) = fixture() else { return };
-    let b = match boot(fx, &[&fx.image], &fx.mounts, "ovmf", "ovmf") {
-        Ok(b) => b,
-        Err(why) => return skip(&why),
-    };
+    let Some(b) = boot_or_skip(fx, &[&fx.image], &fx.mounts, "ovmf", "ovmf") else { return };
     // The guest's /init ran from the initramfs systemd-boot loaded off our ESP, with the entry's
     // options: systemd-boot adds `initrd=` with the ESP path in backslashes.
-    let init_line = b
-        .console
-        .lines()
-        .find(|l| l.starts_with("MKDISK-INIT start:"))
-        .unwrap_or_else(|| panic!("guest /init never ran under OVMF; console tail:\n{}", tail(&b.console)));
+    let init_line = init_line(&b, "OVMF");
     assert!(
         init_line.contains(&format!("initrd=\\{}", INITRD.replace('/', "\\"))),
         "not started by systemd-boot from the ESP: {init_line}"
@@ -861,6 +796,70 @@ struct NixosImage {
     systemd_boot_sha256: String,
 }
 
+impl NixosImage {
+    /// The image `image` built from `src` with `--system`, booting the fixture's kernel, and
+    /// with the fixture's systemd-boot where `--systemd-boot` installed it.
+    fn new(fx: &Fixture, src: PathBuf, image: PathBuf, mounts: Vec<Mount>, systemd_boot: bool) -> NixosImage {
+        let sha = |part: &str| sha256_hex(&fs::read(fx.parts[part].as_str().unwrap()).unwrap());
+        NixosImage {
+            src,
+            image,
+            mounts,
+            kernel_sha256: sha("kernel"),
+            systemd_boot_sha256: if systemd_boot { sha("systemd_boot") } else { String::new() },
+        }
+    }
+}
+
+/// A fake NixOS system's store paths: the fixture's kernel in `kernel/bzImage`, its initramfs
+/// in `initrd/initrd`, and a toplevel with `boot.json` and `init`.
+struct FakeSystem {
+    kernel: &'static str,
+    initrd: &'static str,
+    toplevel: &'static str,
+}
+
+impl FakeSystem {
+    /// Writes the system into the host store `store` (`.../nix/store`): a bootspec labelled
+    /// `label` whose kernel parameters name `mounts` for the guest's listing.
+    fn write(&self, fx: &Fixture, store: &Path, mounts: &[Mount], label: &str) {
+        let FakeSystem { kernel, initrd, toplevel } = self;
+        let host = |p: &str| store.join(p.trim_start_matches("/nix/store/"));
+        write(&host(kernel).join("bzImage"), &fs::read(fx.parts["kernel"].as_str().unwrap()).unwrap());
+        write(&host(initrd).join("initrd"), &fs::read(&fx.initrd).unwrap());
+        let bootspec = serde_json::json!({"org.nixos.bootspec.v1": {
+            "init": format!("{toplevel}/init"),
+            "initrd": format!("{initrd}/initrd"),
+            "kernel": format!("{kernel}/bzImage"),
+            "kernelParams": kernel_args(mounts).split(' ').collect::<Vec<_>>(),
+            "label": label,
+            "system": "x86_64-linux",
+            "toplevel": toplevel,
+        }});
+        write(&host(toplevel).join("boot.json"), bootspec.to_string().as_bytes());
+        write(&host(toplevel).join("init"), b"#!/bin/sh\n");
+    }
+}
+
+/// GRUB i386-pc inputs in `dir/grub` (`harness.py grub-dir`) with the prefix `prefix` and the
+/// modules to read it (`biosdisk`, `part_gpt` and `fs`), or why they cannot be had here.
+fn grub_dir(dir: &Path, prefix: &str, fs: &str) -> Result<PathBuf, String> {
+    let grub = dir.join("grub");
+    harness_or_why(&["grub-dir", grub.to_str().unwrap(), "--prefix", prefix, "biosdisk", "part_gpt", fs])?;
+    Ok(grub)
+}
+
+/// `mkdisk build` of `spec` with the tree `src` into `dir/out`, `args` adding the system, its
+/// store and the boot loaders, GRUB set up for a test boot; `what` names the build in a failure.
+fn build_with_system(dir: &Path, spec: &Path, src: &Path, args: &[&str], grub: &Path, what: &str) -> PathBuf {
+    let out = dir.join("out");
+    fs::create_dir_all(&out).unwrap();
+    let root = ["--root", src.to_str().unwrap()];
+    let o = mkdisk(&[&build_args(spec, &out)[..], &root, args, &grub_boot_args(grub)].concat());
+    assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
+    out.join("main.raw")
+}
+
 /// What `--system` adds beyond the source tree (boot loaders, kernels, profiles).
 const NIXOS_ADDED: &[(&str, &str)] = &[
     ("esp", "./EFI"),
@@ -871,11 +870,17 @@ const NIXOS_ADDED: &[(&str, &str)] = &[
     ("root", "./etc/NIXOS"),
 ];
 
-fn build_nixos_image(fx: &Fixture) -> Result<NixosImage, String> {
-    let dir = fx.dir.join("nixos");
+/// A fresh directory `name` in the fixture's, and the source tree in it with `/etc/hostname`.
+fn fresh_src(fx: &Fixture, name: &str) -> (PathBuf, PathBuf) {
+    let dir = fx.dir.join(name);
     let _ = fs::remove_dir_all(&dir);
     let src = dir.join("src");
-    write(&src.join("etc/hostname"), b"nixos-boot-test\n");
+    write(&src.join("etc/hostname"), format!("{name}-boot-test\n").as_bytes());
+    (dir, src)
+}
+
+fn build_nixos_image(fx: &Fixture) -> Result<NixosImage, String> {
+    let (dir, src) = fresh_src(fx, "nixos");
     write(&src.join("srv/hello.txt"), b"hello from the NixOS-shaped image\n");
     symlink("hello.txt", src.join("srv/hello-link")).unwrap();
     fs::hard_link(src.join("srv/hello.txt"), src.join("srv/hello-hard")).unwrap();
@@ -890,76 +895,30 @@ fn build_nixos_image(fx: &Fixture) -> Result<NixosImage, String> {
     fs::write(&spec_path, spec.to_string()).unwrap();
     let number = plan_numbers(&spec_path);
     let esp = number("ESP");
-    let mount = |id: &str, part: &str, fs: &str, mp: &str| Mount {
-        id: id.into(),
-        dev: format!("vda{}", number(part)),
-        fs: fs.into(),
-        opts: "ro".into(),
-        mountpoint: mp.into(),
-    };
+    let mount = |id: &str, part: &str, fs: &str, mp: &str| Mount::new(id, format!("vda{}", number(part)), fs, "ro", mp);
     let mounts = vec![mount("esp", "ESP", "vfat", "/boot"), mount("root", "root", "ext4", "/")];
 
     // A store with the kernel, the initramfs and a toplevel holding boot.json.
     let store = dir.join("store/nix/store");
-    let kernel = "/nix/store/s0m1xzf0b4k3j3l7gqk4c6m2qzk7dxy8-linux-6.1";
-    let initrd = "/nix/store/0zk2yq6j6v5w7q0n2r4c1l6p8x9a3b4c-initrd-linux-6.1";
-    let toplevel = "/nix/store/1ab2cd3fg4hi5jk6lm7np8qr9sv0wxyz-nixos-system-boottest-24.05";
-    let host = |p: &str| store.join(p.trim_start_matches("/nix/store/"));
-    let kernel_file = fx.parts["kernel"].as_str().unwrap();
-    write(&host(kernel).join("bzImage"), &fs::read(kernel_file).unwrap());
-    write(&host(initrd).join("initrd"), &fs::read(&fx.initrd).unwrap());
-    let params: Vec<String> = kernel_args(&mounts).split(' ').map(str::to_string).collect();
-    let bootspec = serde_json::json!({"org.nixos.bootspec.v1": {
-        "init": format!("{toplevel}/init"),
-        "initrd": format!("{initrd}/initrd"),
-        "kernel": format!("{kernel}/bzImage"),
-        "kernelParams": params,
-        "label": "NixOS 24.05 (Linux 6.1, mkdisk boot test)",
-        "system": "x86_64-linux",
-        "toplevel": toplevel,
-    }});
-    write(&host(toplevel).join("boot.json"), bootspec.to_string().as_bytes());
-    write(&host(toplevel).join("init"), b"#!/bin/sh\n");
+    let system = FakeSystem {
+        kernel: "/nix/store/s0m1xzf0b4k3j3l7gqk4c6m2qzk7dxy8-linux-6.1",
+        initrd: "/nix/store/0zk2yq6j6v5w7q0n2r4c1l6p8x9a3b4c-initrd-linux-6.1",
+        toplevel: "/nix/store/1ab2cd3fg4hi5jk6lm7np8qr9sv0wxyz-nixos-system-boottest-24.05",
+    };
+    system.write(fx, &store, &mounts, "NixOS 24.05 (Linux 6.1, mkdisk boot test)");
 
     // GRUB: /boot is the ESP, so the prefix is (,gptN)/grub and core.img needs fat.
-    let grub = dir.join("grub");
-    let prefix = format!("(,gpt{esp})/grub");
-    match run_harness(&["grub-dir", grub.to_str().unwrap(), "--prefix", &prefix, "biosdisk", "part_gpt", "fat"]) {
-        Ok(_) => {}
-        Err(HarnessError::Unavailable(why)) => return Err(why),
-        Err(HarnessError::Failed(e)) => panic!("{e}"),
-    }
-    let sd_boot = fx.parts["systemd_boot"].as_str().unwrap();
-    let out = dir.join("out");
-    fs::create_dir_all(&out).unwrap();
-    let o = mkdisk(&[
-        "build",
-        spec_path.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--root",
-        src.to_str().unwrap(),
-        "--quiet",
+    let grub = grub_dir(&dir, &format!("(,gpt{esp})/grub"), "fat")?;
+    let args = [
         "--system",
-        toplevel,
+        system.toplevel,
         "--store-dir",
         store.to_str().unwrap(),
         "--systemd-boot",
-        sd_boot,
-        "--grub-bios-dir",
-        grub.to_str().unwrap(),
-        "--grub-serial",
-        "--boot-timeout",
-        "0",
-    ]);
-    assert!(o.status.success(), "mkdisk build --system: {}", String::from_utf8_lossy(&o.stderr));
-    Ok(NixosImage {
-        src,
-        image: out.join("main.raw"),
-        mounts,
-        kernel_sha256: sha256_hex(&fs::read(kernel_file).unwrap()),
-        systemd_boot_sha256: sha256_hex(&fs::read(sd_boot).unwrap()),
-    })
+        fx.parts["systemd_boot"].as_str().unwrap(),
+    ];
+    let image = build_with_system(&dir, &spec_path, &src, &args, &grub, "mkdisk build --system");
+    Ok(NixosImage::new(fx, src, image, mounts, true))
 }
 
 fn nixos_image(fx: &'static Fixture) -> Option<&'static NixosImage> {
@@ -995,36 +954,27 @@ fn check_nixos_boot(n: &NixosImage, b: &Boot, what: &str) {
     );
 }
 
+/// The NixOS-shaped image and one boot of it with `firmware` (`tag` names the logs); `None`
+/// (after a loud skip) where the parts or QEMU cannot be had.
+fn boot_nixos_image(firmware: &str, tag: &str) -> Option<(&'static NixosImage, Boot)> {
+    let fx = fixture()?;
+    let n = nixos_image(fx)?;
+    Some((n, boot_or_skip(fx, &[&n.image], &n.mounts, firmware, tag)?))
+}
+
 #[test]
 fn seabios_boots_grub_from_ef02() {
-    let Some(fx) = fixture() else { return };
-    let Some(n) = nixos_image(fx) else { return };
-    let b = match boot(fx, &[&n.image], &n.mounts, "bios", "seabios-grub") {
-        Ok(b) => b,
-        Err(why) => return skip(&why),
-    };
+    let Some((n, b)) = boot_nixos_image("bios", "seabios-grub") else { return };
     // GRUB puts BOOT_IMAGE= first; the kernel came from /boot/kernels on the ESP.
-    let init_line =
-        b.console.lines().find(|l| l.starts_with("MKDISK-INIT start:")).unwrap_or_else(|| {
-            panic!("guest /init never ran under SeaBIOS + GRUB; console tail:\n{}", tail(&b.console))
-        });
+    let init_line = init_line(&b, "SeaBIOS + GRUB");
     assert!(init_line.contains("BOOT_IMAGE=") && init_line.contains("/kernels/"), "not started by GRUB: {init_line}");
     check_nixos_boot(n, &b, "SeaBIOS → GRUB boot");
 }
 
 #[test]
 fn ovmf_boots_the_systemd_boot_mkdisk_installed() {
-    let Some(fx) = fixture() else { return };
-    let Some(n) = nixos_image(fx) else { return };
-    let b = match boot(fx, &[&n.image], &n.mounts, "ovmf", "ovmf-nixos") {
-        Ok(b) => b,
-        Err(why) => return skip(&why),
-    };
-    let init_line = b
-        .console
-        .lines()
-        .find(|l| l.starts_with("MKDISK-INIT start:"))
-        .unwrap_or_else(|| panic!("guest /init never ran under OVMF; console tail:\n{}", tail(&b.console)));
+    let Some((n, b)) = boot_nixos_image("ovmf", "ovmf-nixos") else { return };
+    let init_line = init_line(&b, "OVMF");
     assert!(init_line.contains("initrd=\\EFI\\nixos\\"), "not started by the installed systemd-boot: {init_line}");
     check_nixos_boot(n, &b, "OVMF → installed systemd-boot");
 }
@@ -1093,12 +1043,15 @@ fn closure_info(dir: &Path, store: &Path, paths: &[&str], refs: &[(&str, &[&str]
 /// (kernel, initrd, toplevel) in `/nix/store`, and GRUB reading `/boot/grub` and the kernel from
 /// the btrfs subvolumes (core.img with `btrfs`, prefix `(,gptN)/root/boot/grub`).
 fn build_btrfs_grub_image(fx: &Fixture) -> Result<NixosImage, String> {
-    let dir = fx.dir.join("nixos-btrfs");
-    let _ = fs::remove_dir_all(&dir);
-    let src = dir.join("src");
-    write(&src.join("etc/hostname"), b"nixos-btrfs-boot-test\n");
+    let (dir, src) = fresh_src(fx, "nixos-btrfs");
     write(&src.join("var/lib/state.txt"), b"state on the root subvolume\n");
     symlink("state.txt", src.join("var/lib/state-link")).unwrap();
+    // The closure: kernel, initrd and toplevel.
+    let system = FakeSystem {
+        kernel: "/nix/store/a0m1xzf0b4k3j3l7gqk4c6m2qzk7dxy8-linux-6.1",
+        initrd: "/nix/store/b0k2yq6j6v5w7q0n2r4c1l6p8x9a3b4c-initrd-linux-6.1",
+        toplevel: "/nix/store/c1b2cd3fg4hi5jk6lm7np8qr9sv0wxyz-nixos-system-btrfstest-24.05",
+    };
     let spec = serde_json::json!({"disk": {"main": {"imageSize": "384M", "content": {"type": "gpt", "partitions": {
         "boot": {"size": "1M", "type": "EF02", "priority": 0},
         "root": {"size": "100%", "content": {"type": "btrfs", "subvolumes": {
@@ -1108,70 +1061,22 @@ fn build_btrfs_grub_image(fx: &Fixture) -> Result<NixosImage, String> {
     write(&spec_path, spec.to_string().as_bytes());
     let number = plan_numbers(&spec_path);
     let root = number("root");
-    let mount = |id: &str, opts: &str, mp: &str| Mount {
-        id: id.into(),
-        dev: format!("vda{root}"),
-        fs: "btrfs".into(),
-        opts: opts.into(),
-        mountpoint: mp.into(),
-    };
+    let mount = |id: &str, opts: &str, mp: &str| Mount::new(id, format!("vda{root}"), "btrfs", opts, mp);
     let mounts = vec![mount("root", "ro,subvol=/root", "/"), mount("nix", "ro,subvol=/nix", "/nix")];
 
     let store = dir.join("store/nix/store");
-    let kernel = "/nix/store/a0m1xzf0b4k3j3l7gqk4c6m2qzk7dxy8-linux-6.1";
-    let initrd = "/nix/store/b0k2yq6j6v5w7q0n2r4c1l6p8x9a3b4c-initrd-linux-6.1";
-    let toplevel = "/nix/store/c1b2cd3fg4hi5jk6lm7np8qr9sv0wxyz-nixos-system-btrfstest-24.05";
+    system.write(fx, &store, &mounts, "NixOS 24.05 (Linux 6.1, btrfs boot test)");
+    let FakeSystem { kernel, initrd, toplevel } = system;
     let host = |p: &str| store.join(p.trim_start_matches("/nix/store/"));
-    let kernel_file = fx.parts["kernel"].as_str().unwrap();
-    write(&host(kernel).join("bzImage"), &fs::read(kernel_file).unwrap());
-    write(&host(initrd).join("initrd"), &fs::read(&fx.initrd).unwrap());
-    let bootspec = serde_json::json!({"org.nixos.bootspec.v1": {
-        "init": format!("{toplevel}/init"),
-        "initrd": format!("{initrd}/initrd"),
-        "kernel": format!("{kernel}/bzImage"),
-        "kernelParams": kernel_args(&mounts).split(' ').collect::<Vec<_>>(),
-        "label": "NixOS 24.05 (Linux 6.1, btrfs boot test)",
-        "system": "x86_64-linux",
-        "toplevel": toplevel,
-    }});
-    write(&host(toplevel).join("boot.json"), bootspec.to_string().as_bytes());
-    write(&host(toplevel).join("init"), b"#!/bin/sh\n");
     chmod(&host(toplevel).join("init"), 0o755);
     symlink(format!("{kernel}/bzImage"), host(toplevel).join("kernel")).unwrap();
     symlink(format!("{initrd}/initrd"), host(toplevel).join("initrd")).unwrap();
     let closure = dir.join("closure");
     closure_info(&closure, &store, &[kernel, initrd, toplevel], &[(toplevel, &[kernel, initrd, toplevel])]);
 
-    let grub = dir.join("grub");
-    let prefix = format!("(,gpt{root})/root/boot/grub");
-    match run_harness(&["grub-dir", grub.to_str().unwrap(), "--prefix", &prefix, "biosdisk", "part_gpt", "btrfs"]) {
-        Ok(_) => {}
-        Err(HarnessError::Unavailable(why)) => return Err(why),
-        Err(HarnessError::Failed(e)) => panic!("{e}"),
-    }
-    let out = dir.join("out");
-    fs::create_dir_all(&out).unwrap();
-    let o = mkdisk(&[
-        "build",
-        spec_path.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--root",
-        src.to_str().unwrap(),
-        "--quiet",
-        "--closure",
-        closure.to_str().unwrap(),
-        "--store-dir",
-        store.to_str().unwrap(),
-        "--system",
-        toplevel,
-        "--grub-bios-dir",
-        grub.to_str().unwrap(),
-        "--grub-serial",
-        "--boot-timeout",
-        "0",
-    ]);
-    assert!(o.status.success(), "mkdisk build --system (btrfs): {}", String::from_utf8_lossy(&o.stderr));
+    let grub = grub_dir(&dir, &format!("(,gpt{root})/root/boot/grub"), "btrfs")?;
+    let args = system_args(&closure, &store, toplevel);
+    let image = build_with_system(&dir, &spec_path, &src, &args, &grub, "mkdisk build --system (btrfs)");
     // The closure is part of the expected tree: /nix/store as the host store holds it.
     let nix_src = src.join("nix/store");
     fs::create_dir_all(&nix_src).unwrap();
@@ -1180,13 +1085,7 @@ fn build_btrfs_grub_image(fx: &Fixture) -> Result<NixosImage, String> {
         let st = Command::new("cp").arg("-a").arg(store.join(name)).arg(&nix_src).status().unwrap();
         assert!(st.success());
     }
-    Ok(NixosImage {
-        src,
-        image: out.join("main.raw"),
-        mounts,
-        kernel_sha256: sha256_hex(&fs::read(kernel_file).unwrap()),
-        systemd_boot_sha256: String::new(),
-    })
+    Ok(NixosImage::new(fx, src, image, mounts, false))
 }
 
 #[test]
@@ -1197,13 +1096,8 @@ fn seabios_boots_grub_from_btrfs_subvolumes() {
         Ok(n) => n,
         Err(why) => return skip(why),
     };
-    let b = match boot(fx, &[&n.image], &n.mounts, "bios", "seabios-grub-btrfs") {
-        Ok(b) => b,
-        Err(why) => return skip(&why),
-    };
-    let init_line = b.console.lines().find(|l| l.starts_with("MKDISK-INIT start:")).unwrap_or_else(|| {
-        panic!("guest /init never ran under SeaBIOS + GRUB (btrfs); console tail:\n{}", tail(&b.console))
-    });
+    let Some(b) = boot_or_skip(fx, &[&n.image], &n.mounts, "bios", "seabios-grub-btrfs") else { return };
+    let init_line = init_line(&b, "SeaBIOS + GRUB (btrfs)");
     // The kernel is read by GRUB from the /nix subvolume: BOOT_IMAGE=(hd0,gptN)/nix/store/….
     assert!(init_line.contains("BOOT_IMAGE=") && init_line.contains("/nix/store/"), "not started by GRUB: {init_line}");
     // Beyond the source: the Nix DB and profiles (nix), /etc/NIXOS, /boot/grub (root).

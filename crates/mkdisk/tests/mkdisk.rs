@@ -6,18 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use mkdisk::Spec;
-use sha2::{Digest, Sha256};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
+use common::{build_args, mkdisk, repo, sha256_file};
 
 fn shared() -> PathBuf {
     repo().join("../shared")
-}
-
-fn mkdisk(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mkdisk")).args(args).env_remove("SOURCE_DATE_EPOCH").output().unwrap()
 }
 
 fn tool(cmd: &str, args: &[&str]) -> Output {
@@ -25,14 +19,8 @@ fn tool(cmd: &str, args: &[&str]) -> Output {
     out
 }
 
-fn sha256(p: &Path) -> String {
-    Sha256::digest(std::fs::read(p).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn build(spec: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["build", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"];
-    args.extend_from_slice(extra);
-    mkdisk(&args)
+    mkdisk(&[&build_args(spec, out)[..], extra].concat())
 }
 
 fn assert_ok(o: &Output) {
@@ -177,8 +165,8 @@ fn same_seed_same_bytes_other_seed_only_ids_differ() {
     assert_ok(&build(&spec, b.path(), &["--threads", "2"]));
     assert_ok(&build(&spec, c.path(), &["--seed", "another"]));
     let (ia, ib, ic) = (a.path().join("main.raw"), b.path().join("main.raw"), c.path().join("main.raw"));
-    assert_eq!(sha256(&ia), sha256(&ib));
-    assert_ne!(sha256(&ia), sha256(&ic));
+    assert_eq!(sha256_file(&ia), sha256_file(&ib));
+    assert_ne!(sha256_file(&ia), sha256_file(&ic));
     // Every differing byte is in a GUID field, a CRC over them, or the swap UUID.
     let (x, y) = (std::fs::read(&ia).unwrap(), std::fs::read(&ic).unwrap());
     let n = x.len();
@@ -385,7 +373,7 @@ fn example_image_is_reproducible_across_threads() {
     let root = repo().join("testdata/root");
     assert_ok(&build(&spec, a.path(), &["--root", root.to_str().unwrap(), "--threads", "1"]));
     assert_ok(&build(&spec, b.path(), &["--root", root.to_str().unwrap(), "--threads", "2"]));
-    assert_eq!(sha256(&a.path().join("main.raw")), sha256(&b.path().join("main.raw")));
+    assert_eq!(sha256_file(&a.path().join("main.raw")), sha256_file(&b.path().join("main.raw")));
 }
 
 #[test]

@@ -11,7 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use sha2::{Digest, Sha256};
+mod common;
+use common::{boot_parts, build_args, grub_boot_args, in_ci, plan_numbers, sha256_file, system_args};
 
 const EPOCH: &str = "1700000000";
 
@@ -83,29 +84,54 @@ let
   kernel = sh "mkdir $out; echo fake-kernel > $out/bzImage" "linux-6.1.0";
   initrd = sh "mkdir $out; echo fake-initrd > $out/initrd" "initrd-linux-6.1.0";
   systemd = sh "mkdir -p $out/lib/systemd/boot/efi; echo fake-sd-boot > $out/lib/systemd/boot/efi/systemd-bootx64.efi" "systemd-252";
-  bootJson = builtins.toJSON {{
+{}"#,
+        toplevel_nix(
+            "nixos-system-test-24.05",
+            "${kernel}/bzImage",
+            "${initrd}/initrd",
+            r#"[ "loglevel=4" "console=ttyS0" ]"#,
+            "NixOS 24.05 (Linux 6.1.0)",
+            r#"mkdir $out; echo ${dep} > $out/dep; echo ${a} > $out/a; printf '#!/bin/sh\n# %s\n' $out > $out/init; chmod +x $out/init; ln -s ${dep} $out/deplink; ln -s ${kernel}/bzImage $out/kernel; ln -s ${initrd}/initrd $out/initrd; ln -s ${systemd} $out/systemd; printf '%s' \"$bootJson\" > $out/boot.json"#,
+        )
+    );
+    let (toplevel, closure, store_paths) = nix_build(dir, &store, "test.nix", &expr);
+    Scratch { store, toplevel, closure, store_paths }
+}
+
+/// The end of a Nix expression (after `let` and the caller's bindings) for a fake NixOS toplevel
+/// `name`: `/bin/sh` runs `script` with `$bootJson`, a boot.json (bootspec v1) naming the kernel
+/// and initrd files `kernel` and `initrd` (Nix strings), `params` (a Nix list) and `label`.
+fn toplevel_nix(name: &str, kernel: &str, initrd: &str, params: &str, label: &str, script: &str) -> String {
+    format!(
+        r#"  bootJson = builtins.toJSON {{
     "org.nixos.bootspec.v1" = {{
       init = "${{builtins.placeholder "out"}}/init";
-      initrd = "${{initrd}}/initrd";
-      kernel = "${{kernel}}/bzImage";
-      kernelParams = [ "loglevel=4" "console=ttyS0" ];
-      label = "NixOS 24.05 (Linux 6.1.0)";
+      initrd = "{initrd}";
+      kernel = "{kernel}";
+      kernelParams = {params};
+      label = "{label}";
       system = "x86_64-linux";
       toplevel = builtins.placeholder "out";
     }};
   }};
 in builtins.derivation {{
-  name = "nixos-system-test-24.05"; system = "x86_64-linux"; builder = "/bin/sh";
+  name = "{name}"; system = "x86_64-linux"; builder = "/bin/sh";
   inherit bootJson;
-  args = [ "-c" "export PATH=/bin:/usr/bin; mkdir $out; echo ${{dep}} > $out/dep; echo ${{a}} > $out/a; printf '#!/bin/sh\n# %s\n' $out > $out/init; chmod +x $out/init; ln -s ${{dep}} $out/deplink; ln -s ${{kernel}}/bzImage $out/kernel; ln -s ${{initrd}}/initrd $out/initrd; ln -s ${{systemd}} $out/systemd; printf '%s' \"$bootJson\" > $out/boot.json" ];
+  args = [ "-c" "export PATH=/bin:/usr/bin; {script}" ];
 }}
 "#
-    );
-    std::fs::write(dir.join("test.nix"), expr).unwrap();
+    )
+}
+
+/// `nix-build` of the Nix expression `expr`, written to `dir/file`, in the chroot store `store`,
+/// and closureInfo's files for what it built in `dir/closure`: (the output path, that
+/// directory, the closure's store paths, sorted).
+fn nix_build(dir: &Path, store: &Path, file: &str, expr: &str) -> (String, PathBuf, Vec<String>) {
+    std::fs::write(dir.join(file), expr).unwrap();
     let o = Command::new("nix-build")
         .arg("--store")
-        .arg(&store)
-        .arg(dir.join("test.nix"))
+        .arg(store)
+        .arg(dir.join(file))
         .arg("--no-out-link")
         .env("NIX_CONFIG", NIX_CONFIG)
         .output()
@@ -113,8 +139,23 @@ in builtins.derivation {{
     assert_ok("nix-build", &o);
     let toplevel = String::from_utf8(o.stdout).unwrap().trim().to_string();
     let closure = dir.join("closure");
-    let store_paths = make_closure_info(&store, &toplevel, &closure);
-    Scratch { store, toplevel, closure, store_paths }
+    let store_paths = make_closure_info(store, &toplevel, &closure);
+    (toplevel, closure, store_paths)
+}
+
+/// A fresh temp dir holding a [`scratch_store`] and `spec_text` as `spec.json`: (the dir, the
+/// store, the spec's path).
+fn scratch_with_spec(spec_text: &str) -> (tempfile::TempDir, Scratch, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = scratch_store(tmp.path());
+    let spec = tmp.path().join("spec.json");
+    std::fs::write(&spec, spec_text).unwrap();
+    (tmp, s, spec)
+}
+
+/// [`scratch_with_spec`] with [`SPEC_EXT4`]; `None` (after [`have_nix`]'s SKIP) without Nix.
+fn ext4_scratch() -> Option<(tempfile::TempDir, Scratch, PathBuf)> {
+    have_nix().then(|| scratch_with_spec(SPEC_EXT4))
 }
 
 /// closureInfo's files for `root`, as nixpkgs' closure-info.nix writes them.
@@ -174,26 +215,9 @@ fn build(dir: &Path, spec: &Path, s: &Scratch, extra: &[&str]) -> PathBuf {
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
     let store_dir = s.store.join("nix/store");
-    let mut args = vec![
-        "build",
-        spec.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-        "--closure",
-        s.closure.to_str().unwrap(),
-        "--store-dir",
-        store_dir.to_str().unwrap(),
-        "--system",
-        &s.toplevel,
-    ];
-    args.extend_from_slice(extra);
+    let args = [&build_args(spec, &out)[..], &system_args(&s.closure, &store_dir, &s.toplevel), extra].concat();
     assert_ok("mkdisk build", &mkdisk(&args));
     out.join("main.raw")
-}
-
-fn sha256(p: &Path) -> String {
-    Sha256::digest(std::fs::read(p).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `debugfs rdump` of the ext4 filesystem at `offset` of `img` into `dest`.
@@ -224,15 +248,9 @@ fn mtype(img: &Path, offset: u64, path: &str) -> String {
 
 #[test]
 fn extracted_store_verifies_with_nix() {
-    if !have_nix() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
+    let Some((tmp, s, spec)) = ext4_scratch() else { return };
     let dir = tmp.path();
-    let s = scratch_store(dir);
     assert!(s.store_paths.len() >= 6, "{:?}", s.store_paths);
-    let spec = dir.join("spec.json");
-    std::fs::write(&spec, SPEC_EXT4).unwrap();
     let img = build(dir, &spec, &s, &[]);
     let parts = partitions(&spec);
     let root = part(&parts, "root");
@@ -318,20 +336,18 @@ fn extracted_store_verifies_with_nix() {
     assert_eq!(mtype(&img, esp.1, &format!("/EFI/nixos/{initrd_dir}-initrd.efi")), "fake-initrd\n");
 
     // Reproducible across runs and thread counts, DB included.
-    let first = sha256(&img);
+    let first = sha256_file(&img);
     let img1 = build(dir, &spec, &s, &["--threads", "1"]);
-    assert_eq!(sha256(&img1), first);
+    assert_eq!(sha256_file(&img1), first);
     let img3 = build(dir, &spec, &s, &["--threads", "3"]);
-    assert_eq!(sha256(&img3), first);
+    assert_eq!(sha256_file(&img3), first);
 }
 
 fn build_err(dir: &Path, spec: &Path, args: &[&str]) -> String {
     let out = dir.join("out-err");
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
-    let mut a = vec!["build", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"];
-    a.extend_from_slice(args);
-    let o = mkdisk(&a);
+    let o = mkdisk(&[&build_args(spec, &out)[..], args].concat());
     assert!(!o.status.success(), "expected failure for {args:?}");
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "no image left behind");
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -339,14 +355,8 @@ fn build_err(dir: &Path, spec: &Path, args: &[&str]) -> String {
 
 #[test]
 fn bad_nixos_inputs_are_named() {
-    if !have_nix() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
+    let Some((tmp, s, spec)) = ext4_scratch() else { return };
     let dir = tmp.path();
-    let s = scratch_store(dir);
-    let spec = dir.join("spec.json");
-    std::fs::write(&spec, SPEC_EXT4).unwrap();
     let store_dir = s.store.join("nix/store");
     let sd = store_dir.to_str().unwrap();
     let cl = s.closure.to_str().unwrap();
@@ -416,6 +426,16 @@ fn fake_grub_dir(dir: &Path) -> PathBuf {
     g
 }
 
+/// The UUID (or FAT serial) `blkid -p` reads from the filesystem at `offset` of `img`.
+fn blkid_uuid(img: &Path, offset: u64) -> String {
+    let blkid = Command::new("blkid")
+        .args(["-p", "-o", "value", "-s", "UUID", "-O", &offset.to_string()])
+        .arg(img)
+        .output()
+        .unwrap();
+    String::from_utf8(blkid.stdout).unwrap().trim().to_string()
+}
+
 fn read_at(img: &Path, offset: u64, len: usize) -> Vec<u8> {
     use std::os::unix::fs::FileExt;
     let mut b = vec![0u8; len];
@@ -425,16 +445,10 @@ fn read_at(img: &Path, offset: u64, len: usize) -> Vec<u8> {
 
 #[test]
 fn grub_bios_and_systemd_boot_hybrid() {
-    if !have_nix() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
+    let Some((tmp, s, spec)) = ext4_scratch() else { return };
     let dir = tmp.path();
-    let s = scratch_store(dir);
     let grub = fake_grub_dir(dir);
     let g = grub.to_str().unwrap();
-    let spec = dir.join("spec.json");
-    std::fs::write(&spec, SPEC_EXT4).unwrap();
     let parts = partitions(&spec);
     let plain = build(dir, &spec, &s, &["--no-bootloader"]);
     let plain_mbr = read_at(&plain, 0, 512);
@@ -458,12 +472,7 @@ fn grub_bios_and_systemd_boot_hybrid() {
     // /boot is the ESP: grub.cfg, modules and kernel copies live there, found by FAT serial.
     let esp = part(&parts, "ESP");
     let cfg = mtype(&img, esp.1, "/grub/grub.cfg");
-    let blkid = Command::new("blkid")
-        .args(["-p", "-o", "value", "-s", "UUID", "-O", &esp.1.to_string()])
-        .arg(&img)
-        .output()
-        .unwrap();
-    let serial = String::from_utf8(blkid.stdout).unwrap().trim().to_string();
+    let serial = blkid_uuid(&img, esp.1);
     assert_eq!(serial.len(), 9, "{serial}");
     assert!(cfg.contains(&format!("search --set=drive1 --fs-uuid {serial}\n")), "{cfg}");
     let kernel = s.store_paths.iter().find(|p| p.ends_with("-linux-6.1.0") && !p.contains("initrd")).unwrap();
@@ -488,30 +497,9 @@ fn grub_bios_and_systemd_boot_hybrid() {
     let img2 = build(dir, &spec2, &s, &["--grub-bios-dir", g]);
     let root = part(&partitions(&spec2), "root").clone();
     let cfg = debugfs(&img2, root.1, "cat /boot/grub/grub.cfg");
-    let blkid = Command::new("blkid")
-        .args(["-p", "-o", "value", "-s", "UUID", "-O", &root.1.to_string()])
-        .arg(&img2)
-        .output()
-        .unwrap();
-    let uuid = String::from_utf8(blkid.stdout).unwrap().trim().to_string();
+    let uuid = blkid_uuid(&img2, root.1);
     assert!(cfg.contains(&format!("search --set=drive1 --fs-uuid {uuid}\n")), "{cfg}");
     assert!(cfg.contains(&format!("linux ($drive1){kernel}/bzImage init=")), "{cfg}");
-}
-
-/// Boot parts from the boot harness (`tests/boot/harness.py`), or why they cannot be had.
-fn boot_parts() -> Result<(serde_json::Value, PathBuf), String> {
-    let harness = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/boot/harness.py");
-    let run = |args: &[&str]| -> Result<String, String> {
-        let o = Command::new("python3").arg(&harness).args(args).output().map_err(|e| e.to_string())?;
-        match o.status.code() {
-            Some(0) => Ok(String::from_utf8(o.stdout).unwrap()),
-            Some(77) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
-            _ => panic!("harness {args:?} failed: {}", String::from_utf8_lossy(&o.stderr)),
-        }
-    };
-    let parts: serde_json::Value = serde_json::from_str(&run(&["fetch"])?).unwrap();
-    let initrd = PathBuf::from(run(&["initramfs"])?.trim());
-    Ok((parts, initrd))
 }
 
 /// GRUB i386-pc from Debian's grub-pc-bin/grub-common (`apt-get download`, unpacked), or why not.
@@ -569,7 +557,7 @@ fn nixos_image_boots_with_grub_and_systemd_boot() {
     let (parts, initramfs) = match boot_parts() {
         Ok(p) => p,
         Err(why) => {
-            skip_or_fail(&format!("boot parts unavailable: {why}"));
+            skip_or_fail(&format!("boot parts unavailable: {}", why.trim()));
             return;
         }
     };
@@ -613,13 +601,7 @@ fn boot_layout(l: &BootLayout, parts: &serde_json::Value, initramfs: &Path, grub
     let initrd = nix_ok(&store, &["--add", initramfs.to_str().unwrap()]).trim().to_string();
     let spec = dir.join("spec.json");
     std::fs::write(&spec, &l.spec).unwrap();
-    let plan = mkdisk(&["plan", spec.to_str().unwrap(), "--json"]);
-    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
-    let number = |name: &str| {
-        plan["disks"][0]["partitions"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap()["number"]
-            .as_u64()
-            .unwrap()
-    };
+    let number = plan_numbers(&spec);
     let (esp_n, root_n) = (number("ESP"), number(l.store_part));
     let params = format!(
         r#"[ "console=ttyS0" "panic=-1" "loglevel=4" "mkdisk.out=ttyS1" "mkdisk.mount=root:vda{root_n}:{}:ro" ]"#,
@@ -630,37 +612,17 @@ fn boot_layout(l: &BootLayout, parts: &serde_json::Value, initramfs: &Path, grub
 let
   kernel = builtins.storePath "{kernel}";
   initrd = builtins.storePath "{initrd}";
-  bootJson = builtins.toJSON {{
-    "org.nixos.bootspec.v1" = {{
-      init = "${{builtins.placeholder "out"}}/init";
-      initrd = "${{initrd}}";
-      kernel = "${{kernel}}";
-      kernelParams = {params};
-      label = "NixOS 24.05 (Linux 6.1.0-56-amd64)";
-      system = "x86_64-linux";
-      toplevel = builtins.placeholder "out";
-    }};
-  }};
-in builtins.derivation {{
-  name = "nixos-system-boottest-24.05"; system = "x86_64-linux"; builder = "/bin/sh";
-  inherit bootJson;
-  args = [ "-c" "export PATH=/bin:/usr/bin; mkdir $out; printf '%s' \"$bootJson\" > $out/boot.json; ln -s ${{kernel}} $out/kernel; ln -s ${{initrd}} $out/initrd; printf '#!/bin/sh\n' > $out/init; chmod +x $out/init" ];
-}}
-"#
+{}"#,
+        toplevel_nix(
+            "nixos-system-boottest-24.05",
+            "${kernel}",
+            "${initrd}",
+            &params,
+            "NixOS 24.05 (Linux 6.1.0-56-amd64)",
+            r#"mkdir $out; printf '%s' \"$bootJson\" > $out/boot.json; ln -s ${kernel} $out/kernel; ln -s ${initrd} $out/initrd; printf '#!/bin/sh\n' > $out/init; chmod +x $out/init"#,
+        )
     );
-    std::fs::write(dir.join("boot.nix"), expr).unwrap();
-    let o = Command::new("nix-build")
-        .arg("--store")
-        .arg(&store)
-        .arg(dir.join("boot.nix"))
-        .arg("--no-out-link")
-        .env("NIX_CONFIG", NIX_CONFIG)
-        .output()
-        .unwrap();
-    assert_ok("nix-build", &o);
-    let toplevel = String::from_utf8(o.stdout).unwrap().trim().to_string();
-    let closure = dir.join("closure");
-    make_closure_info(&store, &toplevel, &closure);
+    let (toplevel, closure, _) = nix_build(dir, &store, "boot.nix", &expr);
 
     // GRUB inputs: /boot is the ESP, so core.img's prefix is (,gptN)/grub on it.
     let gdir = dir.join("grub");
@@ -681,33 +643,18 @@ in builtins.derivation {{
     let out = dir.join("out");
     std::fs::create_dir_all(&out).unwrap();
     let store_dir = store.join("nix/store");
-    let o = mkdisk(&[
-        "build",
-        spec.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-        "--closure",
-        closure.to_str().unwrap(),
-        "--store-dir",
-        store_dir.to_str().unwrap(),
-        "--system",
-        &toplevel,
-        "--systemd-boot",
-        parts["systemd_boot"].as_str().unwrap(),
-        "--grub-bios-dir",
-        gdir.to_str().unwrap(),
-        "--grub-serial",
-        "--boot-timeout",
-        "0",
-    ]);
+    let o = mkdisk(
+        &[
+            &build_args(&spec, &out)[..],
+            &system_args(&closure, &store_dir, &toplevel),
+            &["--systemd-boot", parts["systemd_boot"].as_str().unwrap()],
+            &grub_boot_args(&gdir),
+        ]
+        .concat(),
+    );
     assert_ok("mkdisk build", &o);
     let img = out.join("main.raw");
-    let boot_json_sha: String =
-        Sha256::digest(std::fs::read(store_dir.join(&toplevel[11..]).join("boot.json")).unwrap())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+    let boot_json_sha = sha256_file(&store_dir.join(&toplevel[11..]).join("boot.json"));
 
     // A path of the root tree as the guest sees it below the store filesystem's mount.
     let store_view = |p: &str| p.strip_prefix(l.mountpoint.trim_end_matches('/')).unwrap_or(p).to_string();
@@ -780,29 +727,9 @@ fn impermanence_store_verifies_with_nix() {
         skip_or_fail(&format!("{} not found", shared.display()));
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, s, spec) = scratch_with_spec(&spec_text);
     let dir = tmp.path();
-    let s = scratch_store(dir);
-    let spec = dir.join("spec.json");
-    std::fs::write(&spec, spec_text).unwrap();
-    let out = dir.join("out");
-    std::fs::create_dir_all(&out).unwrap();
-    let store_dir = s.store.join("nix/store");
-    let o = mkdisk(&[
-        "build",
-        spec.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-        "--closure",
-        s.closure.to_str().unwrap(),
-        "--store-dir",
-        store_dir.to_str().unwrap(),
-        "--system",
-        &s.toplevel,
-    ]);
-    assert_ok("mkdisk build", &o);
-    let img = out.join("main.raw");
+    let img = build(dir, &spec, &s, &[]);
     let parts = partitions(&spec);
     let nixp = part(&parts, "nix");
     let pimg = dir.join("nix.img");
@@ -838,7 +765,7 @@ fn impermanence_store_verifies_with_nix() {
 
 /// Where QEMU or its parts cannot be had: a loud SKIP, but a failure in CI (`CI=true`).
 fn skip_or_fail(why: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
+    if in_ci() {
         panic!("{why} (CI=true: the boot check must run)");
     }
     eprintln!("SKIP: {why}");

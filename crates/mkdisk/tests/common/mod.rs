@@ -1,0 +1,116 @@
+//! Helpers shared by the integration tests of the `mkdisk` binary (`tests/boot.rs`,
+//! `tests/nixos.rs`, `tests/mkdisk.rs`), each of which is its own crate with `mod common;`:
+//! running `mkdisk`, the arguments of `mkdisk build`, the plan's partition numbers, the boot
+//! harness (`tests/boot/harness.py`) and the CI rule for what may be skipped.
+
+// Every test crate uses its own subset of these helpers.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `mkdisk` with `args` and without `SOURCE_DATE_EPOCH` (the build's own default time).
+pub fn mkdisk(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mkdisk")).args(args).env_remove("SOURCE_DATE_EPOCH").output().unwrap()
+}
+
+/// `build SPEC --out OUT --quiet`: how every `mkdisk build` here starts; the options that
+/// follow say what else goes into the image.
+pub fn build_args<'a>(spec: &'a Path, out: &'a Path) -> [&'a str; 5] {
+    ["build", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"]
+}
+
+/// The options of `mkdisk build` for a NixOS system: the closureInfo directory `closure`, the
+/// host store holding it (`.../nix/store`) and the toplevel to install.
+pub fn system_args<'a>(closure: &'a Path, store_dir: &'a Path, toplevel: &'a str) -> [&'a str; 6] {
+    ["--closure", closure.to_str().unwrap(), "--store-dir", store_dir.to_str().unwrap(), "--system", toplevel]
+}
+
+/// The options of `mkdisk build` for a GRUB that a test boots: i386-pc inputs from `dir`, output
+/// on the serial console, no menu wait.
+pub fn grub_boot_args(dir: &Path) -> [&str; 5] {
+    ["--grub-bios-dir", dir.to_str().unwrap(), "--grub-serial", "--boot-timeout", "0"]
+}
+
+/// Partition name → number, from `mkdisk plan --json`.
+pub fn plan_numbers(spec: &Path) -> impl Fn(&str) -> u64 {
+    let o = mkdisk(&["plan", spec.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "mkdisk plan: {}", String::from_utf8_lossy(&o.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    move |name: &str| -> u64 {
+        plan["disks"][0]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no partition {name} in the plan"))["number"]
+            .as_u64()
+            .unwrap()
+    }
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn sha256_file(p: &Path) -> String {
+    sha256_hex(&std::fs::read(p).unwrap())
+}
+
+/// Whether this is CI (`CI=true`), where a boot check that cannot run is a failure, not a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The boot harness
+
+fn harness() -> PathBuf {
+    repo().join("tests/boot/harness.py")
+}
+
+/// The harness's exit status where QEMU or a part cannot be had here.
+const HARNESS_UNAVAILABLE: i32 = 77;
+
+pub enum HarnessError {
+    Unavailable(String),
+    Failed(String),
+}
+
+pub fn run_harness(args: &[&str]) -> Result<String, HarnessError> {
+    let out = Command::new("python3")
+        .arg(harness())
+        .args(args)
+        .output()
+        .map_err(|e| HarnessError::Unavailable(format!("python3 not runnable: {e}")))?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    match out.status.code() {
+        Some(0) => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        Some(HARNESS_UNAVAILABLE) => Err(HarnessError::Unavailable(stderr)),
+        _ => Err(HarnessError::Failed(format!("harness {args:?} failed ({}):\n{stderr}", out.status))),
+    }
+}
+
+/// The harness's output, or why its parts cannot be had here (the caller decides whether that
+/// is a skip); a harness that fails otherwise fails the test.
+pub fn harness_or_why(args: &[&str]) -> Result<String, String> {
+    match run_harness(args) {
+        Ok(s) => Ok(s),
+        Err(HarnessError::Unavailable(why)) => Err(why),
+        Err(HarnessError::Failed(e)) => panic!("{e}"),
+    }
+}
+
+/// The boot parts (`harness.py fetch`: QEMU, firmware, systemd-boot, kernel, as JSON) and the
+/// test initramfs, or why they cannot be had here.
+pub fn boot_parts() -> Result<(serde_json::Value, PathBuf), String> {
+    let parts: serde_json::Value = serde_json::from_str(&harness_or_why(&["fetch"])?).unwrap();
+    let initrd = PathBuf::from(harness_or_why(&["initramfs"])?.trim());
+    Ok((parts, initrd))
+}
