@@ -132,7 +132,10 @@ pub struct FileData {
     /// Where the bytes come from.
     pub source: Source,
     /// Data runs, sorted, non-overlapping, inside `0..size`. A file without holes has one run
-    /// `0..size` (or none when empty). Bytes outside the runs read as zero.
+    /// `0..size` (or none when empty). Bytes outside the runs read as zero, and the source
+    /// must agree: writers copy whole blocks around a run, so the source's bytes in the rest
+    /// of a run's first and last block are copied as they are (host files' holes read as zero;
+    /// an in-memory source must hold zeros there).
     pub runs: Vec<DataRun>,
 }
 
