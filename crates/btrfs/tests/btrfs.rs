@@ -1,26 +1,19 @@
 //! Integration tests: build images with mkdisk-btrfs and check them with btrfs-progs
 //! (`btrfs check --readonly --check-data-csum`, `btrfs restore`, `dump-tree`).
 
+mod common;
+
 use std::borrow::Cow;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use mkdisk_btrfs::{plan, write, BtrfsError, BtrfsLayout, BtrfsOptions, Compress, CsumType, SubvolSpec};
-use mkdisk_tree::{
-    scan, DataRun, FileData, Image, InodeId, Kind, Meta, NoProgress, ScanOptions, Source, Timestamp, Tree, Xattr,
-};
+use mkdisk_tree::{scan, DataRun, FileData, Image, InodeId, Kind, NoProgress, ScanOptions, Source, Tree, Xattr};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-const UUID: &str = "11111111-2222-3333-4444-555555555555";
-const MIB: u64 = 1 << 20;
-
-fn opts(size: u64) -> BtrfsOptions {
-    let mut o = BtrfsOptions::new(size, Uuid::parse_str(UUID).unwrap());
-    o.timestamp = 1_700_000_000;
-    o
-}
+use common::{base_tree, bytes, meta, opts, MIB};
 
 fn tools() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/tools")
@@ -181,14 +174,6 @@ impl OsStrExt2 for std::ffi::OsStr {
     }
 }
 
-fn meta(perm: u16) -> Meta {
-    Meta::new(perm).with_mtime(Timestamp { sec: 1_600_000_000, nsec: 123_456_789 })
-}
-
-fn bytes(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 9) as u8)).collect()
-}
-
 /// `n` incompressible bytes (xorshift32 from `seed`).
 fn noise(n: usize, seed: u32) -> Vec<u8> {
     let mut x = seed;
@@ -204,14 +189,8 @@ fn noise(n: usize, seed: u32) -> Vec<u8> {
 
 /// A small tree with every inode kind.
 fn small_tree() -> Tree {
-    let mut t = Tree::new(meta(0o755));
+    let (mut t, d, sub) = base_tree();
     let r = InodeId::ROOT;
-    let d = t.add_dir(r, b"dir", meta(0o750)).unwrap();
-    let sub = t.add_dir(d, b"sub", meta(0o700)).unwrap();
-    t.add_file(r, b"empty", FileData::from_bytes(Vec::new()), meta(0o644)).unwrap();
-    t.add_file(r, b"small", FileData::from_bytes(b"hello btrfs\n".to_vec()), meta(0o644)).unwrap();
-    t.add_file(r, b"inline-max", FileData::from_bytes(bytes(2048, 1)), meta(0o644)).unwrap();
-    t.add_file(r, b"just-over", FileData::from_bytes(bytes(2049, 2)), meta(0o600)).unwrap();
     let big = t.add_file(d, b"big", FileData::from_bytes(bytes(3 * 1024 * 1024 + 17, 3)), meta(0o644)).unwrap();
     t.add_file(sub, b"zeros", FileData::from_bytes(vec![0u8; 300_000]), meta(0o644)).unwrap();
     t.add_hardlink(r, b"big-link", big).unwrap();

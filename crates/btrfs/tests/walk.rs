@@ -7,43 +7,23 @@
 #[path = "../../../fuzz/src/btrfs_walk.rs"]
 mod btrfs_walk;
 
+mod common;
+
 use std::borrow::Cow;
 use std::io::Write as _;
 use std::sync::Arc;
 
 use btrfs_walk::Walk;
+use common::{base_tree, bytes, meta, opts, MIB};
 use mkdisk_btrfs::{plan, write, BtrfsLayout, BtrfsOptions, Compress, CsumType, SubvolSpec};
-use mkdisk_tree::{DataRun, FileData, Image, InodeId, Kind, Meta, NoProgress, Source, Timestamp, Tree, Xattr};
+use mkdisk_tree::{DataRun, FileData, Image, InodeId, Kind, NoProgress, Source, Tree, Xattr};
 use sha2::Digest as _;
-use uuid::Uuid;
-
-const MIB: u64 = 1 << 20;
-
-fn opts(size: u64) -> BtrfsOptions {
-    let mut o = BtrfsOptions::new(size, Uuid::parse_str("11111111-2222-3333-4444-555555555555").unwrap());
-    o.timestamp = 1_700_000_000;
-    o
-}
-
-fn meta(perm: u16) -> Meta {
-    Meta::new(perm).with_mtime(Timestamp { sec: 1_600_000_000, nsec: 123_456_789 })
-}
-
-fn bytes(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 9) as u8)).collect()
-}
 
 /// Every inode kind, hard links, xattrs, a sparse file, inline/regular boundaries, symlinks of
 /// 59/60/3000 bytes, a host-file source and a 2,000-entry directory.
 fn tree(host: &std::path::Path) -> Tree {
-    let mut t = Tree::new(meta(0o755));
+    let (mut t, d, sub) = base_tree();
     let r = InodeId::ROOT;
-    let d = t.add_dir(r, b"dir", meta(0o750)).unwrap();
-    let sub = t.add_dir(d, b"sub", meta(0o700)).unwrap();
-    t.add_file(r, b"empty", FileData::from_bytes(Vec::new()), meta(0o644)).unwrap();
-    t.add_file(r, b"small", FileData::from_bytes(b"hello btrfs\n".to_vec()), meta(0o644)).unwrap();
-    t.add_file(r, b"inline-max", FileData::from_bytes(bytes(2048, 1)), meta(0o644)).unwrap();
-    t.add_file(r, b"just-over", FileData::from_bytes(bytes(2049, 2)), meta(0o600)).unwrap();
     t.add_file(r, b"compressible-3000", FileData::from_bytes(vec![b'a'; 3000]), meta(0o600)).unwrap();
     t.add_file(r, b"sector", FileData::from_bytes(vec![b'b'; 4096]), meta(0o600)).unwrap();
     let big = t.add_file(d, b"big", FileData::from_bytes(bytes(300_000, 3)), meta(0o644)).unwrap();
