@@ -11,6 +11,12 @@
 //!
 //! Shared by the `btrfs_plan_write` fuzz target and `crates/btrfs/tests/walk.rs` (included there
 //! with `#[path]`).
+//!
+//! Its little-endian readers, name/extref hashes and rdev encoding deliberately restate what
+//! `mkdisk_btrfs` has instead of calling it: an oracle that shared the writer's helpers would
+//! accept the writer's mistakes. It is still our own reader — `btrfs check`, `btrfs restore`
+//! and the kernel remain the oracles in crates/btrfs/tests/btrfs.rs; this adds checks that
+//! need no external tool (fuzzing) and catches corruption those tools are not asked about.
 
 // `is_multiple_of` needs Rust 1.87; the workspace's MSRV is 1.85.
 #![allow(clippy::manual_is_multiple_of)]
