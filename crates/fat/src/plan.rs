@@ -73,6 +73,13 @@ impl FatLayout {
         self.geometry.fat_type
     }
 
+    /// Bytes of file data [`crate::write`] reports to its `Progress`: every file's whole
+    /// size, since FAT has no holes and a sparse file's zeros are written too.
+    #[must_use]
+    pub fn file_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).fold(0, u64::saturating_add)
+    }
+
     /// Volume size in bytes (whole sectors) that the layout writes into.
     #[must_use]
     pub fn size_bytes(&self) -> u64 {

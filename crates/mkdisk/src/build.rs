@@ -161,6 +161,38 @@ pub fn place_all(spec: &Spec, seed: &Uuid) -> Result<Vec<DiskPlan>, BuildError> 
         .collect()
 }
 
+/// Place every disk and plan every filesystem with empty content: everything `build`
+/// checks that does not need the source tree (formats, `extraArgs`, sizes a filesystem
+/// needs, swap headers). `mkdisk plan` runs this, so it refuses what `build` would refuse.
+///
+/// # Errors
+/// As [`build`], for the layout alone.
+pub fn check(spec: &Spec, opts: &BuildOptions) -> Result<Vec<DiskPlan>, BuildError> {
+    let plans = place_all(spec, &opts.seed)?;
+    let sources = Sources { trees: Vec::new(), empty: Some(Tree::new(default_root_meta(opts.source_date_epoch))) };
+    for (di, dp) in plans.iter().enumerate() {
+        for placed in &dp.layout.partitions {
+            plan_partition(dp, placed, di, &sources, opts)?;
+        }
+    }
+    Ok(plans)
+}
+
+/// `--root` itself may be a symbolic link to a directory (the `./result` of a Nix build):
+/// it is followed; links inside the tree are copied as links.
+fn resolve_root(root: &Path) -> Result<PathBuf, BuildError> {
+    let bad = |message: String| BuildError::Root { path: root.to_path_buf(), message };
+    match std::fs::metadata(root) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(bad("not a directory".into())),
+        Err(e) => return Err(bad(e.to_string())),
+    }
+    match std::fs::symlink_metadata(root) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(root).map_err(|e| bad(e.to_string())),
+        _ => Ok(root.to_path_buf()),
+    }
+}
+
 /// The spec partition that a placed partition came from.
 fn spec_part<'a>(disk: &'a Disk, placed: &Placed) -> Option<&'a crate::spec::Partition> {
     disk.partitions.iter().find(|p| p.name == placed.name)
@@ -243,17 +275,13 @@ fn split_sources_placed(
         }
         None => Tree::new(default_meta.clone()),
         Some(root) => {
-            match std::fs::metadata(root) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => return Err(BuildError::Root { path: root.clone(), message: "not a directory".into() }),
-                Err(e) => return Err(BuildError::Root { path: root.clone(), message: e.to_string() }),
-            }
+            let root = resolve_root(root)?;
             let scan_opts = ScanOptions {
                 keep_owner: opts.keep_owner,
                 source_date_epoch: opts.source_date_epoch,
                 ..ScanOptions::default()
             };
-            mkdisk_tree::scan(root, &scan_opts)?
+            mkdisk_tree::scan(&root, &scan_opts)?
         }
     };
     let grub = if opts.nixos.any() {
@@ -512,7 +540,8 @@ pub fn build(
         .iter()
         .flatten()
         .map(|p| match p {
-            FsPlan::Fat(_, t) | FsPlan::Ext4(_, t) => t.data_bytes(),
+            FsPlan::Fat(layout, _) => layout.file_bytes(),
+            FsPlan::Ext4(_, t) => t.data_bytes(),
             FsPlan::Btrfs(_, bytes) => *bytes,
             FsPlan::None | FsPlan::Swap(_) => 0,
         })
@@ -556,11 +585,7 @@ pub fn build(
         images.push(image);
         timings.lap(&format!("write {}", dp.disk.name));
     }
-    let mut out = Vec::new();
-    for image in images {
-        out.push(image.persist()?);
-    }
-    Ok(out)
+    Ok(mkdisk_tree::persist_all(images)?)
 }
 
 /// For `mkdisk plan`: a placed partition and its spec content.

@@ -1,6 +1,6 @@
 //! The `mkdisk` command line: `mkdisk plan SPEC` and `mkdisk build SPEC --out DIR`.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -111,7 +111,31 @@ impl NixosArgs {
     }
 }
 
+/// The progress bar: the phase as its label, bytes of file data written, and an estimate of
+/// the time left only once it means something (a few seconds in, a tenth of the data done).
 struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    fn new(show: bool) -> Bar {
+        let bar = indicatif::ProgressBar::hidden();
+        if show {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            let style = indicatif::ProgressStyle::with_template(
+                "{prefix:>9} {spinner} {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} {wide_bar} {late_eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .with_key("late_eta", |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let started = s.elapsed() >= std::time::Duration::from_secs(3) && s.fraction() >= 0.1;
+                if started && s.fraction() < 1.0 {
+                    let _ = write!(w, "{}s left", s.eta().as_secs());
+                }
+            });
+            bar.set_style(style);
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        }
+        Bar(bar)
+    }
+}
 
 impl Progress for Bar {
     fn data_written(&self, bytes: u64) {
@@ -121,10 +145,17 @@ impl Progress for Bar {
     fn set_total(&self, bytes: u64) {
         self.0.set_length(bytes);
     }
+
+    fn phase(&self, what: &str) {
+        self.0.set_prefix(what.to_string());
+    }
 }
 
 fn read_spec(path: &PathBuf) -> anyhow::Result<Spec> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = String::from_utf8(text).map_err(|e| {
+        anyhow::anyhow!("{}: not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to())
+    })?;
     Spec::parse(&text).with_context(|| format!("{}", path.display()))
 }
 
@@ -145,68 +176,117 @@ fn source_date_epoch() -> anyhow::Result<Option<i64>> {
     }
 }
 
-#[allow(clippy::print_stdout)]
-fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Plan { spec, json, seed } => {
-            let s = read_spec(&spec)?;
-            let plans =
-                mkdisk::place_all(&s, &seed_of(seed.as_deref())).with_context(|| format!("{}", spec.display()))?;
-            if json {
-                let disks: Vec<serde_json::Value> = plans
-                    .iter()
-                    .map(|dp| {
-                        serde_json::json!({
-                            "name": dp.disk.name,
-                            "image": format!("{}.raw", dp.disk.image_name),
-                            "sectors": dp.layout.sectors,
-                            "guid": dp.layout.disk_guid.to_string(),
-                            "partitions": dp.layout.partitions.iter().map(|p| serde_json::json!({
-                                "number": p.number,
-                                "name": p.name,
-                                "label": p.label,
-                                "start": p.first_lba,
-                                "end": p.last_lba,
-                                "size": p.sectors(),
-                                "type": p.type_guid.to_string().to_uppercase(),
-                                "guid": p.guid.to_string(),
-                                "filesystem": mkdisk::build::describe(dp, p),
-                            })).collect::<Vec<_>>(),
-                        })
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "disks": disks }))?);
-            } else {
-                for dp in &plans {
-                    println!(
-                        "disk {} → {}.raw: {} sectors, GUID {}",
-                        dp.disk.name, dp.disk.image_name, dp.layout.sectors, dp.layout.disk_guid
-                    );
-                    println!(
-                        "  {:>2}  {:<20} {:>10} {:>10} {:>10}  {:<6} {:<36}  fs",
-                        "#", "label", "start", "end", "size", "type", "guid"
-                    );
-                    for p in &dp.layout.partitions {
-                        let code = mkdisk_gpt::types::type_code(&p.type_guid)
-                            .map_or_else(|| p.type_guid.to_string(), str::to_string);
-                        println!(
-                            "  {:>2}  {:<20} {:>10} {:>10} {:>10}  {:<6} {:<36}  {}",
-                            p.number,
-                            p.label,
-                            p.first_lba,
-                            p.last_lba,
-                            p.sectors(),
-                            code,
-                            p.guid,
-                            mkdisk::build::describe(dp, p)
-                        );
-                    }
-                }
-            }
+/// `mkdisk plan --json`.
+fn plan_json(plans: &[mkdisk::DiskPlan]) -> anyhow::Result<String> {
+    let disks: Vec<serde_json::Value> = plans
+        .iter()
+        .map(|dp| {
+            serde_json::json!({
+                "name": dp.disk.name,
+                "image": format!("{}.raw", dp.disk.image_name),
+                "sectors": dp.layout.sectors,
+                "guid": dp.layout.disk_guid.to_string(),
+                "partitions": dp.layout.partitions.iter().map(|p| serde_json::json!({
+                    "number": p.number,
+                    "name": p.name,
+                    "label": p.label,
+                    "start": p.first_lba,
+                    "end": p.last_lba,
+                    "size": p.sectors(),
+                    "type": p.type_guid.to_string().to_uppercase(),
+                    "guid": p.guid.to_string(),
+                    "filesystem": mkdisk::build::describe(dp, p),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(serde_json::to_string_pretty(&serde_json::json!({ "disks": disks }))? + "\n")
+}
+
+/// `mkdisk plan`: a table per disk.
+fn plan_table(plans: &[mkdisk::DiskPlan]) -> Result<String, std::fmt::Error> {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    for dp in plans {
+        let l = &dp.layout;
+        writeln!(
+            text,
+            "disk {} → {}.raw: {} sectors, GUID {}",
+            dp.disk.name, dp.disk.image_name, l.sectors, l.disk_guid
+        )?;
+        let head = ["#", "label", "start", "end", "size", "type", "guid"];
+        writeln!(
+            text,
+            "  {:>2}  {:<20} {:>10} {:>10} {:>10}  {:<6} {:<36}  fs",
+            head[0], head[1], head[2], head[3], head[4], head[5], head[6]
+        )?;
+        for p in &l.partitions {
+            let code =
+                mkdisk_gpt::types::type_code(&p.type_guid).map_or_else(|| p.type_guid.to_string(), str::to_string);
+            writeln!(
+                text,
+                "  {:>2}  {:<20} {:>10} {:>10} {:>10}  {:<6} {:<36}  {}",
+                p.number,
+                p.label,
+                p.first_lba,
+                p.last_lba,
+                p.sectors(),
+                code,
+                p.guid,
+                mkdisk::build::describe(dp, p)
+            )?;
         }
+    }
+    Ok(text)
+}
+
+/// Write to stdout; a reader that went away (`mkdisk plan | head`) is not an error.
+fn print_stdout(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::Error::new(e).context("writing to stdout")),
+        _ => Ok(()),
+    }
+}
+
+fn plan(spec: &PathBuf, json: bool, seed: Option<&str>) -> anyhow::Result<()> {
+    let s = read_spec(spec)?;
+    let mut opts = BuildOptions::new("");
+    opts.seed = seed_of(seed);
+    let plans = mkdisk::build::check(&s, &opts).with_context(|| format!("{}", spec.display()))?;
+    print_stdout(&if json { plan_json(&plans)? } else { plan_table(&plans)? })
+}
+
+struct BuildArgs {
+    spec: PathBuf,
+    opts: BuildOptions,
+    quiet: bool,
+}
+
+fn build(a: BuildArgs) -> anyhow::Result<()> {
+    let s = read_spec(&a.spec)?;
+    let bar = Bar::new(!a.quiet && std::io::stderr().is_terminal());
+    let quiet = a.quiet;
+    let mut warn = |m: String| {
+        if !quiet {
+            bar.0.suspend(|| eprintln!("mkdisk: warning: {}", escape_controls(&m)));
+        }
+    };
+    let paths = mkdisk::build(&s, &a.opts, &bar, &mut warn).with_context(|| format!("{}", a.spec.display()));
+    bar.0.finish_and_clear();
+    let paths = paths?;
+    if !a.quiet {
+        for p in paths {
+            eprintln!("mkdisk: wrote {}", escape_controls(&p.display().to_string()));
+        }
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Plan { spec, json, seed } => plan(&spec, json, seed.as_deref()),
         Command::Build { spec, out, root, seed, threads, keep_owner, compress, quiet, nixos } => {
-            let s = read_spec(&spec)?;
             let mut opts = BuildOptions::new(out);
             opts.root = root;
             opts.seed = seed_of(seed.as_deref());
@@ -215,44 +295,91 @@ fn run() -> anyhow::Result<()> {
             opts.compress = compress;
             opts.source_date_epoch = source_date_epoch()?;
             opts.nixos = (*nixos).into_options();
-            let show = !quiet && std::io::stderr().is_terminal();
-            let bar = indicatif::ProgressBar::hidden();
-            if show {
-                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{spinner} {bytes}/{total_bytes} {bytes_per_sec} {wide_bar} {eta}",
-                    )
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-                );
-            }
-            let progress = Bar(bar.clone());
-            let mut warn = |m: String| {
-                if !quiet {
-                    bar.suspend(|| eprintln!("mkdisk: warning: {m}"));
-                }
-            };
-            let paths =
-                mkdisk::build(&s, &opts, &progress, &mut warn).with_context(|| format!("{}", spec.display()))?;
-            bar.finish_and_clear();
-            if !quiet {
-                for p in paths {
-                    eprintln!("mkdisk: wrote {}", p.display());
-                }
-            }
+            build(BuildArgs { spec, opts, quiet })
         }
     }
-    Ok(())
+}
+
+/// Control characters (a newline in a file name, an escape sequence) printed as `\n`,
+/// `\x1b`, so that a message stays one line and cannot drive the terminal.
+fn escape_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The error and its causes on one line, each cause once: a library error that already
+/// renders its source is not followed by that source again.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    escape_controls(&line)
+}
+
+/// A command-line error on one line: clap's first line and the usage.
+fn usage_error(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    // The message is the first paragraph (a list of missing arguments follows its colon).
+    let first: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+    let first = first.join(" ");
+    let first = first.trim_start_matches("error: ");
+    let usage = text.lines().find_map(|l| l.strip_prefix("Usage: ")).unwrap_or("mkdisk --help");
+    format!("mkdisk: error: {first} (usage: {}; see --help)", usage.trim())
+}
+
+/// On SIGINT, SIGTERM or SIGHUP: remove the named files of the unfinished build (unnamed
+/// ones need nothing) and exit with 128 + the signal number, as a shell reports it.
+fn remove_output_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    if let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                mkdisk_tree::remove_temp_files();
+                std::process::exit(128 + sig);
+            }
+        });
+    }
 }
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Exit codes: 0 success, 1 any error (bad input, a failed build, a malformed command
+/// line); `--help` and `--version` exit 0.
 fn main() -> ExitCode {
-    match run() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("{}", usage_error(&e));
+            return ExitCode::from(1);
+        }
+    };
+    remove_output_on_signals();
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mkdisk: error: {e:#}");
+            eprintln!("mkdisk: error: {}", one_line(&e));
             ExitCode::from(1)
         }
     }

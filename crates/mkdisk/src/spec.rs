@@ -13,9 +13,9 @@ use uuid::Uuid;
 
 /// A spec error: where and what.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{path}: {message}")]
+#[error("{}{message}", if path.is_empty() { String::new() } else { format!("{path}: ") })]
 pub struct SpecError {
-    /// JSON path (`disk.main.content.partitions.ESP.size`).
+    /// JSON path (`disk.main.content.partitions.ESP.size`); empty for the file as a whole.
     pub path: String,
     /// What is wrong.
     pub message: String,
@@ -124,6 +124,8 @@ pub struct Btrfs {
 /// A btrfs subvolume.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Subvolume {
+    /// Attribute name.
+    pub key: String,
     /// `name`: path relative to the top level (`/root`, `@home`, `a/b`).
     pub name: String,
     /// `mountpoint`.
@@ -155,13 +157,19 @@ pub struct Nodev {
 }
 
 impl Spec {
-    /// Parse a spec from JSON or TOML text (JSON if it starts with `{`).
+    /// Parse a spec from JSON or TOML text (JSON if it starts with `{` or `[`, after an
+    /// optional UTF-8 byte order mark and white space).
     ///
     /// # Errors
-    /// Syntax errors, unsupported content, malformed fields; each names its path.
+    /// An empty text, syntax errors, unsupported content, malformed fields; each names its
+    /// path.
     pub fn parse(text: &str) -> Result<Spec, SpecError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let trimmed = text.trim_start();
-        let v: Value = if trimmed.starts_with('{') {
+        if trimmed.is_empty() {
+            return err("", "the file is empty (expected the JSON of disko.devices, or a JSON or TOML layout)");
+        }
+        let v: Value = if trimmed.starts_with(['{', '[']) {
             serde_json::from_str(text).map_err(|e| SpecError { path: "(json)".into(), message: e.to_string() })?
         } else {
             toml::from_str(text).map_err(|e| SpecError { path: "(toml)".into(), message: e.to_string() })?
@@ -192,11 +200,7 @@ impl Spec {
                 }
             }
         }
-        for key in top.keys() {
-            if !["disk", "nodev", "mdadm", "zpool", "lvm_vg", "bcachefs_filesystems"].contains(&key.as_str()) {
-                return err(key, "unknown top-level attribute (expected disk, nodev)");
-            }
-        }
+        check_keys(top, "", TOP_KEYS, false)?;
         let mut disks = Vec::new();
         if let Some(d) = top.get("disk") {
             for (key, dv) in obj(d, "disk")? {
@@ -206,22 +210,161 @@ impl Spec {
         if disks.is_empty() {
             return err("disk", "no disks in the layout");
         }
+        check_disks_distinct(&disks)?;
         let mut nodev = Vec::new();
         if let Some(n) = top.get("nodev") {
             for (key, nv) in obj(n, "nodev")? {
                 let path = format!("nodev.{key}");
                 let o = obj(nv, &path)?;
                 check_type(o, &path, "nodev", true)?;
+                check_keys(o, &path, NODEV_KEYS, true)?;
                 let fs_type = opt_str(o, &path, "fsType")?.unwrap_or_else(|| "tmpfs".into());
                 let mountpoint = opt_str(o, &path, "mountpoint")?.unwrap_or_else(|| key.clone());
                 nodev.push(Nodev { key: key.clone(), fs_type, mountpoint });
             }
         }
-        Ok(Spec { disks, nodev })
+        let spec = Spec { disks, nodev };
+        spec.check_mounts_distinct()?;
+        Ok(spec)
+    }
+
+    /// Every mount point of the layout with the JSON path of what mounts there, in layout
+    /// order: filesystems, btrfs top levels and subvolumes of each disk, then `nodev` mounts.
+    #[must_use]
+    pub fn mounts(&self) -> Vec<(String, &str)> {
+        let mut out = Vec::new();
+        for d in &self.disks {
+            for p in &d.partitions {
+                let at = format!("disk.{}.content.partitions.{}.content", d.key, p.key);
+                match &p.content {
+                    Content::Filesystem(fs) => out.extend(fs.mountpoint.as_deref().map(|m| (at, m))),
+                    Content::Btrfs(b) => {
+                        out.extend(b.mountpoint.as_deref().map(|m| (at.clone(), m)));
+                        for sv in &b.subvolumes {
+                            let sp = format!("{at}.subvolumes.{}", sv.key);
+                            out.extend(sv.mountpoint.as_deref().map(|m| (sp, m)));
+                        }
+                    }
+                    Content::Swap(_) | Content::None => {}
+                }
+            }
+        }
+        out.extend(self.nodev.iter().map(|n| (format!("nodev.{}", n.key), n.mountpoint.as_str())));
+        out
+    }
+
+    /// Two things mounted at one place would silently merge or drop content.
+    fn check_mounts_distinct(&self) -> Result<(), SpecError> {
+        let mounts = self.mounts();
+        let norm = |m: &str| m.split('/').filter(|c| !c.is_empty() && *c != ".").collect::<Vec<_>>().join("/");
+        for (i, (at, m)) in mounts.iter().enumerate() {
+            if let Some((first, _)) = mounts[..i].iter().find(|(_, o)| norm(o) == norm(m)) {
+                return err(&format!("{at}.mountpoint"), format!("{m:?} is also the mount point of {first}"));
+            }
+        }
+        Ok(())
     }
 }
 
 type Obj = serde_json::Map<String, Value>;
+
+/// disko's hook options, which every device type but partitions and subvolumes has. mkdisk
+/// runs no hooks; they are accepted and ignored.
+const HOOKS: &[&str] =
+    &["preCreateHook", "postCreateHook", "preMountHook", "postMountHook", "preUnmountHook", "postUnmountHook"];
+const TOP_KEYS: &[&str] = &["disk", "nodev", "mdadm", "zpool", "lvm_vg", "bcachefs_filesystems"];
+const DISK_KEYS: &[&str] = &["type", "name", "device", "imageName", "imageSize", "content", "destroy"];
+const GPT_KEYS: &[&str] = &["type", "device", "partitions", "efiGptPartitionFirst"];
+const PARTITION_KEYS: &[&str] = &[
+    "type",
+    "device",
+    "priority",
+    "name",
+    "uuid",
+    "label",
+    "size",
+    "alignment",
+    "start",
+    "end",
+    "hybrid",
+    "attributes",
+    "content",
+];
+const FILESYSTEM_KEYS: &[&str] = &["type", "device", "extraArgs", "format", "mountOptions", "mountpoint"];
+const BTRFS_KEYS: &[&str] = &["type", "device", "extraArgs", "mountOptions", "mountpoint", "subvolumes", "swap"];
+const SUBVOL_KEYS: &[&str] = &["type", "name", "extraArgs", "mountOptions", "mountpoint", "swap"];
+const SWAP_KEYS: &[&str] =
+    &["type", "device", "discardPolicy", "extraArgs", "mountOptions", "priority", "randomEncryption", "resumeDevice"];
+const NODEV_KEYS: &[&str] = &["type", "device", "fsType", "mountOptions", "mountpoint"];
+
+/// Refuse attributes that disko does not define for this type (a misspelt `mountPoint`
+/// would otherwise be ignored and change the image without a word), naming the closest
+/// known one. `known` lists the type's own options; `with_hooks` adds disko's hooks.
+fn check_keys(o: &Obj, path: &str, known: &[&str], with_hooks: bool) -> Result<(), SpecError> {
+    let hooks = if with_hooks { HOOKS } else { &[] };
+    for key in o.keys() {
+        if known.contains(&key.as_str()) || hooks.contains(&key.as_str()) {
+            continue;
+        }
+        let at = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+        let best = known
+            .iter()
+            .chain(hooks)
+            .map(|k| (strsim::jaro_winkler(&key.to_lowercase(), &k.to_lowercase()), *k))
+            .filter(|(score, _)| *score >= 0.8)
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        let mut listed: Vec<&str> = known.to_vec();
+        listed.sort_unstable();
+        return match best {
+            Some((_, k)) => err(&at, format!("unknown attribute (did you mean {k:?}?)")),
+            None => err(&at, format!("unknown attribute (expected one of {})", listed.join(", "))),
+        };
+    }
+    Ok(())
+}
+
+/// Two disks of one layout must not write the same image file, nor share a name.
+fn check_disks_distinct(disks: &[Disk]) -> Result<(), SpecError> {
+    for (i, a) in disks.iter().enumerate() {
+        for b in &disks[..i] {
+            if a.name == b.name {
+                return err(
+                    &format!("disk.{}.name", a.key),
+                    format!("disks {:?} and {:?} are both named {:?}", b.key, a.key, a.name),
+                );
+            }
+            if a.image_name == b.image_name {
+                return err(
+                    &format!("disk.{}.imageName", a.key),
+                    format!("disks {:?} and {:?} would both write {}.raw", b.key, a.key, a.image_name),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// disko addresses partitions by label (`/dev/disk/by-partlabel/...`) and by name: both
+/// must be unique within a disk.
+fn check_partitions_distinct(parts: &[Partition], ppath: &str) -> Result<(), SpecError> {
+    for (i, a) in parts.iter().enumerate() {
+        for b in &parts[..i] {
+            if a.label == b.label {
+                return err(
+                    &format!("{ppath}.{}.label", a.key),
+                    format!("partitions {:?} and {:?} both have the label {:?}", b.key, a.key, a.label),
+                );
+            }
+            if a.name == b.name {
+                return err(
+                    &format!("{ppath}.{}.name", a.key),
+                    format!("partitions {:?} and {:?} are both named {:?}", b.key, a.key, a.name),
+                );
+            }
+        }
+    }
+    Ok(())
+}
 
 fn obj<'a>(v: &'a Value, path: &str) -> Result<&'a Obj, SpecError> {
     match v {
@@ -301,17 +444,25 @@ fn check_type(o: &Obj, path: &str, expected: &str, optional: bool) -> Result<(),
 fn parse_image_size(s: &str, path: &str) -> Result<u64, SpecError> {
     match mkdisk_gpt::parse_image_size(s) {
         Some(b) if b > 0 => Ok(b),
-        _ => err(path, format!("malformed size {s:?} (expected [0-9]+[KMGTP]?, e.g. \"2G\"; a bare number is bytes)")),
+        Some(_) => err(path, format!("{s:?} is an empty image (the size must be greater than zero)")),
+        None => {
+            err(path, format!("malformed size {s:?} (expected [0-9]+[KMGTP]?, e.g. \"2G\"; a bare number is bytes)"))
+        }
     }
 }
 
 fn parse_disk(key: &str, v: &Value, path: &str) -> Result<Disk, SpecError> {
     let o = obj(v, path)?;
     check_type(o, path, "disk", true)?;
+    check_keys(o, path, DISK_KEYS, true)?;
     let name = opt_str(o, path, "name")?.unwrap_or_else(|| key.replace('/', "_"));
     let image_name = opt_str(o, path, "imageName")?.unwrap_or_else(|| name.clone());
-    if image_name.is_empty() || image_name.contains('/') || image_name.starts_with('.') {
+    if image_name.is_empty() || image_name.contains(['/', '\0']) || image_name.starts_with('.') {
         return err(&format!("{path}.imageName"), format!("{image_name:?} is not a usable file name"));
+    }
+    // `<imageName>.raw` (or a longer extension) must fit a file name's 255 bytes.
+    if image_name.len() > 240 {
+        return err(&format!("{path}.imageName"), format!("is {} bytes long (at most 240)", image_name.len()));
     }
     let image_size = opt_str(o, path, "imageSize")?.unwrap_or_else(|| "2G".into());
     let size_bytes = parse_image_size(&image_size, &format!("{path}.imageSize"))?;
@@ -326,6 +477,7 @@ fn parse_disk(key: &str, v: &Value, path: &str) -> Result<Disk, SpecError> {
         "table" => return err(&cpath, "unsupported type \"table\" (the legacy parted table; use type = \"gpt\")"),
         other => return err(&cpath, format!("unsupported type {other:?} (a disk must hold a gpt partition table)")),
     }
+    check_keys(content, &cpath, GPT_KEYS, true)?;
     let mut partitions = Vec::new();
     let ppath = format!("{cpath}.partitions");
     if let Some(p) = content.get("partitions") {
@@ -333,6 +485,7 @@ fn parse_disk(key: &str, v: &Value, path: &str) -> Result<Disk, SpecError> {
             partitions.push(parse_partition(&name, pkey, pv, &format!("{ppath}.{pkey}"))?);
         }
     }
+    check_partitions_distinct(&partitions, &ppath)?;
     Ok(Disk { key: key.to_string(), name, image_name, image_size, size_bytes, partitions })
 }
 
@@ -358,6 +511,7 @@ fn size_ok(s: &str) -> bool {
 
 fn parse_partition(disk: &str, key: &str, v: &Value, path: &str) -> Result<Partition, SpecError> {
     let o = obj(v, path)?;
+    check_keys(o, path, PARTITION_KEYS, false)?;
     let name = opt_str(o, path, "name")?.unwrap_or_else(|| key.to_string());
     let cpath = format!("{path}.content");
     let content = match o.get("content") {
@@ -454,6 +608,7 @@ fn parse_content(v: &Value, path: &str) -> Result<Content, SpecError> {
     };
     match t.as_str() {
         "filesystem" => {
+            check_keys(o, path, FILESYSTEM_KEYS, true)?;
             let Some(format) = opt_str(o, path, "format")? else {
                 return err(&format!("{path}.format"), "missing (vfat, ext4 or btrfs)");
             };
@@ -465,6 +620,7 @@ fn parse_content(v: &Value, path: &str) -> Result<Content, SpecError> {
             }))
         }
         "btrfs" => {
+            check_keys(o, path, BTRFS_KEYS, true)?;
             let mut subvolumes = Vec::new();
             let spath = format!("{path}.subvolumes");
             if let Some(s) = o.get("subvolumes") {
@@ -473,6 +629,7 @@ fn parse_content(v: &Value, path: &str) -> Result<Content, SpecError> {
                     let sp = format!("{spath}.{key}");
                     let so = obj(sv, &sp)?;
                     check_type(so, &sp, "btrfs_subvol", true)?;
+                    check_keys(so, &sp, SUBVOL_KEYS, false)?;
                     let name = opt_str(so, &sp, "name")?.unwrap_or_else(|| key.clone());
                     let norm: String = name.split('/').filter(|c| !c.is_empty()).collect::<Vec<_>>().join("/");
                     if norm.is_empty() || norm.split('/').any(|c| c == "." || c == "..") {
@@ -481,12 +638,9 @@ fn parse_content(v: &Value, path: &str) -> Result<Content, SpecError> {
                     if let Some(other) = seen.insert(norm.clone(), key.clone()) {
                         return err(&sp, format!("subvolume path {norm:?} is also used by {other:?}"));
                     }
-                    if !matches!(so.get("swap"), None | Some(Value::Null))
-                        && !obj(&so["swap"], &format!("{sp}.swap"))?.is_empty()
-                    {
-                        return err(&format!("{sp}.swap"), "unsupported: btrfs swap files");
-                    }
+                    check_no_swap_files(so, &sp)?;
                     subvolumes.push(Subvolume {
+                        key: key.clone(),
                         name,
                         mountpoint: mountpoint(so, &sp)?,
                         mount_options: str_list(so, &sp, "mountOptions")?,
@@ -494,11 +648,7 @@ fn parse_content(v: &Value, path: &str) -> Result<Content, SpecError> {
                     });
                 }
             }
-            if !matches!(o.get("swap"), None | Some(Value::Null))
-                && !obj(&o["swap"], &format!("{path}.swap"))?.is_empty()
-            {
-                return err(&format!("{path}.swap"), "unsupported: btrfs swap files");
-            }
+            check_no_swap_files(o, path)?;
             Ok(Content::Btrfs(Btrfs {
                 mountpoint: mountpoint(o, path)?,
                 mount_options: str_list(o, path, "mountOptions")?,
@@ -506,14 +656,37 @@ fn parse_content(v: &Value, path: &str) -> Result<Content, SpecError> {
                 subvolumes,
             }))
         }
-        "swap" => Ok(Content::Swap(Swap {
-            extra_args: str_list(o, path, "extraArgs")?,
-            random_encryption: opt_bool(o, path, "randomEncryption")?.unwrap_or(false),
-        })),
+        "swap" => {
+            check_keys(o, path, SWAP_KEYS, true)?;
+            Ok(Content::Swap(Swap {
+                extra_args: str_list(o, path, "extraArgs")?,
+                random_encryption: opt_bool(o, path, "randomEncryption")?.unwrap_or(false),
+            }))
+        }
         "luks" | "lvm_pv" | "mdraid" | "zfs" | "bcachefs" | "table" => {
             err(path, format!("unsupported type {t:?} (mkdisk writes vfat, ext4, btrfs and swap partitions)"))
         }
         other => err(path, format!("unknown content type {other:?} (expected filesystem, btrfs or swap)")),
+    }
+}
+
+/// btrfs swap files are not written yet. disko exports `swap` as `{}` (older disko: an
+/// attribute set of swap files) or `{ enable = false; files = [ ]; }` when there are none.
+fn check_no_swap_files(o: &Obj, path: &str) -> Result<(), SpecError> {
+    let spath = format!("{path}.swap");
+    let swap = match o.get("swap") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(v) => obj(v, &spath)?,
+    };
+    let none = if swap.contains_key("enable") || swap.contains_key("files") {
+        opt_bool(swap, &spath, "enable")? != Some(true)
+    } else {
+        swap.is_empty()
+    };
+    if none {
+        Ok(())
+    } else {
+        err(&spath, "unsupported: btrfs swap files")
     }
 }
 

@@ -1,51 +1,131 @@
 //! The output image: a sparse file written only through bounds-checked [`Region`]s.
 //!
-//! [`Image::create`] makes a temporary file next to the final path and sets its length (so
-//! it is all holes); writers get a [`Region`] per partition and write with positional I/O from
-//! any number of threads. [`Image::persist`] renames the temporary file into place; dropping an
-//! [`Image`] without persisting removes it, so a failed build leaves nothing behind.
+//! [`Image::create`] makes an unnamed file (`O_TMPFILE`) in the final path's directory and
+//! sets its length (so it is all holes); writers get a [`Region`] per partition and write with
+//! positional I/O from any number of threads. [`persist_all`] gives the images of one build
+//! their names together: each is linked in under a temporary name, then renamed into place.
+//! An image that is dropped, or a process that dies (even by `SIGKILL`), leaves nothing
+//! behind: an unnamed file has no name to leave. On filesystems without `O_TMPFILE` the image
+//! is a named temporary file, removed on drop and by [`remove_temp_files`], which the binary
+//! calls on `SIGINT`/`SIGTERM`/`SIGHUP`.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::model::{FileData, Source};
 use crate::{ImageError, TreeError};
+
+/// Named files this process created that must go if it is interrupted: fallback temporaries,
+/// staged images, and the finished images of a [`persist_all`] that is still renaming.
+static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn live_add(p: &Path) {
+    LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(p.to_path_buf());
+}
+
+fn live_remove(p: &Path) {
+    LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|x| x != p);
+}
+
+/// Remove every named file an unfinished build of this process holds in an output
+/// directory (see the module documentation). For signal handlers: call it, then exit.
+pub fn remove_temp_files() {
+    let live = std::mem::take(&mut *LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    for p in live {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// How the image file is named while it is being written.
+#[derive(Debug)]
+enum Temp {
+    /// Unnamed (`O_TMPFILE`) in this directory.
+    Unnamed(PathBuf),
+    /// A named temporary file (no `O_TMPFILE` here, or staged by [`persist_all`]).
+    Named(tempfile::TempPath),
+    /// An existing file written in place ([`Image::open_existing`]).
+    InPlace,
+}
 
 /// A sparse output image under construction.
 #[derive(Debug)]
 pub struct Image {
     file: Arc<File>,
-    tmp: Option<tempfile::TempPath>,
+    tmp: Temp,
     path: PathBuf,
     size: u64,
 }
 
+fn dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// The prefix of a temporary name beside `path`: `.<name>.` (then random, then `.tmp`).
+fn temp_prefix(path: &Path) -> String {
+    format!(".{}.", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+}
+
+/// An unnamed file in `dir`, or `None` where the filesystem has no `O_TMPFILE`.
+fn open_unnamed(dir: &Path) -> io::Result<Option<File>> {
+    use rustix::fs::{Mode, OFlags, CWD};
+    let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+    match rustix::fs::openat(CWD, dir, flags, Mode::from_raw_mode(0o600)) {
+        Ok(fd) => Ok(Some(File::from(fd))),
+        Err(e)
+            if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::ISDIR || e == rustix::io::Errno::INVAL =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Give the unnamed `file` the name `to`: `linkat(AT_EMPTY_PATH)` where allowed (it needs
+/// `CAP_DAC_READ_SEARCH`), else through `/proc/self/fd`.
+fn link_unnamed(file: &File, to: &Path) -> io::Result<()> {
+    use rustix::fs::{AtFlags, CWD};
+    if rustix::fs::linkat(file, "", CWD, to, AtFlags::EMPTY_PATH).is_ok() {
+        return Ok(());
+    }
+    use std::os::fd::AsRawFd;
+    let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    rustix::fs::linkat(CWD, proc_path.as_str(), CWD, to, AtFlags::SYMLINK_FOLLOW).map_err(io::Error::from)
+}
+
 impl Image {
-    /// Create a temporary file in `path`'s directory, sized `size` bytes (sparse).
+    /// Create an unnamed file in `path`'s directory (a named temporary file where the
+    /// filesystem has no `O_TMPFILE`), sized `size` bytes (sparse).
     ///
     /// # Errors
     /// The directory is not writable or the size cannot be set.
     pub fn create(path: &Path, size: u64) -> Result<Image, ImageError> {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
+        let dir = dir_of(path);
+        let create_err = |e: io::Error| ImageError::Create { path: dir.clone(), source: e };
+        let (file, tmp) = match open_unnamed(&dir).map_err(create_err)? {
+            Some(file) => (file, Temp::Unnamed(dir.clone())),
+            None => {
+                let prefix = temp_prefix(path);
+                let named = tempfile::Builder::new().prefix(&prefix).suffix(".tmp").tempfile_in(&dir);
+                let (file, tmp) = named.map_err(create_err)?.into_parts();
+                live_add(&tmp);
+                (file, Temp::Named(tmp))
+            }
         };
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
-            .tempfile_in(&dir)
-            .map_err(|e| ImageError::Create { path: dir.clone(), source: e })?;
-        let (file, tmp) = tmp.into_parts();
+        let image = Image { file: Arc::new(file), tmp, path: path.to_path_buf(), size };
         // Temporary files are created 0600; a finished image is an ordinary file.
         use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o644))
+        image
+            .file
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
             .map_err(|e| ImageError::Create { path: path.to_path_buf(), source: e })?;
-        file.set_len(size).map_err(|e| ImageError::Create { path: path.to_path_buf(), source: e })?;
-        Ok(Image { file: Arc::new(file), tmp: Some(tmp), path: path.to_path_buf(), size })
+        image.file.set_len(size).map_err(|e| ImageError::Create { path: path.to_path_buf(), source: e })?;
+        Ok(image)
     }
 
     /// Use an existing file (e.g. one pre-filled with poison bytes in tests) as the image; it
@@ -60,7 +140,7 @@ impl Image {
             .open(path)
             .map_err(|e| ImageError::Create { path: path.to_path_buf(), source: e })?;
         let size = file.metadata().map_err(|e| ImageError::Create { path: path.to_path_buf(), source: e })?.len();
-        Ok(Image { file: Arc::new(file), tmp: None, path: path.to_path_buf(), size })
+        Ok(Image { file: Arc::new(file), tmp: Temp::InPlace, path: path.to_path_buf(), size })
     }
 
     /// Size in bytes.
@@ -89,16 +169,84 @@ impl Image {
         self.whole().sub(name, offset, len)
     }
 
-    /// Flush and rename the temporary file to the final path.
+    /// Give an unnamed image a temporary name beside its final path.
+    fn stage(&mut self) -> Result<(), ImageError> {
+        let Temp::Unnamed(dir) = &self.tmp else { return Ok(()) };
+        let file = &self.file;
+        let prefix = temp_prefix(&self.path);
+        let named = tempfile::Builder::new()
+            .prefix(&prefix)
+            .suffix(".tmp")
+            .make_in(dir, |p| link_unnamed(file, p))
+            .map_err(|e| ImageError::Persist { path: self.path.clone(), source: e })?;
+        let (_, tmp) = named.into_parts();
+        live_add(&tmp);
+        self.tmp = Temp::Named(tmp);
+        Ok(())
+    }
+
+    /// Name the image: link it in and rename it to the final path. For several images of
+    /// one build use [`persist_all`].
     ///
     /// # Errors
-    /// The rename fails.
-    pub fn persist(mut self) -> Result<PathBuf, ImageError> {
-        if let Some(tmp) = self.tmp.take() {
-            tmp.persist(&self.path).map_err(|e| ImageError::Persist { path: self.path.clone(), source: e.error })?;
+    /// Linking or renaming fails; nothing is left behind.
+    pub fn persist(self) -> Result<PathBuf, ImageError> {
+        let mut v = persist_all(vec![self])?;
+        Ok(v.remove(0))
+    }
+
+    /// Rename a staged image into place.
+    fn rename(mut self) -> Result<PathBuf, ImageError> {
+        if let Temp::Named(tmp) = std::mem::replace(&mut self.tmp, Temp::InPlace) {
+            let from = tmp.to_path_buf();
+            let r = tmp.persist(&self.path);
+            live_remove(&from);
+            r.map_err(|e| ImageError::Persist { path: self.path.clone(), source: e.error })?;
         }
         Ok(self.path.clone())
     }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        // The temporary path itself is removed by `TempPath`'s own drop.
+        if let Temp::Named(tmp) = &self.tmp {
+            live_remove(tmp);
+        }
+    }
+}
+
+/// Name every image of one build, all or nothing: all are first linked in under temporary
+/// names, then renamed into place; if any step fails, every image of this call is removed
+/// again (those already renamed included) and the error is returned.
+///
+/// # Errors
+/// Linking or renaming one of the images fails.
+pub fn persist_all(mut images: Vec<Image>) -> Result<Vec<PathBuf>, ImageError> {
+    for image in &mut images {
+        image.stage()?;
+    }
+    let mut done: Vec<PathBuf> = Vec::new();
+    for image in images {
+        let path = image.path.clone();
+        live_add(&path);
+        match image.rename() {
+            Ok(p) => done.push(p),
+            Err(e) => {
+                for p in done.iter().chain([&path]) {
+                    live_remove(p);
+                }
+                for p in &done {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(e);
+            }
+        }
+    }
+    for p in &done {
+        live_remove(p);
+    }
+    Ok(done)
 }
 
 /// A bounds-checked window of the image that writers may write to from many threads.

@@ -13,7 +13,7 @@ mod split;
 
 use std::path::{Path, PathBuf};
 
-pub use image::{open_source, read_file, Image, Region};
+pub use image::{open_source, persist_all, read_file, remove_temp_files, Image, Region};
 pub use model::{
     civil_from_days, DataRun, DirData, Entry, FileData, Inode, InodeId, Kind, Meta, Source, Timestamp, Tree, Xattr,
 };
@@ -151,6 +151,10 @@ pub trait Progress: Sync {
     /// The total number of file-data bytes the build will report (called once, before the
     /// data phase, by the orchestrator).
     fn set_total(&self, _bytes: u64) {}
+
+    /// The build entered a new phase (`"scanning"`, `"planning"`, `"writing main.raw"`), for
+    /// a progress display's label.
+    fn phase(&self, _what: &str) {}
 }
 
 /// A [`Progress`] that ignores everything.
