@@ -512,6 +512,7 @@ pub fn build(
         pool = pool.num_threads(n);
     }
     let pool = pool.build().map_err(|e| BuildError::Threads(e.to_string()))?;
+    progress.phase("scanning");
     // Warnings are collected inside the pool and passed on in order afterwards.
     let (split, warnings) = pool.install(|| {
         let mut warnings = Vec::new();
@@ -524,6 +525,7 @@ pub fn build(
     let (sources, grub) = split?;
     timings.lap("scan and split");
     // Plan every filesystem before touching the output.
+    progress.phase("planning");
     let fs_plans = pool.install(|| -> Result<Vec<Vec<FsPlan<'_>>>, BuildError> {
         let mut fs_plans = Vec::new();
         for (di, dp) in plans.iter().enumerate() {
@@ -549,7 +551,9 @@ pub fn build(
     progress.set_total(total);
     let mut images = Vec::new();
     for (di, (dp, fsp)) in plans.iter().zip(&fs_plans).enumerate() {
-        let path = opts.out_dir.join(format!("{}.raw", dp.disk.image_name));
+        let file = format!("{}.raw", dp.disk.image_name);
+        progress.phase(&file);
+        let path = opts.out_dir.join(&file);
         let image = Image::create(&path, dp.layout.sectors * mkdisk_gpt::SECTOR_SIZE)
             .map_err(|e| BuildError::Out { path: opts.out_dir.clone(), message: e.to_string() })?;
         mkdisk_gpt::write_gpt(&dp.layout, &image.whole())

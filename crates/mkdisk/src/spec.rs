@@ -157,8 +157,8 @@ pub struct Nodev {
 }
 
 impl Spec {
-    /// Parse a spec from JSON or TOML text (JSON if it starts with `{` or `[`, after an
-    /// optional UTF-8 byte order mark and white space).
+    /// Parse a spec from JSON or TOML text (JSON if it starts with `{`, or is a JSON array,
+    /// after an optional UTF-8 byte order mark and white space).
     ///
     /// # Errors
     /// An empty text, syntax errors, unsupported content, malformed fields; each names its
@@ -169,7 +169,10 @@ impl Spec {
         if trimmed.is_empty() {
             return err("", "the file is empty (expected the JSON of disko.devices, or a JSON or TOML layout)");
         }
-        let v: Value = if trimmed.starts_with(['{', '[']) {
+        // `[` starts both a JSON array and a TOML table header (`[disk.main]`).
+        let json = trimmed.starts_with('{')
+            || trimmed.starts_with('[') && serde_json::from_str::<serde_json::Value>(text).is_ok();
+        let v: Value = if json {
             serde_json::from_str(text).map_err(|e| SpecError { path: "(json)".into(), message: e.to_string() })?
         } else {
             toml::from_str(text).map_err(|e| SpecError { path: "(toml)".into(), message: e.to_string() })?
