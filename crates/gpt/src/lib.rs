@@ -10,8 +10,8 @@ pub mod types;
 mod write;
 
 pub use place::{
-    creation_order, parse_image_size, parse_sectors, place, DiskLayout, DiskRequest, PartitionRequest, Placed,
-    DEFAULT_ALIGNMENT, ENTRY_ARRAY_SECTORS, FIRST_USABLE_LBA,
+    computed_alignment, creation_order, parse_image_size, parse_sectors, place, DiskLayout, DiskRequest,
+    PartitionRequest, Placed, DEFAULT_ALIGNMENT, ENTRY_ARRAY_SECTORS, FIRST_USABLE_LBA,
 };
 pub use write::{protective_mbr_tail, write_gpt};
 

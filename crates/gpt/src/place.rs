@@ -10,6 +10,11 @@
 //!   `(L + 1) % A == 0` (`--align-end`);
 //! - end absolute: that sector.
 //!
+//! The alignment A of each run is the partition's `alignment` when it has one
+//! (`--set-alignment` replaces whatever sgdisk computed); otherwise it is what sgdisk computes
+//! from the partitions already on the disk when it loads the table ([`computed_alignment`]):
+//! 2048, lowered to the largest power of two that divides every existing start.
+//!
 //! Units: `K`/`M`/`G`/`T`/`P` are binary multiples of bytes; a bare number or an `s` suffix is
 //! sectors.
 
@@ -23,6 +28,12 @@ pub const ENTRY_ARRAY_SECTORS: u64 = 32;
 pub const FIRST_USABLE_LBA: u64 = 2 + ENTRY_ARRAY_SECTORS;
 /// Default alignment in sectors (1 MiB).
 pub const DEFAULT_ALIGNMENT: u64 = 2048;
+/// The alignment sgdisk never computes below on big disks (GPT fdisk's `MIN_AF_ALIGNMENT`:
+/// 4 KiB, for Advanced Format drives).
+const MIN_AF_ALIGNMENT: u64 = 8;
+/// Disks of at least this many sectors get `MIN_AF_ALIGNMENT` as a floor (GPT fdisk's
+/// `SMALLEST_ADVANCED_FORMAT`, about 279 GiB of 512-byte sectors).
+const SMALLEST_ADVANCED_FORMAT: u64 = 585_937_500;
 
 /// One partition as the spec asks for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,7 +48,8 @@ pub struct PartitionRequest {
     pub start: String,
     /// sgdisk end (`+512M`, `-0`, ...).
     pub end: String,
-    /// Alignment in sectors; 0 means the default (2048).
+    /// Alignment in sectors (`--set-alignment`); 0 means sgdisk's own: 2048, or less when the
+    /// partitions created before start on smaller boundaries (see [`computed_alignment`]).
     pub alignment: u64,
     /// Creation order; lower first.
     pub priority: i64,
@@ -214,6 +226,32 @@ fn free_blocks(first: u64, last: u64, used: &[(u64, u64)]) -> Vec<(u64, u64)> {
     out
 }
 
+/// The alignment sgdisk uses for a run without `--set-alignment`, given the first sectors of
+/// the partitions already on a disk of `disk_sectors` sectors (GPT fdisk's
+/// `GPTData::ComputeAlignment`, which `LoadPartitions` calls every time sgdisk opens the disk;
+/// disko runs one sgdisk per partition, so each partition sees the starts of those created
+/// before it).
+///
+/// Starting from [`DEFAULT_ALIGNMENT`] (2048 for 512-byte sectors), the alignment is halved
+/// until it divides every existing start, i.e. it is the largest power of two ≤ 2048 that all
+/// existing starts share; with no partitions it stays 2048. On a disk of at least
+/// 585,937,500 sectors (`SMALLEST_ADVANCED_FORMAT`) a result below 8 (`MIN_AF_ALIGNMENT`) is
+/// raised to 8. A partition's own `alignment` (`--set-alignment`, applied after the load)
+/// replaces the result, whether larger or smaller.
+#[must_use]
+pub fn computed_alignment(existing_starts: impl IntoIterator<Item = u64>, disk_sectors: u64) -> u64 {
+    // 2048 = 2^11; a start's trailing zero bits give the largest power of two dividing it
+    // (64 for sector 0, which every power of two divides).
+    let max_shift = DEFAULT_ALIGNMENT.trailing_zeros();
+    let shift = existing_starts.into_iter().map(u64::trailing_zeros).fold(max_shift, u32::min);
+    let align = 1u64 << shift;
+    if align < MIN_AF_ALIGNMENT && disk_sectors >= SMALLEST_ADVANCED_FORMAT {
+        MIN_AF_ALIGNMENT
+    } else {
+        align
+    }
+}
+
 /// gdisk's `Align`: move `sector` to an alignment boundary, preferring the one below when the
 /// sectors in between are free, else the one above when it stays inside the free block.
 fn align(sector: u64, a: u64, block: (u64, u64)) -> u64 {
@@ -265,7 +303,8 @@ pub fn place(req: &DiskRequest, seed: &Uuid) -> Result<DiskLayout, PlaceError> {
             field,
             value: value.to_string(),
         };
-        let a = if p.alignment == 0 { DEFAULT_ALIGNMENT } else { p.alignment };
+        let a =
+            if p.alignment == 0 { computed_alignment(used.iter().map(|&(first, _)| first), n) } else { p.alignment };
         let free = free_blocks(first_usable, last_usable, &used);
         let no_space = |needed: u64, available: u64| PlaceError::NoSpace {
             disk: req.name.clone(),
@@ -420,6 +459,38 @@ mod tests {
         assert_eq!(one("0", "-0"), (2048, 4192255));
         assert_eq!(one("0", "-1000"), (2048, 4191255));
         assert_eq!(one("0", "-1G"), (2048, 4192255 - 2097152));
+    }
+
+    #[test]
+    fn computed_alignment_follows_existing_starts() {
+        let small = 4_194_304;
+        assert_eq!(computed_alignment([], small), 2048);
+        assert_eq!(computed_alignment([2048, 4096, 1_052_672], small), 2048);
+        assert_eq!(computed_alignment([2048, 40], small), 8);
+        assert_eq!(computed_alignment([40, 2088, 4096], small), 8);
+        assert_eq!(computed_alignment([34], small), 2);
+        assert_eq!(computed_alignment([2049], small), 1);
+        assert_eq!(computed_alignment([0, 1 << 40], small), 2048);
+        // Advanced Format floor on big disks only.
+        assert_eq!(computed_alignment([2049], SMALLEST_ADVANCED_FORMAT - 1), 1);
+        assert_eq!(computed_alignment([2049], SMALLEST_ADVANCED_FORMAT), 8);
+        assert_eq!(computed_alignment([34], SMALLEST_ADVANCED_FORMAT), 8);
+        assert_eq!(computed_alignment([48], SMALLEST_ADVANCED_FORMAT), 16);
+    }
+
+    #[test]
+    fn small_alignment_lowers_later_default_alignment() {
+        // Measured with sgdisk 1.0.9: 8-aligned partition first, then default and -0.
+        let mut a = part("a", 1, "0", "+1M");
+        a.alignment = 8;
+        let req = DiskRequest {
+            name: "d".into(),
+            size_bytes: 2 << 30,
+            partitions: vec![a, part("b", 2, "0", "+100M"), part("c", 3, "0", "-0")],
+        };
+        let l = place(&req, &Uuid::nil()).unwrap();
+        let got: Vec<_> = l.partitions.iter().map(|p| (p.first_lba, p.last_lba)).collect();
+        assert_eq!(got, [(40, 2087), (2088, 206_887), (206_888, 4_194_263)]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! inside the usable area, in (priority, name) order, with the sizes asked for; any request at
 //! all returns a result or an error, never a panic.
 
-use mkdisk_gpt::{place, DiskRequest, PartitionRequest, DEFAULT_ALIGNMENT};
+use mkdisk_gpt::{computed_alignment, place, DiskRequest, PartitionRequest};
 use proptest::prelude::*;
 use uuid::Uuid;
 
@@ -61,7 +61,12 @@ proptest! {
         prop_assert_eq!(l.partitions.len(), r.partitions.len());
         for (i, p) in l.partitions.iter().enumerate() {
             let spec = r.partitions.iter().find(|s| s.name == p.name).unwrap();
-            let a = if spec.alignment == 0 { DEFAULT_ALIGNMENT } else { spec.alignment };
+            // sgdisk's own alignment follows the starts of the partitions created before.
+            let a = if spec.alignment == 0 {
+                computed_alignment(l.partitions[..i].iter().map(|q| q.first_lba), l.sectors)
+            } else {
+                spec.alignment
+            };
             prop_assert_eq!(p.first_lba % a, 0, "{} not aligned", p.name);
             prop_assert!(p.first_lba >= l.first_usable_lba && p.last_lba <= l.last_usable_lba);
             prop_assert!(p.first_lba <= p.last_lba);
@@ -74,7 +79,7 @@ proptest! {
                 let kib: u64 = spec.end[1..spec.end.len() - 1].parse().unwrap();
                 prop_assert_eq!(p.sectors(), kib * 2, "{} size", p.name);
             } else {
-                prop_assert_eq!((p.last_lba + 1) % DEFAULT_ALIGNMENT, 0, "tail end not aligned");
+                prop_assert_eq!((p.last_lba + 1) % a, 0, "tail end not aligned");
             }
             prop_assert_eq!(p.number as usize, i + 1);
         }
