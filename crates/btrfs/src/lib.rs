@@ -20,7 +20,8 @@
 //! (a mount point) is replaced. The default subvolume and read-only flags come from
 //! [`BtrfsOptions`].
 //!
-//! Compression (zstd, per subvolume or filesystem-wide): every 128 KiB chunk of file data is
+//! Compression (zstd only, per subvolume or filesystem-wide; zlib and lzo are refused with an
+//! error, see [`parse_mount_options`]): every 128 KiB chunk of file data is
 //! one single-segment zstd frame (content size set, window ≤ 128 KiB, no checksum), kept only
 //! when it saves at least one sector; a file under one sector is inline and compressed when
 //! its frame is strictly smaller and at most 2048 bytes (the kernel's rule); with `compress` (not `compress-force`) a file whose
@@ -80,9 +81,13 @@ pub const MAX_INLINE: u64 = 2048;
 /// `BTRFS_MAX_UNCOMPRESSED`: the most file bytes one compressed extent covers.
 pub const MAX_COMPRESSED_CHUNK: u64 = 128 * 1024;
 
-/// zstd compression settings.
+/// Compression settings. Only zstd is written; `compress=zlib`/`lzo` are refused when parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compress {
+    /// `compress=no` / `compress=none`: store files raw. The same as no compression in
+    /// [`BtrfsOptions::compress`]; in [`SubvolSpec::compress`] it overrides a compressing
+    /// filesystem default.
+    None,
     /// zstd at `level` (1..=15). `force` = `compress-force`: keep every chunk that saves a
     /// sector; otherwise a file whose first chunk does not compress is stored raw (the
     /// kernel's NOCOMPRESS heuristic, simplified).
@@ -105,7 +110,8 @@ pub struct SubvolSpec<'a> {
     /// Its content (borrowed: a NixOS store can be a large tree; the planner copies it only
     /// when it must create a directory in it for a nested subvolume).
     pub tree: Cow<'a, Tree>,
-    /// Compression for its files (`None`: the filesystem default).
+    /// Compression for its files (`None`: the filesystem default; `Some(Compress::None)`:
+    /// uncompressed whatever the default).
     pub compress: Option<Compress>,
 }
 
@@ -121,7 +127,8 @@ pub struct BtrfsOptions {
     pub label: Option<String>,
     /// Seconds for root-item and internal-directory times (SOURCE_DATE_EPOCH or 0).
     pub timestamp: i64,
-    /// Filesystem-wide compression for the top level and subvolumes without their own.
+    /// Filesystem-wide compression for the top level and subvolumes without their own
+    /// (`None` and `Some(Compress::None)` both store files raw).
     pub compress: Option<Compress>,
     /// Checksum algorithm.
     pub csum: CsumType,
@@ -153,13 +160,14 @@ impl BtrfsOptions {
     }
 
     /// Apply mkfs.btrfs-style extra arguments: `-L`/`--label LABEL`, `--csum`/`--checksum
-    /// crc32c|xxhash|sha256|blake2`, `--compress zstd[:N]`, `-f`/`--force` (ignored), and the
+    /// crc32c|xxhash|sha256|blake2`, `--compress zstd[:N]|no|none`, `-f`/`--force` (ignored), and the
     /// defaults restated (`-m dup`, `-d single`, `-n 16384`, `-s 4096`), and
     /// `--subvol [rw|ro|default|default-ro]:PATH` to flag one of the subvolumes as read-only
     /// and/or the default one. Also `--name=value`.
     ///
     /// # Errors
-    /// [`BtrfsError::BadArgument`] naming anything else, a missing or a bad value.
+    /// [`BtrfsError::BadArgument`] naming anything else, a missing or a bad value, including
+    /// `--compress zlib|lzo` (not implemented) and unknown algorithms.
     pub fn apply_extra_args(&mut self, args: &[String]) -> Result<(), BtrfsError> {
         let bad =
             |arg: &str, reason: &str| BtrfsError::BadArgument { arg: arg.to_string(), reason: reason.to_string() };
@@ -202,6 +210,7 @@ impl BtrfsOptions {
             if !known {
                 return Err(bad(a, "unsupported mkfs.btrfs option (supported: -L, --csum, --compress, --subvol, -f)"));
             }
+            let attached = inline.is_some();
             let value = match inline {
                 Some(v) => v,
                 None => it.next().ok_or_else(|| bad(a, "missing value"))?.clone(),
@@ -217,7 +226,10 @@ impl BtrfsOptions {
                     self.csum = CsumType::from_name(&value).ok_or_else(|| bad(a, "unknown checksum type"))?;
                 }
                 "-c" | "--compress" => {
-                    self.compress = parse_compress(&value, false).map_err(|r| bad(a, &r))?;
+                    // The option as written: `--compress=lzo`, `-clzo` or `--compress lzo`.
+                    let written = if attached { a.clone() } else { format!("{a} {value}") };
+                    let c = parse_compress(&value, false, "--compress zstd").map_err(|r| bad(&written, &r))?;
+                    self.compress = c.filter(|c| *c != Compress::None);
                 }
                 "-u" | "--subvol" => {
                     let (mode, path) = match value.split_once(':') {
@@ -245,19 +257,31 @@ impl BtrfsOptions {
     }
 }
 
-/// Parse `zstd`, `zstd:N`; `no`/`none` and other algorithms give `None` (stored raw).
-fn parse_compress(value: &str, force: bool) -> Result<Option<Compress>, String> {
+/// Parse a compression value: `zstd`, `zstd:N` (N in 0..=15, 0 = the default 3), `no`,
+/// `none` (`Compress::None`). `zlib[:N]` and `lzo`, which the kernel accepts but mkdisk does
+/// not write, and anything else are errors (the reason; `instead` is the option to suggest).
+fn parse_compress(value: &str, force: bool, instead: &str) -> Result<Option<Compress>, String> {
     let (alg, level) = match value.split_once(':') {
         Some((a, l)) => (a, Some(l)),
         None => (value, None),
     };
-    if alg != "zstd" {
-        return Ok(None);
+    match (alg, level) {
+        ("zstd", _) => {}
+        ("no" | "none", None) => return Ok(Some(Compress::None)),
+        ("zlib", _) | ("lzo", None) => {
+            return Err(format!("compression {alg:?} is not implemented yet (mkdisk writes zstd; use {instead})"))
+        }
+        _ => {
+            return Err(format!(
+                "unknown compression {value:?} (the kernel accepts zlib[:1..9], lzo, zstd[:1..15] and no; \
+                 mkdisk writes zstd and no)"
+            ))
+        }
     }
     let level = match level {
         None => DEFAULT_ZSTD_LEVEL,
         Some(l) => {
-            let n: i32 = l.parse().map_err(|_| format!("bad zstd level {l:?}"))?;
+            let n: i32 = l.parse().map_err(|_| format!("bad zstd level {l:?} (zstd:1..15, or zstd alone for 3)"))?;
             match n {
                 0 => DEFAULT_ZSTD_LEVEL,
                 1..=15 => n,
@@ -268,23 +292,30 @@ fn parse_compress(value: &str, force: bool) -> Result<Option<Compress>, String> 
     Ok(Some(Compress::Zstd { level, force }))
 }
 
-/// The compression a set of mount options asks for: `compress=zstd[:N]`,
-/// `compress-force=zstd[:N]` (also inside comma-separated lists). Other options, and other
-/// algorithms, are ignored (their files are stored uncompressed). The last one wins.
+/// The compression a set of mount options asks for (also inside comma-separated lists; the
+/// last one wins, as in the kernel): `compress=zstd[:N]`, `compress-force=zstd[:N]`, and
+/// `compress=no`/`none` or `compress-force=no`/`none`, which give `Some(Compress::None)` (so
+/// that they override a default). `None` when no option mentions compression; other options
+/// are ignored.
 ///
 /// # Errors
-/// [`BtrfsError::BadArgument`] for a zstd level that is not a number in 0..=15.
+/// [`BtrfsError::BadArgument`] naming the option as written: `compress=zlib[:N]`,
+/// `compress=lzo` and a bare `compress` or `compress-force` (the kernel's zlib) are not
+/// implemented; any other algorithm (`lz4`, …) is unknown; a zstd level that is not a
+/// number in 0..=15 is bad.
 pub fn parse_mount_options(opts: &[String]) -> Result<Option<Compress>, BtrfsError> {
     let mut out = None;
     for o in opts.iter().flat_map(|o| o.split(',')) {
-        let (force, value) = if let Some(v) = o.strip_prefix("compress-force=") {
-            (true, v)
-        } else if let Some(v) = o.strip_prefix("compress=") {
-            (false, v)
-        } else {
-            continue;
+        let (force, value) = match o.split_once('=') {
+            Some(("compress-force", v)) => (true, v),
+            Some(("compress", v)) => (false, v),
+            // Without a value the kernel compresses with zlib.
+            None if o == "compress" || o == "compress-force" => (o == "compress-force", "zlib"),
+            _ => continue,
         };
-        out = parse_compress(value, force).map_err(|reason| BtrfsError::BadArgument { arg: o.to_string(), reason })?;
+        let instead = "compress=zstd or compress-force=zstd";
+        out = parse_compress(value, force, instead)
+            .map_err(|reason| BtrfsError::BadArgument { arg: o.to_string(), reason })?;
     }
     Ok(out)
 }
@@ -372,4 +403,130 @@ pub enum BtrfsError {
     /// The region given to `write` does not match the plan, or a plan check failed.
     #[error("btrfs plan check failed: {0}")]
     Plan(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(v: &[&str]) -> Result<Option<Compress>, BtrfsError> {
+        parse_mount_options(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    fn mount_err(v: &[&str]) -> String {
+        let e = mount(v).expect_err(&format!("{v:?} must be refused"));
+        assert!(matches!(e, BtrfsError::BadArgument { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert_eq!(msg.lines().count(), 1, "{msg}");
+        msg
+    }
+
+    fn extra(v: &[&str]) -> Result<BtrfsOptions, BtrfsError> {
+        let mut o = BtrfsOptions::new(1 << 30, Uuid::nil());
+        o.apply_extra_args(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        Ok(o)
+    }
+
+    const fn zstd(level: i32, force: bool) -> Option<Compress> {
+        Some(Compress::Zstd { level, force })
+    }
+
+    #[test]
+    fn mount_options_accept_zstd_and_no() {
+        assert_eq!(mount(&[]).unwrap(), None);
+        assert_eq!(mount(&["noatime", "ssd,discard=async"]).unwrap(), None);
+        assert_eq!(mount(&["compress=zstd"]).unwrap(), zstd(3, false));
+        assert_eq!(mount(&["compress=zstd:0"]).unwrap(), zstd(3, false));
+        assert_eq!(mount(&["compress=zstd:1"]).unwrap(), zstd(1, false));
+        assert_eq!(mount(&["compress-force=zstd:15"]).unwrap(), zstd(15, true));
+        assert_eq!(mount(&["noatime,compress=zstd:7"]).unwrap(), zstd(7, false));
+        assert_eq!(mount(&["compress=no"]).unwrap(), Some(Compress::None));
+        assert_eq!(mount(&["compress=none"]).unwrap(), Some(Compress::None));
+        assert_eq!(mount(&["compress-force=no"]).unwrap(), Some(Compress::None));
+        // The last one wins, across list items and within one.
+        assert_eq!(mount(&["compress=zstd", "noatime,compress=no"]).unwrap(), Some(Compress::None));
+        assert_eq!(mount(&["compress=no,compress-force=zstd:2"]).unwrap(), zstd(2, true));
+    }
+
+    #[test]
+    fn mount_options_refuse_zlib_lzo_and_unknown() {
+        let not_impl = |opt: &str, alg: &str| {
+            format!(
+                "btrfs option {opt:?}: compression {alg:?} is not implemented yet (mkdisk writes zstd; use \
+                 compress=zstd or compress-force=zstd)"
+            )
+        };
+        assert_eq!(mount_err(&["compress=lzo"]), not_impl("compress=lzo", "lzo"));
+        assert_eq!(mount_err(&["noatime,compress=lzo"]), not_impl("compress=lzo", "lzo"));
+        assert_eq!(mount_err(&["compress-force=lzo"]), not_impl("compress-force=lzo", "lzo"));
+        assert_eq!(mount_err(&["compress=zlib"]), not_impl("compress=zlib", "zlib"));
+        assert_eq!(mount_err(&["compress=zlib:3"]), not_impl("compress=zlib:3", "zlib"));
+        assert_eq!(
+            mount_err(&["defaults", "compress-force=zlib:9,noatime"]),
+            not_impl("compress-force=zlib:9", "zlib")
+        );
+        // Without a value the kernel uses zlib.
+        assert_eq!(mount_err(&["noatime,compress"]), not_impl("compress", "zlib"));
+        assert_eq!(mount_err(&["compress-force"]), not_impl("compress-force", "zlib"));
+        // An error anywhere in the list, even when a later option would win.
+        assert_eq!(mount_err(&["compress=lzo", "compress=zstd"]), not_impl("compress=lzo", "lzo"));
+        let unknown = |opt: &str, val: &str| {
+            format!(
+                "btrfs option {opt:?}: unknown compression {val:?} (the kernel accepts zlib[:1..9], lzo, \
+                 zstd[:1..15] and no; mkdisk writes zstd and no)"
+            )
+        };
+        for (opt, val) in [
+            ("compress=lz4", "lz4"),
+            ("compress=bogus", "bogus"),
+            ("compress-force=lz4", "lz4"),
+            ("compress=", ""),
+            ("compress=ZSTD", "ZSTD"),
+            ("compress=lzo:1", "lzo:1"),
+            ("compress=no:3", "no:3"),
+        ] {
+            assert_eq!(mount_err(&["noatime", opt]), unknown(opt, val));
+        }
+        assert_eq!(
+            mount_err(&["compress=zstd:x"]),
+            "btrfs option \"compress=zstd:x\": bad zstd level \"x\" (zstd:1..15, or zstd alone for 3)"
+        );
+        assert_eq!(mount_err(&["compress=zstd:16"]), "btrfs option \"compress=zstd:16\": zstd level 16 outside 1..=15");
+        assert!(mount_err(&["compress-force=zstd:-1"]).contains("outside 1..=15"));
+        // Options that only look similar are not compression options.
+        assert_eq!(mount(&["compression=lzo", "nocompress", "compress_x=1"]).unwrap(), None);
+    }
+
+    #[test]
+    fn mkfs_compress_argument() {
+        assert_eq!(extra(&["--compress", "zstd"]).unwrap().compress, zstd(3, false));
+        assert_eq!(extra(&["--compress=zstd:9"]).unwrap().compress, zstd(9, false));
+        assert_eq!(extra(&["-czstd:2"]).unwrap().compress, zstd(2, false));
+        assert_eq!(extra(&["--compress", "zstd", "--compress", "no"]).unwrap().compress, None);
+        assert_eq!(extra(&["--compress=none"]).unwrap().compress, None);
+        let err = |v: &[&str]| {
+            let e = extra(v).expect_err(&format!("{v:?} must be refused"));
+            assert!(matches!(e, BtrfsError::BadArgument { .. }), "{e:?}");
+            e.to_string()
+        };
+        assert_eq!(
+            err(&["--compress", "lzo"]),
+            "btrfs option \"--compress lzo\": compression \"lzo\" is not implemented yet (mkdisk writes zstd; use \
+             --compress zstd)"
+        );
+        assert_eq!(
+            err(&["--compress=zlib:3"]),
+            "btrfs option \"--compress=zlib:3\": compression \"zlib\" is not implemented yet (mkdisk writes zstd; \
+             use --compress zstd)"
+        );
+        assert!(err(&["-clzo"]).starts_with("btrfs option \"-clzo\": compression \"lzo\" is not implemented"));
+        assert_eq!(
+            err(&["--compress", "lz4"]),
+            "btrfs option \"--compress lz4\": unknown compression \"lz4\" (the kernel accepts zlib[:1..9], lzo, \
+             zstd[:1..15] and no; mkdisk writes zstd and no)"
+        );
+        assert!(err(&["--compress", "bogus"]).contains("\"--compress bogus\""));
+        assert!(err(&["--compress", "zstd:x"]).contains("bad zstd level"));
+        assert!(err(&["--compress"]).contains("missing value"));
+    }
 }

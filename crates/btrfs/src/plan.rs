@@ -579,6 +579,7 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec<'_>], opts: &BtrfsOptions) -> Resu
     for (t, tree) in trees.iter().enumerate() {
         let n = number(tree, Some(&links[t]))?;
         let compress = if t == 0 { opts.compress } else { specs[t - 1].1.compress.or(opts.compress) };
+        let compress = compress.filter(|c| *c != Compress::None);
         let files = n
             .order
             .par_iter()
@@ -676,7 +677,7 @@ pub fn plan(top: &Tree, subvols: &[SubvolSpec<'_>], opts: &BtrfsOptions) -> Resu
                                 }
                             }
                         }
-                        None => push_raw(&mut pieces, r.0, r.1),
+                        Some(Compress::None) | None => push_raw(&mut pieces, r.0, r.1),
                     }
                 }
             }

@@ -451,7 +451,8 @@ fn errors_are_named() {
     let p = |v: &[&str]| mkdisk_btrfs::parse_mount_options(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
     assert_eq!(p(&["compress-force=zstd"]).unwrap(), Some(Compress::Zstd { level: 3, force: true }));
     assert_eq!(p(&["noatime,compress=zstd:7"]).unwrap(), Some(Compress::Zstd { level: 7, force: false }));
-    assert_eq!(p(&["defaults", "compress=lzo"]).unwrap(), None);
+    assert!(p(&["defaults", "compress=lzo"]).is_err(), "lzo is refused, not ignored");
+    assert_eq!(p(&["defaults", "noatime"]).unwrap(), None);
     assert!(p(&["compress=zstd:99"]).is_err());
 }
 
@@ -1153,4 +1154,46 @@ fn compressed_inline_extents_and_scratch_file() {
     o2.scratch_dir = Some(tmp.path().join("missing"));
     let e = plan(&big, &[], &o2).unwrap_err().to_string();
     assert!(e.contains("scratch") && e.contains("missing"), "{e}");
+}
+
+/// `compress=no` is an explicit choice: on a subvolume it overrides a compressing filesystem
+/// default (a subvolume without compression options inherits it), and as the filesystem
+/// default it stores everything raw. zlib and lzo are refused, not silently stored raw.
+#[test]
+fn compress_no_overrides_and_other_algorithms_are_refused() {
+    let mount = |v: &[&str]| mkdisk_btrfs::parse_mount_options(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = || {
+        let mut t = Tree::new(meta(0o755));
+        let text = b"/nix/store/0123456789abcdfghijklmnpqrsvwxyz-hello-2.12.1/bin/hello\n".repeat(4000);
+        t.add_file(InodeId::ROOT, b"text", FileData::from_bytes(text), meta(0o644)).unwrap();
+        t
+    };
+    let top = tree();
+    let subs = [
+        SubvolSpec { path: "inherit".into(), tree: Cow::Owned(tree()), compress: mount(&["noatime"]).unwrap() },
+        SubvolSpec { path: "raw".into(), tree: Cow::Owned(tree()), compress: mount(&["noatime,compress=no"]).unwrap() },
+    ];
+    assert_eq!(subs[1].compress, Some(Compress::None));
+    let mut o = opts(256 * MIB);
+    o.compress = mount(&["compress-force=zstd"]).unwrap();
+    let img = tmp.path().join("mixed.img");
+    let layout = build(&top, &subs, &o, &img).unwrap();
+    check_clean(&img);
+    // 3 chunks (≤ 128 KiB each) of the file in the top level and in "inherit", none in "raw".
+    let chunks = top.data_bytes().div_ceil(mkdisk_btrfs::MAX_COMPRESSED_CHUNK) as usize;
+    assert_eq!((chunks, layout.compressed_extents()), (3, 2 * chunks));
+    assert!(dump_tree(&img, Some("256")).contains("compression 3"), "inherit is compressed");
+    let raw = dump_tree(&img, Some("257"));
+    assert!(raw.contains("extent data disk byte") && !raw.contains("compression 3"), "raw is not:\n{raw}");
+    restore_compare(&img, Some(257), &tree(), tmp.path(), "raw");
+    // compress=no as the filesystem default.
+    o.compress = mount(&["compress=zstd", "compress=none"]).unwrap();
+    assert_eq!(o.compress, Some(Compress::None));
+    assert_eq!(plan(&top, &subs[..1], &o).unwrap().compressed_extents(), 0);
+    // Algorithms mkdisk does not write are errors naming the option, not raw images.
+    for opt in ["compress=lzo", "compress=zlib:3", "compress-force=lz4", "compress=bogus", "compress"] {
+        let e = mount(&["noatime", &format!("ssd,{opt}")]).unwrap_err().to_string();
+        assert!(e.contains(&format!("{opt:?}")) && e.lines().count() == 1, "{opt}: {e}");
+    }
 }

@@ -55,7 +55,22 @@ impl Default for InodeFields {
     }
 }
 
-/// `ext4_encode_extra_time`: nanoseconds and epoch bits.
+/// `(sec, nsec)` clamped to [`crate::TIME_MIN`]`..=`[`crate::TIME_MAX`], and whether it had
+/// to be. A clamped time gets nanoseconds 0, like the kernel's `timestamp_truncate`; nanoseconds
+/// of an in-range time are capped at 999 999 999.
+pub(crate) fn clamp_time(sec: i64, nsec: u32) -> (i64, u32, bool) {
+    if sec < crate::TIME_MIN {
+        (crate::TIME_MIN, 0, true)
+    } else if sec > crate::TIME_MAX {
+        (crate::TIME_MAX, 0, true)
+    } else {
+        (sec, nsec.min(999_999_999), false)
+    }
+}
+
+/// `ext4_encode_extra_time`: nanoseconds and epoch bits. `sec` must be within
+/// [`crate::TIME_MIN`]`..=`[`crate::TIME_MAX`] (see [`clamp_time`]); outside it the epoch bits
+/// wrap.
 fn extra_time(sec: i64, nsec: u32) -> u32 {
     let epoch = ((sec.wrapping_sub(i64::from(sec as i32))) >> 32) & 3;
     (nsec << 2) | (epoch as u32)
@@ -64,6 +79,7 @@ fn extra_time(sec: i64, nsec: u32) -> u32 {
 impl InodeFields {
     /// Encode and checksum inode `ino`.
     pub(crate) fn encode(&self, seed: u32, ino: u32) -> [u8; INODE_SIZE] {
+        debug_assert!((crate::TIME_MIN..=crate::TIME_MAX).contains(&self.time_sec), "{}", self.time_sec);
         let mut b = [0u8; INODE_SIZE];
         let t = self.time_sec as u32;
         let te = extra_time(self.time_sec, self.time_nsec);
@@ -105,4 +121,38 @@ pub(crate) fn set_csum(seed: u32, ino: u32, b: &mut [u8; INODE_SIZE]) {
     let c = csum::raw(seed, &[&ino.to_le_bytes(), &0u32.to_le_bytes(), &b[..]]);
     put_u16(b, 0x7C, (c & 0xFFFF) as u16);
     put_u16(b, 0x82, (c >> 16) as u16);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel's `ext4_decode_extra_time`.
+    fn decode(base: u32, extra: u32) -> (i64, u32) {
+        (i64::from(base as i32) + (i64::from(extra & 3) << 32), extra >> 2)
+    }
+
+    #[test]
+    fn times_round_trip_and_clamp() {
+        for (sec, nsec) in [
+            (crate::TIME_MIN, 0),
+            (crate::TIME_MIN + 1, 5),
+            (-1, 999_999_999),
+            (0, 0),
+            (i64::from(i32::MAX), 1),
+            (1 << 31, 2),
+            (4_102_444_800, 3), // 2100-01-01
+            (crate::TIME_MAX, 999_999_999),
+        ] {
+            assert_eq!(clamp_time(sec, nsec), (sec, nsec, false));
+            assert_eq!(decode(sec as u32, extra_time(sec, nsec)), (sec, nsec), "{sec}");
+        }
+        assert_eq!(clamp_time(crate::TIME_MIN - 1, 7), (crate::TIME_MIN, 0, true));
+        assert_eq!(clamp_time(-2_177_452_800, 0), (crate::TIME_MIN, 0, true)); // 1901-01-01
+        assert_eq!(clamp_time(crate::TIME_MAX + 1, 7), (crate::TIME_MAX, 0, true));
+        assert_eq!(clamp_time(16_725_225_600, 0), (crate::TIME_MAX, 0, true)); // 2500-01-01
+        assert_eq!(clamp_time(i64::MIN, 0), (crate::TIME_MIN, 0, true));
+        assert_eq!(clamp_time(i64::MAX, 0), (crate::TIME_MAX, 0, true));
+        assert_eq!(clamp_time(5, u32::MAX), (5, 999_999_999, false));
+    }
 }

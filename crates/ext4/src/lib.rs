@@ -41,6 +41,18 @@ pub(crate) const BLOCKS_PER_GROUP: u64 = 32768;
 /// `EXT2_LINK_MAX`.
 pub(crate) const LINK_MAX: u32 = 65000;
 
+/// Earliest inode time ext4 can store, in seconds since the Unix epoch: `-2^31`,
+/// 1901-12-13T20:45:52Z (the kernel's `EXT4_EXTRA_TIMESTAMP_MIN`). A 32-bit signed `i_*time`
+/// plus two epoch bits in `i_*time_extra` reach from here to [`TIME_MAX`]. [`plan`] clamps an
+/// earlier mtime to this bound (nanoseconds 0, as the kernel's `timestamp_truncate` does) and
+/// lists the entry in [`Ext4Layout::clamped_times`].
+pub const TIME_MIN: i64 = i32::MIN as i64;
+/// Latest inode time ext4 can store: `2^31 - 1 + 3 * 2^32` = `0x3_7FFF_FFFF`,
+/// 2446-05-10T22:38:55Z (the kernel's `EXT4_EXTRA_TIMESTAMP_MAX`). [`plan`] clamps a later
+/// mtime to this bound (nanoseconds 0) and lists the entry in [`Ext4Layout::clamped_times`].
+pub const TIME_MAX: i64 = i32::MAX as i64 + 3 * (1 << 32);
+const _: () = assert!(TIME_MIN == -0x8000_0000 && TIME_MAX == 0x3_7FFF_FFFF);
+
 /// Options for one ext4 filesystem.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -54,7 +66,9 @@ pub struct Ext4Options {
     /// `s_volume_name` (at most 16 bytes).
     pub label: Option<String>,
     /// Build epoch (seconds) for `s_mkfs_time`, `s_wtime`, `s_lastcheck`, journal and
-    /// lost+found times.
+    /// lost+found times. Must lie in `0..=`[`TIME_MAX`] (the superblock fields are unsigned,
+    /// the inode times end at [`TIME_MAX`]); [`plan`] refuses anything else with
+    /// [`Ext4Error::BadTimestamp`].
     pub timestamp: i64,
     /// Total inode count (`-N`); by default sized from the tree plus headroom.
     pub inode_count: Option<u32>,
@@ -206,6 +220,15 @@ pub enum Ext4Error {
         arg: String,
         /// Why it was rejected.
         reason: String,
+    },
+    /// [`Ext4Options::timestamp`] outside `0..=`[`TIME_MAX`].
+    #[error(
+        "ext4: filesystem timestamp {timestamp} is outside the range ext4 can store \
+         (0..=15032385535, 1970-01-01T00:00:00Z to 2446-05-10T22:38:55Z)"
+    )]
+    BadTimestamp {
+        /// The timestamp, in seconds since the Unix epoch.
+        timestamp: i64,
     },
     /// The plan is inconsistent (a bug), detected before writing.
     #[error("ext4: invalid plan: {0}")]

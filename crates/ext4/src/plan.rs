@@ -9,7 +9,7 @@ use crate::dir::{self, DirEnt, LEAF_SPACE};
 use crate::extent::{self, Extent};
 use crate::group_desc::{GroupDesc, BG_BLOCK_UNINIT, BG_INODE_UNINIT, BG_INODE_ZEROED};
 use crate::htree::{self, DX_NODE_LIMIT, DX_ROOT_LIMIT};
-use crate::inode::{InodeFields, EXTENTS_FL, INDEX_FL};
+use crate::inode::{clamp_time, InodeFields, EXTENTS_FL, INDEX_FL};
 use crate::superblock::{has_super, SbFields};
 use crate::{csum, journal, xattr, Ext4Error, Ext4Options, BLOCKS_PER_GROUP, BS, LINK_MAX};
 
@@ -74,6 +74,8 @@ pub struct Ext4Layout {
     pub(crate) inodes: Vec<PInode>,
     pub(crate) sb: SbFields,
     pub(crate) assume_zeroed: bool,
+    /// Paths of the entries whose mtime was clamped, sorted.
+    pub(crate) clamped_times: Vec<String>,
 }
 
 impl Ext4Layout {
@@ -106,6 +108,14 @@ impl Ext4Layout {
     #[must_use]
     pub fn groups(&self) -> &[GroupDesc] {
         &self.groups
+    }
+    /// Sorted paths of the entries whose mtime lies outside
+    /// [`crate::TIME_MIN`]`..=`[`crate::TIME_MAX`] and was clamped to the nearer bound, for the
+    /// caller to warn about. Rendered as in this crate's errors (`/dir/file`, `/` for the root);
+    /// a hard-linked file is named once, by its first path in tree walk order.
+    #[must_use]
+    pub fn clamped_times(&self) -> &[String] {
+        &self.clamped_times
     }
 }
 
@@ -379,12 +389,20 @@ fn geometry(opts: &Ext4Options, needed_inodes: u32) -> Result<Geometry, Ext4Erro
             reason: "filesystem too large".into(),
         })?;
         let desc_blocks = ngroups.div_ceil((crate::BLOCK_SIZE / crate::group_desc::DESC_SIZE) as u64);
-        let per = wanted(blocks_count).div_ceil(ngroups);
-        let ipg = per.div_ceil(u64::from(INODES_PER_BLOCK)).max(1) * u64::from(INODES_PER_BLOCK);
-        if ipg > BLOCKS_PER_GROUP || ipg * ngroups > u64::from(u32::MAX) {
+        // At most one inode per block of a group, and a 32-bit inode count in all.
+        let ipb = u64::from(INODES_PER_BLOCK);
+        let max_ipg = BLOCKS_PER_GROUP.min(u64::from(u32::MAX) / ngroups) / ipb * ipb;
+        let mut per = wanted(blocks_count).div_ceil(ngroups);
+        // Like mke2fs, the default bytes-per-inode ratio gives way to the limit on large
+        // filesystems as long as the content still fits.
+        if opts.inode_count.is_none() && per > max_ipg && u64::from(needed_inodes).div_ceil(ngroups) <= max_ipg {
+            per = max_ipg;
+        }
+        let ipg = per.div_ceil(ipb).max(1) * ipb;
+        if ipg > max_ipg {
             return Err(Ext4Error::TooManyInodes {
                 needed: wanted(blocks_count),
-                reason: format!("a {}-byte filesystem holds at most {} inodes", opts.size_bytes, ngroups * 32768),
+                reason: format!("a {}-byte filesystem holds at most {} inodes", opts.size_bytes, max_ipg * ngroups),
             });
         }
         let itb = ipg / u64::from(INODES_PER_BLOCK);
@@ -406,6 +424,11 @@ fn geometry(opts: &Ext4Options, needed_inodes: u32) -> Result<Geometry, Ext4Erro
 /// target is empty or ≥ 4096 bytes, a directory needs more than a two-level htree, xattrs do not
 /// fit one block, or an option is invalid.
 pub fn plan(tree: &Tree, opts: &Ext4Options) -> Result<Ext4Layout, Ext4Error> {
+    // Superblock times are unsigned (32 bits + an 8-bit `_hi`), and the same timestamp goes
+    // into the journal and lost+found inodes, which end at TIME_MAX.
+    if !(0..=crate::TIME_MAX).contains(&opts.timestamp) {
+        return Err(Ext4Error::BadTimestamp { timestamp: opts.timestamp });
+    }
     if opts.inode_size != 256 {
         return Err(Ext4Error::BadArgument { arg: format!("-I {}", opts.inode_size), reason: "only 256".into() });
     }
@@ -523,6 +546,7 @@ pub fn plan(tree: &Tree, opts: &Ext4Options) -> Result<Ext4Layout, Ext4Error> {
     }
 
     // Every other inode, in inode order.
+    let mut clamped: Vec<InodeId> = Vec::new();
     for ino in 1..=max_ino {
         let idx = (ino - 1) as usize;
         let owner = num.owner[idx];
@@ -547,12 +571,17 @@ pub fn plan(tree: &Tree, opts: &Ext4Options) -> Result<Ext4Layout, Ext4Error> {
         let Some(t) = owner else { continue };
         let node = tree.inode(t);
         let path = || path_of(tree, t);
+        let (time_sec, time_nsec, was_clamped) = clamp_time(node.meta.mtime.sec, node.meta.mtime.nsec);
+        // A link group split over several inodes is listed once.
+        if was_clamped && num.first_ino[t.index()] == ino {
+            clamped.push(t);
+        }
         let mut f = InodeFields {
             mode: node.mode(),
             uid: node.meta.uid,
             gid: node.meta.gid,
-            time_sec: node.meta.mtime.sec,
-            time_nsec: node.meta.mtime.nsec.min(999_999_999),
+            time_sec,
+            time_nsec,
             ..InodeFields::default()
         };
         let xl = xattr::layout(&node.meta.xattrs).map_err(|reason| Ext4Error::Xattr { path: path(), reason })?;
@@ -740,7 +769,19 @@ pub fn plan(tree: &Tree, opts: &Ext4Options) -> Result<Ext4Layout, Ext4Error> {
         inodes,
         sb,
         assume_zeroed: opts.assume_zeroed,
+        clamped_times: clamped_paths(tree, &clamped),
     })
+}
+
+/// Sorted paths of `ids` (computing the path table only when there is something to name).
+fn clamped_paths(tree: &Tree, ids: &[InodeId]) -> Vec<String> {
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let paths = tree.paths();
+    let mut out: Vec<String> = ids.iter().map(|id| String::from_utf8_lossy(&paths[id.index()]).into_owned()).collect();
+    out.sort_unstable();
+    out
 }
 
 /// Build the extent root (and tree blocks, allocated now) for `exts`.

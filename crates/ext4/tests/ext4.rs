@@ -699,3 +699,70 @@ fn eof_hash_name_starts_a_leaf() {
         other => eprintln!("\n*** SKIPPED (not a pass): kernel lookup of the EOF-hash name: {other:?}"),
     }
 }
+
+/// `debugfs -R "stat PATH"` with times in UTC: the `mtime:` line, e.g.
+/// `mtime: 0x80000000:00000000 -- Fri Dec 13 20:45:52 1901`.
+fn mtime_line(img: &Path, path: &str) -> String {
+    let out = Command::new("debugfs").env("TZ", "GMT").arg("-R").arg(format!("stat {path}")).arg(img).output().unwrap();
+    assert!(out.status.success(), "debugfs stat {path}: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = stdout.lines().find(|l| l.trim_start().starts_with("mtime:"));
+    line.unwrap_or_else(|| panic!("no mtime in debugfs stat {path}:\n{stdout}")).trim().to_string()
+}
+
+/// Times outside 1901-12-13T20:45:52Z..=2446-05-10T22:38:55Z are clamped to the nearer bound
+/// (nanoseconds 0) and listed by `clamped_times()`; they used to wrap (1901-01-01 read back as
+/// 2445-05-29, 2500-01-01 as 1955-08-05). In-range times, negative and past 2038, are exact.
+#[test]
+fn out_of_range_times_are_clamped() {
+    use mkdisk_ext4::{TIME_MAX, TIME_MIN};
+    let ts = |sec: i64, nsec: u32| Meta::new(0o644).with_mtime(Timestamp { sec, nsec });
+    let mut t = Tree::new(meta(0o755, 1_600_000_000));
+    let d = t.add_dir(InodeId::ROOT, b"d", meta(0o755, 1_600_000_000)).unwrap();
+    let empty = || FileData::from_bytes(Vec::new());
+    t.add_file(d, b"y1901", empty(), ts(-2_177_452_800, 0)).unwrap(); // 1901-01-01
+    let far = t.add_file(InodeId::ROOT, b"y2500", empty(), ts(16_725_225_600, 123_456_789)).unwrap(); // 2500-01-01
+    t.add_hardlink(d, b"y2500-link", far).unwrap();
+    t.add_file(InodeId::ROOT, b"y1950", empty(), ts(-631_152_000, 5)).unwrap(); // 1950-01-01
+    t.add_file(InodeId::ROOT, b"y2100", empty(), ts(4_102_444_800, 999_999_999)).unwrap(); // 2100-01-01
+    t.add_file(InodeId::ROOT, b"min", empty(), ts(TIME_MIN, 0)).unwrap();
+    t.add_file(InodeId::ROOT, b"max", empty(), ts(TIME_MAX, 7)).unwrap();
+    let o = opts(64 << 20);
+    let layout = plan(&t, &o).unwrap();
+    // One path per inode, the first in walk order (as in errors): /d comes before /y2500.
+    assert_eq!(layout.clamped_times(), ["/d/y1901", "/d/y2500-link"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("times.img");
+    build(&t, &o, &img).unwrap();
+    fsck_clean(&img);
+    verify(&img);
+    for (path, want) in [
+        ("/d/y1901", "0x80000000:00000000 -- Fri Dec 13 20:45:52 1901"),
+        ("/y2500", "0x7fffffff:00000003 -- Thu May 10 22:38:55 2446"),
+        ("/d/y2500-link", "0x7fffffff:00000003 -- Thu May 10 22:38:55 2446"),
+        ("/y1950", "0xda616280:00000014 -- Sun Jan  1 00:00:00 1950"),
+        ("/y2100", "0xf4865700:ee6b27fd -- Fri Jan  1 00:00:00 2100"),
+        ("/min", "0x80000000:00000000 -- Fri Dec 13 20:45:52 1901"),
+        ("/max", "0x7fffffff:0000001f -- Thu May 10 22:38:55 2446"),
+    ] {
+        assert_eq!(mtime_line(&img, path), format!("mtime: {want}"), "{path}");
+    }
+    // The filesystem timestamp (superblock times are unsigned) must be in 0..=TIME_MAX.
+    for bad in [-1, TIME_MAX + 1, i64::MIN] {
+        let mut o = opts(64 << 20);
+        o.timestamp = bad;
+        match plan(&small_tree(), &o) {
+            Err(e @ Ext4Error::BadTimestamp { timestamp }) => {
+                assert_eq!(timestamp, bad);
+                assert!(e.to_string().contains(&bad.to_string()), "{e}");
+            }
+            other => panic!("timestamp {bad}: expected BadTimestamp, got {other:?}"),
+        }
+    }
+    let mut o = opts(64 << 20);
+    for good in [0, TIME_MAX] {
+        o.timestamp = good;
+        let l = plan(&small_tree(), &o).unwrap();
+        assert!(l.clamped_times().is_empty());
+    }
+}
