@@ -538,6 +538,19 @@ pub fn build(
         Ok(fs_plans)
     })?;
     timings.lap("plan");
+    for (dp, fsp) in plans.iter().zip(&fs_plans) {
+        for (placed, plan) in dp.layout.partitions.iter().zip(fsp) {
+            if let FsPlan::Ext4(layout, _) = plan {
+                for path in layout.clamped_times() {
+                    warn(format!(
+                        "disk {}, partition {}: {path}: modification time outside ext4's range \
+                         (1901-12-13 to 2446-05-10), stored as the nearest end of it",
+                        dp.disk.name, placed.name
+                    ));
+                }
+            }
+        }
+    }
     let total: u64 = fs_plans
         .iter()
         .flatten()
