@@ -97,6 +97,20 @@ def installed(pkg):
 _updated = [False]
 
 
+def apt_update_once(why):
+    """`apt-get update`, once per run and only as root: a new machine (or a container image
+    whose /var/lib/apt/lists was cleaned) has no package lists, so neither `apt-cache depends`
+    nor `apt-get download` finds anything. Returns whether it ran and succeeded."""
+    if _updated[0] or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return False
+    _updated[0] = True
+    log(f"{why}; running apt-get update")
+    r = run(["apt-get", "update", "-q"])
+    if r.returncode != 0:
+        log(f"apt-get update failed: {r.stderr.strip()[-500:]}")
+    return r.returncode == 0
+
+
 def apt_download(pkg, debs):
     """The cached .deb of `pkg` (downloaded if missing)."""
     have = sorted(f for f in os.listdir(debs) if f.startswith(pkg + "_") and f.endswith(".deb"))
@@ -110,12 +124,10 @@ def apt_download(pkg, debs):
         r = run(["apt-get", "download", "-q", pkg], cwd=debs)
         if r.returncode == 0:
             break
-        if attempt == 0 and os.geteuid() == 0 and not _updated[0]:
-            log(f"apt-get download {pkg} failed; running apt-get update")
-            _updated[0] = True
-            run(["apt-get", "update", "-q"])
+        if attempt == 0 and apt_update_once(f"apt-get download {pkg} failed"):
             continue
-        raise Unavailable(f"apt-get download {pkg} failed: {r.stderr.strip()[-500:]}")
+        hint = "" if os.geteuid() == 0 else " (not root: run `apt-get update` as root if the lists are missing)"
+        raise Unavailable(f"apt-get download {pkg} failed{hint}: {r.stderr.strip()[-500:]}")
     have = sorted(f for f in os.listdir(debs) if f.startswith(pkg + "_") and f.endswith(".deb"))
     if not have:
         raise Unavailable(f"apt-get download {pkg}: no .deb appeared")
@@ -150,9 +162,12 @@ def apt_depends(pkg):
 
 
 def kernel_package():
-    for d in apt_depends("linux-image-amd64"):
-        if d.startswith("linux-image-"):
-            return d
+    for attempt in range(2):
+        for d in apt_depends("linux-image-amd64"):
+            if d.startswith("linux-image-"):
+                return d
+        if attempt == 1 or not apt_update_once("apt-cache depends linux-image-amd64 gave nothing"):
+            break
     debs = os.path.join(cache_dir(), "debs")
     have = sorted(f.split("_")[0] for f in os.listdir(debs)
                   if f.startswith("linux-image-") and not f.startswith("linux-image-amd64"))

@@ -126,29 +126,24 @@ fn main_line_files(text: &str) -> u64 {
     line.split(": ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
 }
 
+/// An mtools command that does not depend on the machine: UTF-8 host names whatever the
+/// locale (under `LANG=C` mcopy writes `über.txt` as `_ber.txt`; C.UTF-8 is built into glibc),
+/// UTC times, and `HOME` at `work` so no `~/.mtoolsrc` is read.
+fn mtools(cmd: &str, work: &Path) -> Command {
+    let mut c = Command::new(cmd);
+    c.env("MTOOLS_SKIP_CHECK", "1").env("TZ", "UTC").env("LC_ALL", "C.UTF-8").env("HOME", work);
+    c
+}
+
 /// Read the volume back with `mcopy -s -m` into a temp dir and list it.
 fn read_mcopy(img: &Path, work: &Path) -> Expect {
     let out = work.join("mcopy-out");
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out).unwrap();
-    let list = Command::new("mdir")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .env("TZ", "UTC")
-        .args(["-b", "-i"])
-        .arg(img)
-        .arg("::/")
-        .output()
-        .unwrap();
+    let list = mtools("mdir", work).args(["-b", "-i"]).arg(img).arg("::/").output().unwrap();
     if !String::from_utf8_lossy(&list.stdout).trim().is_empty() {
-        let st = Command::new("mcopy")
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .env("TZ", "UTC")
-            .args(["-s", "-m", "-n", "-Q", "-i"])
-            .arg(img)
-            .arg("::/*")
-            .arg(&out)
-            .output()
-            .unwrap();
+        let st =
+            mtools("mcopy", work).args(["-s", "-m", "-n", "-Q", "-i"]).arg(img).arg("::/*").arg(&out).output().unwrap();
         assert!(st.status.success(), "mcopy failed: {}", String::from_utf8_lossy(&st.stderr));
     }
     expect_host(&out)

@@ -33,18 +33,14 @@ use std::time::Instant;
 
 mod common;
 use common::{
-    boot_parts, build_args, grub_boot_args, harness_or_why, in_ci, mkdisk, plan_numbers, repo, run_harness, sha256_hex,
+    boot_parts, build_args, grub_boot_args, harness_or_why, mkdisk, plan_numbers, repo, run_harness, sha256_hex,
     system_args, HarnessError,
 };
 
-/// QEMU or a part cannot be had: a loud skip, or a failure under CI. Written to the real
-/// stderr (not the test harness's captured output), so it shows in every `cargo test` run.
+/// QEMU or a part cannot be had: a loud skip, or a failure under CI ([`common::skip_or_fail`]).
 fn skip(why: &str) {
-    assert!(!in_ci(), "kernel boot test cannot run under CI=true: {why}");
-    let bar = "*".repeat(78);
     let test = std::thread::current().name().unwrap_or("?").to_string();
-    let msg = format!("\n{bar}\n*** SKIPPED (not a pass): kernel boot test {test}: {}\n{bar}\n", why.trim());
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
+    common::skip_or_fail(&format!("kernel boot test {test}"), why);
 }
 
 /// Boots are serialized: TCG is CPU-bound and the machine is small.

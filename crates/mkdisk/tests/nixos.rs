@@ -5,14 +5,16 @@
 //! filesystem extracted again with `debugfs rdump`, and the extracted store checked with
 //! `nix-store --verify --check-contents`, `-qR` and `-q --hash`.
 //!
-//! Without `nix-store` on PATH these tests print a loud SKIP line and return (set
-//! `MKDISK_REQUIRE_NIX=1` to make that a failure).
+//! Every `nix-store`/`nix-build` runs through [`common::nix_command`]: its own configuration
+//! (`build-users-group =`: no `nixbld` group needed), no `/etc/nix`, no user configuration, no
+//! `/nix` on the host. Without `nix-store` on PATH these tests print a loud `*** SKIPPED (not a
+//! pass)` line and return; with `MKDISK_REQUIRE_NIX` set (`tests/run.sh`) or `CI=true` they fail.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
-use common::{boot_parts, build_args, grub_boot_args, in_ci, plan_numbers, sha256_file, system_args};
+use common::{boot_parts, build_args, grub_boot_args, nix_command, plan_numbers, sha256_file, system_args};
 
 const EPOCH: &str = "1700000000";
 
@@ -30,20 +32,14 @@ fn assert_ok(what: &str, o: &Output) {
     );
 }
 
+/// Whether Nix is here (see [`common::have_nix`]: a skip, or a failure where it must run).
 fn have_nix() -> bool {
-    let ok = Command::new("nix-store").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(std::env::var_os("MKDISK_REQUIRE_NIX").is_none(), "nix-store (Debian nix-bin) is required");
-        eprintln!("SKIP: nix-store (Debian package nix-bin) is not installed; the NixOS oracle tests did not run");
-    }
-    ok
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    common::have_nix(&format!("NixOS oracle test {test}"))
 }
 
-const NIX_CONFIG: &str =
-    "experimental-features = nix-command\nsandbox = false\nsubstituters =\nsandbox-paths = /bin /lib /lib64 /usr";
-
 fn nix(store: &Path, args: &[&str]) -> Output {
-    Command::new("nix-store").arg("--store").arg(store).args(args).env("NIX_CONFIG", NIX_CONFIG).output().unwrap()
+    nix_command("nix-store").arg("--store").arg(store).args(args).output().unwrap()
 }
 
 fn nix_ok(store: &Path, args: &[&str]) -> String {
@@ -77,7 +73,7 @@ fn scratch_store(dir: &Path) -> Scratch {
 let
   a = builtins.storePath "{a}";
   sh = args: name: builtins.derivation {{
-    inherit name; system = "x86_64-linux"; builder = "/bin/sh";
+    inherit name; system = builtins.currentSystem; builder = "/bin/sh";
     args = [ "-c" ("export PATH=/bin:/usr/bin; " + args) ];
   }};
   dep = sh "echo dep > $out" "dep";
@@ -115,7 +111,7 @@ fn toplevel_nix(name: &str, kernel: &str, initrd: &str, params: &str, label: &st
     }};
   }};
 in builtins.derivation {{
-  name = "{name}"; system = "x86_64-linux"; builder = "/bin/sh";
+  name = "{name}"; system = builtins.currentSystem; builder = "/bin/sh";
   inherit bootJson;
   args = [ "-c" "export PATH=/bin:/usr/bin; {script}" ];
 }}
@@ -128,14 +124,8 @@ in builtins.derivation {{
 /// directory, the closure's store paths, sorted).
 fn nix_build(dir: &Path, store: &Path, file: &str, expr: &str) -> (String, PathBuf, Vec<String>) {
     std::fs::write(dir.join(file), expr).unwrap();
-    let o = Command::new("nix-build")
-        .arg("--store")
-        .arg(store)
-        .arg(dir.join(file))
-        .arg("--no-out-link")
-        .env("NIX_CONFIG", NIX_CONFIG)
-        .output()
-        .unwrap();
+    let o =
+        nix_command("nix-build").arg("--store").arg(store).arg(dir.join(file)).arg("--no-out-link").output().unwrap();
     assert_ok("nix-build", &o);
     let toplevel = String::from_utf8(o.stdout).unwrap().trim().to_string();
     let closure = dir.join("closure");
@@ -502,30 +492,6 @@ fn grub_bios_and_systemd_boot_hybrid() {
     assert!(cfg.contains(&format!("linux ($drive1){kernel}/bzImage init=")), "{cfg}");
 }
 
-/// GRUB i386-pc from Debian's grub-pc-bin/grub-common (`apt-get download`, unpacked), or why not.
-fn grub_root(cache: &Path) -> Result<PathBuf, String> {
-    let root = cache.join("root");
-    if root.join("usr/bin/grub-mkimage").exists() && root.join("usr/lib/grub/i386-pc/boot.img").exists() {
-        return Ok(root);
-    }
-    std::fs::create_dir_all(cache).unwrap();
-    let o = Command::new("apt-get")
-        .args(["download", "-q", "grub-pc-bin", "grub-common"])
-        .current_dir(cache)
-        .output()
-        .map_err(|e| format!("apt-get: {e}"))?;
-    if !o.status.success() {
-        return Err(format!("apt-get download grub-pc-bin grub-common: {}", String::from_utf8_lossy(&o.stderr)));
-    }
-    for e in std::fs::read_dir(cache).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "deb") {
-            assert!(Command::new("dpkg-deb").arg("-x").arg(&p).arg(&root).status().unwrap().success());
-        }
-    }
-    Ok(root)
-}
-
 fn listing_sha(listing: &str, path: &str) -> Option<String> {
     listing.lines().find_map(|l| {
         let rest = l.strip_prefix("S ")?;
@@ -561,13 +527,6 @@ fn nixos_image_boots_with_grub_and_systemd_boot() {
             return;
         }
     };
-    let grub = match grub_root(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("grub-cache")) {
-        Ok(g) => g,
-        Err(why) => {
-            skip_or_fail(&format!("GRUB unavailable: {why}"));
-            return;
-        }
-    };
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/disko/seed-impermanence.json");
     let mut layouts = vec![BootLayout {
         name: "regular-ext4",
@@ -588,12 +547,12 @@ fn nixos_image_boots_with_grub_and_systemd_boot() {
     }
     let mut failures = Vec::new();
     for l in &layouts {
-        failures.extend(boot_layout(l, &parts, &initramfs, &grub));
+        failures.extend(boot_layout(l, &parts, &initramfs));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-fn boot_layout(l: &BootLayout, parts: &serde_json::Value, initramfs: &Path, grub: &Path) -> Vec<String> {
+fn boot_layout(l: &BootLayout, parts: &serde_json::Value, initramfs: &Path) -> Vec<String> {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let store = dir.join("store");
@@ -624,12 +583,17 @@ let
     );
     let (toplevel, closure, _) = nix_build(dir, &store, "boot.nix", &expr);
 
-    // GRUB inputs: /boot is the ESP, so core.img's prefix is (,gptN)/grub on it.
+    // GRUB inputs (the harness's grub-pc-bin, unpacked with the libraries it lacks): /boot is
+    // the ESP, so core.img's prefix is (,gptN)/grub on it.
     let gdir = dir.join("grub");
     std::fs::create_dir_all(&gdir).unwrap();
-    let moddir = grub.join("usr/lib/grub/i386-pc");
+    let moddir = PathBuf::from(parts["grub_i386_pc"].as_str().unwrap());
     std::fs::copy(moddir.join("boot.img"), gdir.join("boot.img")).unwrap();
-    let o = Command::new(grub.join("usr/bin/grub-mkimage"))
+    let mut mkimage = Command::new(parts["grub_mkimage"].as_str().unwrap());
+    for (k, v) in parts["grub_env"].as_object().unwrap() {
+        mkimage.env(k, v.as_str().unwrap());
+    }
+    let o = mkimage
         .args(["-O", "i386-pc", "-d"])
         .arg(&moddir)
         .args(["-p", &format!("(,gpt{esp_n})/grub"), "-o"])
@@ -763,10 +727,9 @@ fn impermanence_store_verifies_with_nix() {
     assert_eq!(mtype(&img, esp.1, "/EFI/BOOT/BOOTX64.EFI"), "fake-sd-boot\n");
 }
 
-/// Where QEMU or its parts cannot be had: a loud SKIP, but a failure in CI (`CI=true`).
+/// Where QEMU, GRUB or the shared layouts cannot be had: a loud skip, but a failure under
+/// `CI=true` ([`common::skip_or_fail`]).
 fn skip_or_fail(why: &str) {
-    if in_ci() {
-        panic!("{why} (CI=true: the boot check must run)");
-    }
-    eprintln!("SKIP: {why}");
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    common::skip_or_fail(&format!("NixOS test {test}"), why);
 }
