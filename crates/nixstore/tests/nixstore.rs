@@ -10,6 +10,7 @@ use mkdisk_nixstore::{
     add_closure, add_nix_db, add_profiles, grub_cfg, grub_embed, nix_db, resolve_store_path, systemd_boot_files,
     Bootspec, ClosureInfo, GrubCfgOptions, NixError, Registration, SystemdBootOptions,
 };
+use mkdisk_testkit::{have_nix, nix_command};
 use mkdisk_tree::{Kind, Meta, Tree};
 
 const H1: &str = "sha256:1av6k5vjhy68xrphrsn96pcsqrcrh8f5mg814y0jm0dl8rs316gq";
@@ -159,63 +160,6 @@ fn db_is_reproducible_and_well_formed() {
     assert_eq!(t, 1_700_000_000);
 }
 
-/// The only Nix settings the oracle runs with (the machine's `/etc/nix/nix.conf` and user files
-/// are not read, see [`nix_command`]). `build-users-group =`: as root, Nix defaults to the
-/// group `nixbld`, which Debian's nix-bin does not create; builds run as the calling user.
-/// `builders =`: no remote builders (the default reads `$NIX_CONF_DIR/machines`). `nix-path =`:
-/// no channels looked up in `$HOME` or `/nix/var`. No sandbox, no substituters: offline.
-/// (The same as `crates/mkdisk/tests/common/mod.rs`, another test crate.)
-const NIX_CONFIG: &str = "build-users-group =\nbuilders =\nnix-path =\nexperimental-features = nix-command\n\
-                          sandbox = false\nsubstituters =\nsandbox-paths = /bin /lib /lib64 /usr";
-
-/// `program` (`nix-store`, `nix-build`) with an environment that depends on nothing of this
-/// machine but the binary: every inherited `NIX_*` variable removed (`NIX_REMOTE`,
-/// `NIX_STORE_DIR`, `NIX_PATH`, ...), [`NIX_CONFIG`], `NIX_CONF_DIR` an empty directory (no
-/// `/etc/nix/nix.conf`, `/etc/nix/machines`), no user configuration files
-/// (`NIX_USER_CONF_FILES=""`), and `HOME`, the XDG directories, `NIX_STATE_DIR` and
-/// `NIX_LOG_DIR` under `target/tmp/nix-hermetic`, so nothing under `/nix` is read or created.
-/// Every call passes `--store <scratch root>`, which holds that store's own state and logs.
-fn nix_command(program: &str) -> Command {
-    let base = nix_hermetic_dir();
-    let mut c = Command::new(program);
-    for (k, _) in std::env::vars_os() {
-        if k.to_str().is_some_and(|k| k.starts_with("NIX_")) {
-            c.env_remove(k);
-        }
-    }
-    c.env("NIX_CONFIG", NIX_CONFIG)
-        .env("NIX_CONF_DIR", base.join("etc"))
-        .env("NIX_USER_CONF_FILES", "")
-        .env("NIX_STATE_DIR", base.join("state"))
-        .env("NIX_LOG_DIR", base.join("log"))
-        .env("HOME", base.join("home"))
-        .env("XDG_CONFIG_HOME", base.join("home/.config"))
-        .env("XDG_CONFIG_DIRS", base.join("xdg"))
-        .env("XDG_CACHE_HOME", base.join("home/.cache"))
-        .env("XDG_DATA_HOME", base.join("home/.local/share"))
-        .env("XDG_STATE_HOME", base.join("home/.local/state"));
-    // Nix names the per-user directories after the passwd entry of the uid, or $USER without one.
-    if std::env::var_os("USER").is_none() {
-        c.env("USER", "mkdisk-test");
-    }
-    c
-}
-
-/// `target/tmp/nix-hermetic`: `etc` (must stay empty), `home`, `xdg`, `state`, `log`.
-fn nix_hermetic_dir() -> &'static Path {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nix-hermetic");
-        for d in ["etc", "home", "xdg", "state", "log"] {
-            std::fs::create_dir_all(base.join(d)).unwrap();
-        }
-        let etc = base.join("etc");
-        let stray: Vec<_> = std::fs::read_dir(&etc).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert!(stray.is_empty(), "{} must be empty (it is the tests' NIX_CONF_DIR): {stray:?}", etc.display());
-        base
-    })
-}
-
 fn nix_store(store: &Path, args: &[&str], stdin: Option<&[u8]>) -> String {
     use std::io::Write;
     let mut c = nix_command("nix-store")
@@ -233,32 +177,11 @@ fn nix_store(store: &Path, args: &[&str], stdin: Option<&[u8]>) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
-/// Whether `nix-store` runs here. Without it: a failure with `MKDISK_REQUIRE_NIX` set (as
-/// `tests/run.sh` sets it) or under `CI=true`, else a loud `*** SKIPPED (not a pass)` line on
-/// the real stderr (not the test harness's captured output).
-fn have_nix() -> bool {
-    // With a store named: a bare `nix-store --version` opens the default store, creating /nix.
-    let probe = nix_hermetic_dir().join("probe-store");
-    let v = nix_command("nix-store").arg("--store").arg(probe).arg("--version").output();
-    let why = match &v {
-        Ok(o) if o.status.success() => return true,
-        Ok(o) => format!("nix-store --version failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr).trim()),
-        Err(e) => format!("nix-store (Debian package nix-bin) is not runnable: {e}"),
-    };
-    let what = "the Nix DB oracle test (db_matches_nix_load_db)";
-    assert!(std::env::var_os("MKDISK_REQUIRE_NIX").is_none(), "{what}: {why} (MKDISK_REQUIRE_NIX is set)");
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{what} cannot run under CI=true: {why}");
-    let bar = "*".repeat(78);
-    let msg = format!("\n{bar}\n*** SKIPPED (not a pass): {what} — {why}\n{bar}\n");
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
-    false
-}
-
 /// Our DB equals what Nix 2.8 makes from the same registration with `--load-db`: the same
 /// schema objects with the same SQL text, the same rows (but registrationTime) and refs.
 #[test]
 fn db_matches_nix_load_db() {
-    if !have_nix() {
+    if !have_nix("the Nix DB oracle test (db_matches_nix_load_db)") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

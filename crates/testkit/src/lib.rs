@@ -1,0 +1,104 @@
+//! What the test suites of mkdisk share (`publish = false`): the skip policy (a check this
+//! machine cannot run is a loud skip, and a failure under `CI=true`) and Nix (Debian's
+//! nix-bin 2.8) as an oracle in an environment that depends on nothing of the machine.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `target/tmp` of this workspace (`CARGO_TARGET_DIR` when the tests were built with one).
+fn target_tmp() -> PathBuf {
+    let target = option_env!("CARGO_TARGET_DIR")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"), PathBuf::from);
+    target.join("tmp")
+}
+
+/// Whether this is CI (`CI=true`), where a check that cannot run is a failure, not a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// A check that cannot run on this machine (`what`, e.g. "kernel boot test x"; `why`): a
+/// failure under `CI=true`, else a loud `*** SKIPPED (not a pass)` line written to the real
+/// stderr (not the test harness's captured output), so it shows in every `cargo test` run.
+pub fn skip_or_fail(what: &str, why: &str) {
+    let why = why.trim();
+    assert!(!in_ci(), "{what} cannot run under CI=true: {why}");
+    let bar = "*".repeat(78);
+    let msg = format!("\n{bar}\n*** SKIPPED (not a pass): {what} — {why}\n{bar}\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nix (Debian nix-bin, Nix 2.8) as an oracle
+
+/// The only Nix settings the tests run with (a machine's `/etc/nix/nix.conf` and user files
+/// are not read, see [`nix_command`]). `build-users-group =`: as root, Nix defaults to the
+/// group `nixbld`, which Debian's nix-bin does not create; builds run as the calling user.
+/// `builders =`: no remote builders (the default reads `$NIX_CONF_DIR/machines`). `nix-path =`:
+/// no channels looked up in `$HOME` or `/nix/var`. No sandbox, no substituters: offline.
+pub const NIX_CONFIG: &str = "build-users-group =\nbuilders =\nnix-path =\nexperimental-features = nix-command\n\
+                              sandbox = false\nsubstituters =\nsandbox-paths = /bin /lib /lib64 /usr";
+
+/// `program` (`nix-store`, `nix-build`) with an environment that depends on nothing of this
+/// machine but the binary: every inherited `NIX_*` variable removed (`NIX_REMOTE`,
+/// `NIX_STORE_DIR`, `NIX_PATH`, ...), [`NIX_CONFIG`], `NIX_CONF_DIR` an empty directory (no
+/// `/etc/nix/nix.conf`, `/etc/nix/machines`), no user configuration files
+/// (`NIX_USER_CONF_FILES=""`), and `HOME`, the XDG directories, `NIX_STATE_DIR` and
+/// `NIX_LOG_DIR` under `target/tmp/nix-hermetic`, so nothing under `/nix` is read or created.
+/// Every call passes `--store <scratch root>`, which holds that store's own state and logs.
+pub fn nix_command(program: &str) -> Command {
+    let base = nix_hermetic_dir();
+    let mut c = Command::new(program);
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(|k| k.starts_with("NIX_")) {
+            c.env_remove(k);
+        }
+    }
+    c.env("NIX_CONFIG", NIX_CONFIG)
+        .env("NIX_CONF_DIR", base.join("etc"))
+        .env("NIX_USER_CONF_FILES", "")
+        .env("NIX_STATE_DIR", base.join("state"))
+        .env("NIX_LOG_DIR", base.join("log"))
+        .env("HOME", base.join("home"))
+        .env("XDG_CONFIG_HOME", base.join("home/.config"))
+        .env("XDG_CONFIG_DIRS", base.join("xdg"))
+        .env("XDG_CACHE_HOME", base.join("home/.cache"))
+        .env("XDG_DATA_HOME", base.join("home/.local/share"))
+        .env("XDG_STATE_HOME", base.join("home/.local/state"));
+    // Nix names the per-user directories after the passwd entry of the uid, or $USER without one.
+    if std::env::var_os("USER").is_none() {
+        c.env("USER", "mkdisk-test");
+    }
+    c
+}
+
+/// `target/tmp/nix-hermetic`: `etc` (must stay empty), `home`, `xdg`, `state`, `log`.
+fn nix_hermetic_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let base = target_tmp().join("nix-hermetic");
+        for d in ["etc", "home", "xdg", "state", "log"] {
+            std::fs::create_dir_all(base.join(d)).unwrap();
+        }
+        let etc = base.join("etc");
+        let stray: Vec<_> = std::fs::read_dir(&etc).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(stray.is_empty(), "{} must be empty (it is the tests' NIX_CONF_DIR): {stray:?}", etc.display());
+        base
+    })
+}
+
+/// Whether `nix-store` runs here. Without it: a failure with `MKDISK_REQUIRE_NIX` set (as
+/// `tests/run.sh` sets it) or under `CI=true`, else a loud skip of `what`.
+pub fn have_nix(what: &str) -> bool {
+    // With a store named: a bare `nix-store --version` opens the default store, creating /nix.
+    let probe = nix_hermetic_dir().join("probe-store");
+    let v = nix_command("nix-store").arg("--store").arg(probe).arg("--version").output();
+    let why = match &v {
+        Ok(o) if o.status.success() => return true,
+        Ok(o) => format!("nix-store --version failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr).trim()),
+        Err(e) => format!("nix-store (Debian package nix-bin) is not runnable: {e}"),
+    };
+    assert!(std::env::var_os("MKDISK_REQUIRE_NIX").is_none(), "{what}: {why} (MKDISK_REQUIRE_NIX is set)");
+    skip_or_fail(what, &why);
+    false
+}
