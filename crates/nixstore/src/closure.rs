@@ -187,7 +187,8 @@ impl ClosureInfo {
 /// directory `store_dir` (`/nix/store` normally; a chroot store's `<root>/nix/store` in
 /// tests). Contents get the store's canonical metadata (0444/0555, mtime 1, root:root, no
 /// xattrs); `/nix/store` itself becomes 1775 root:30000 (nixbld). Directories created on the
-/// way (`/nix`) get 0755 and `mtime`. File data is not read here (it stays a host source).
+/// way (`/nix`) get 0755 and `mtime`. File data is not copied here: it stays a host source
+/// (the scan reads it once to find whole zero blocks).
 ///
 /// # Errors
 /// [`NixError::MissingStorePath`] naming the first path missing from the host store, or a

@@ -136,10 +136,28 @@ pub struct FileData {
     /// must agree: writers copy whole blocks around a run, so the source's bytes in the rest
     /// of a run's first and last block are copied as they are (host files' holes read as zero;
     /// an in-memory source must hold zeros there).
+    ///
+    /// A scanned host file's runs are exactly its [`FileData::HOLE_BLOCK`]-aligned blocks that
+    /// hold a non-zero byte (the last, partial block up to `size`), adjacent ones merged into
+    /// one run, whatever the host's allocation: every all-zero block (the last one: zero up to
+    /// the end of the file) is a hole, which writers store as a hole, as `mke2fs -d` does; an
+    /// all-zero file has no runs. Zero bytes that do not fill an aligned block stay data.
     pub runs: Vec<DataRun>,
 }
 
 impl FileData {
+    /// The block size, in bytes, at which the scanner turns whole zero blocks of a host file
+    /// into holes: blocks at file offsets that are multiples of it.
+    ///
+    /// 4096 is the block size mkdisk writes ext4 with (`mkdisk_ext4::BLOCK_SIZE`, never 1024)
+    /// and btrfs's sector size, the unit in which both map file data: a zero run that is
+    /// aligned to it and as long becomes a hole there (no extent, no block), and whole zero
+    /// 4 KiB blocks are also what `dd conv=sparse bs=4096` skips when an image is written to a
+    /// disk, so storing them as holes keeps such copies correct. A smaller unit would split
+    /// runs that neither writer can store as holes anyway; FAT has no holes and writes the
+    /// zeros wherever the runs leave a gap.
+    pub const HOLE_BLOCK: u64 = 4096;
+
     /// A file whose bytes are all data (no holes).
     #[must_use]
     pub fn dense(size: u64, source: Source) -> Self {

@@ -3,12 +3,15 @@
 //! Entries are read, then sorted bytewise, so the result never depends on `readdir` order.
 //! Only `lstat` fields that are content are used: type, permission bits, owner (optionally),
 //! size, `rdev`, mtime with nanoseconds. atime and ctime are never read. Holes are found with
-//! `SEEK_DATA`/`SEEK_HOLE` for files whose allocated blocks are fewer than their size.
+//! `SEEK_DATA`/`SEEK_HOLE` for files whose allocated blocks are fewer than their size; then the
+//! data of every regular file is read once (in parallel across files, through one bounded
+//! buffer per file) and each [`FileData::HOLE_BLOCK`]-aligned block that is all zero becomes a
+//! hole too, so a file's data runs do not depend on how the host happened to allocate it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::model::{DataRun, DirData, FileData, InodeId, Kind, Meta, Source, Timestamp, Tree, Xattr};
@@ -171,22 +174,32 @@ fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, TreeError> {
     Ok(out)
 }
 
-/// Find data runs of a possibly sparse file.
+/// The most file data read at once while looking for zero blocks (per file being scanned).
+const READ_CHUNK: u64 = 1 << 20;
+
+/// Data runs of a regular file of `size` bytes: its allocated ranges (`SEEK_DATA`/`SEEK_HOLE`
+/// when it is sparse), less every [`FileData::HOLE_BLOCK`]-aligned block that reads as zero.
 fn data_runs(path: &Path, size: u64, md: &fs::Metadata) -> Result<Vec<DataRun>, TreeError> {
     if size == 0 {
         return Ok(Vec::new());
     }
-    // Fully allocated files (the common case) cost no extra syscalls.
+    let f = fs::File::open(path).map_err(|e| TreeError::io(path, e))?;
+    let allocated = allocated_runs(&f, path, size, md)?;
+    split_zero_blocks(&allocated, size, |buf, offset| f.read_exact_at(buf, offset)).map_err(|e| TreeError::io(path, e))
+}
+
+/// The allocated ranges of the open file `f`: one run `0..size` unless it has fewer blocks
+/// than its size (fully allocated files, the common case, cost no extra syscalls).
+fn allocated_runs(f: &fs::File, path: &Path, size: u64, md: &fs::Metadata) -> Result<Vec<DataRun>, TreeError> {
     if md.blocks().saturating_mul(512) >= size {
         return Ok(vec![DataRun { offset: 0, len: size }]);
     }
     use rustix::fs::SeekFrom;
     use rustix::io::Errno;
-    let f = fs::File::open(path).map_err(|e| TreeError::io(path, e))?;
     let mut runs = Vec::new();
     let mut pos = 0u64;
     while pos < size {
-        let data = match rustix::fs::seek(&f, SeekFrom::Data(pos)) {
+        let data = match rustix::fs::seek(f, SeekFrom::Data(pos)) {
             Ok(d) => d,
             Err(Errno::NXIO) => break,
             // No SEEK_DATA support: treat as dense.
@@ -196,7 +209,7 @@ fn data_runs(path: &Path, size: u64, md: &fs::Metadata) -> Result<Vec<DataRun>, 
         if data >= size {
             break;
         }
-        let hole = match rustix::fs::seek(&f, SeekFrom::Hole(data)) {
+        let hole = match rustix::fs::seek(f, SeekFrom::Hole(data)) {
             Ok(h) => h.min(size),
             Err(e) => return Err(TreeError::io(path, e.into())),
         };
@@ -209,6 +222,66 @@ fn data_runs(path: &Path, size: u64, md: &fs::Metadata) -> Result<Vec<DataRun>, 
     Ok(runs)
 }
 
+/// The data runs of a file of `size` bytes whose allocated ranges are `runs` (sorted,
+/// non-overlapping, inside `0..size`; the bytes outside them read as zero): exactly its
+/// [`FileData::HOLE_BLOCK`]-aligned blocks that hold a non-zero byte (the last one up to
+/// `size`), adjacent blocks merged into one run. So the result does not depend on how the host
+/// allocated the file, only on its bytes.
+///
+/// Only the bytes inside `runs` are read, in whole-block chunks of at most [`READ_CHUNK`]
+/// bytes through `read_exact_at(buf, offset)`, which must fill `buf` (a file that shrank is an
+/// error, not a shorter file). A data block that `runs` cover only in part (a host filesystem
+/// with smaller blocks) is kept whole: the rest of it is a host hole and reads as zero.
+fn split_zero_blocks(
+    runs: &[DataRun],
+    size: u64,
+    mut read_exact_at: impl FnMut(&mut [u8], u64) -> std::io::Result<()>,
+) -> std::io::Result<Vec<DataRun>> {
+    const BS: u64 = FileData::HOLE_BLOCK;
+    let mut out: Vec<DataRun> = Vec::with_capacity(runs.len());
+    // At least one block, a whole number of them, and no more than the file needs.
+    let cap = size.div_ceil(BS).saturating_mul(BS).clamp(BS, READ_CHUNK);
+    let mut buf = vec![0u8; usize::try_from(cap).unwrap_or(1 << 20)];
+    for r in runs {
+        let end = r.end().min(size);
+        let mut pos = r.offset;
+        while pos < end {
+            // Chunks end on a block boundary (or the run's end), so no block spans two reads.
+            let chunk_end = (pos / BS * BS).saturating_add(cap).min(end);
+            let n = usize::try_from(chunk_end - pos).unwrap_or(usize::MAX);
+            let chunk = &mut buf[..n];
+            read_exact_at(chunk, pos)?;
+            let mut at = pos;
+            while at < chunk_end {
+                let block_end = ((at / BS + 1) * BS).min(chunk_end);
+                let lo = usize::try_from(at - pos).unwrap_or(usize::MAX);
+                let hi = usize::try_from(block_end - pos).unwrap_or(usize::MAX);
+                if !is_zero(&chunk[lo..hi]) {
+                    let (s, e) = (at / BS * BS, (at / BS * BS).saturating_add(BS).min(size));
+                    match out.last_mut() {
+                        Some(last) if last.end() >= s => last.len = e.max(last.end()) - last.offset,
+                        _ => out.push(DataRun { offset: s, len: e - s }),
+                    }
+                }
+                at = block_end;
+            }
+            pos = chunk_end;
+        }
+    }
+    Ok(out)
+}
+
+/// Whether every byte of `b` is zero (in 64-byte steps the compiler can vectorise).
+fn is_zero(b: &[u8]) -> bool {
+    let mut chunks = b.chunks_exact(64);
+    for c in &mut chunks {
+        if c.iter().fold(0u8, |acc, &x| acc | x) != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&x| x == 0)
+}
+
 /// One host entry, read in parallel (lstat, xattrs, holes, symlink target) and placed into
 /// the tree afterwards, serially and in the order of the serial walk, so the tree (inode ids,
 /// hard-link choice) is the same whatever the thread count.
@@ -217,12 +290,16 @@ struct Scanned {
     dev: u64,
     ino: u64,
     nlink: u64,
-    /// Metadata and kind; `Err(path, lstat)` for a non-directory with more links, read only
-    /// when it turns out to be the first name of its inode (later names cost no more syscalls).
-    read: Result<(Meta, Kind), (PathBuf, fs::Metadata)>,
+    /// Metadata and kind; `Err(path, lstat)` for a non-directory with more links, read (by
+    /// [`read_first_links`]) only when it turns out to be the first name of its inode (later
+    /// names cost no more syscalls and no more reads of the data).
+    read: Deferred,
     /// A directory's entries, sorted by name.
     children: Vec<Scanned>,
 }
+
+/// An entry's metadata and kind, or the path and `lstat` to read them from later.
+type Deferred = Result<(Meta, Kind), (PathBuf, fs::Metadata)>;
 
 /// Read `host`'s entries, sorted bytewise, and everything below them, in parallel (rayon's
 /// current pool). The first error in entry order wins.
@@ -253,8 +330,46 @@ fn read_tree(host: &Path, opts: &ScanOptions) -> Result<Vec<Scanned>, TreeError>
     read.into_iter().collect()
 }
 
+/// Read, in parallel, the metadata and kind (data runs included) of the first name of every
+/// multiply-linked non-directory that [`read_tree`] deferred: first in the order in which
+/// [`scan_children`] places entries (a directory's entries, then each subdirectory's, in
+/// order), so the same name owns the inode as when it was read there. Later names stay
+/// deferred and become hard links. The first error in that order wins.
+fn read_first_links(entries: &mut [Scanned], opts: &ScanOptions) -> Result<(), TreeError> {
+    use rayon::prelude::*;
+    fn collect<'a>(entries: &'a mut [Scanned], seen: &mut HashSet<(u64, u64)>, out: &mut Vec<&'a mut Deferred>) {
+        let mut subdirs = Vec::new();
+        for e in entries {
+            let Scanned { dev, ino, read, children, .. } = e;
+            if read.is_err() {
+                if seen.insert((*dev, *ino)) {
+                    out.push(read);
+                }
+            } else if !children.is_empty() {
+                subdirs.push(children);
+            }
+        }
+        for c in subdirs {
+            collect(c, seen, out);
+        }
+    }
+    let mut firsts = Vec::new();
+    collect(entries, &mut HashSet::new(), &mut firsts);
+    let done: Vec<Result<(), TreeError>> = firsts
+        .into_par_iter()
+        .map(|read| {
+            let Err((path, md)) = &*read else { return Ok(()) };
+            let got = (meta_of(path, md, opts)?, kind_of(path, md)?);
+            *read = Ok(got);
+            Ok(())
+        })
+        .collect();
+    done.into_iter().collect()
+}
+
 fn scan_children(tree: &mut Tree, dir: InodeId, host: &Path, opts: &ScanOptions) -> Result<(), TreeError> {
-    let entries = read_tree(host, opts)?;
+    let mut entries = read_tree(host, opts)?;
+    read_first_links(&mut entries, opts)?;
     let mut links: HashMap<(u64, u64), InodeId> = HashMap::new();
     let mut stack = vec![(dir, entries)];
     while let Some((dir, entries)) = stack.pop() {
@@ -291,4 +406,113 @@ fn scan_children(tree: &mut Tree, dir: InodeId, host: &Path, opts: &ScanOptions)
         stack.extend(subdirs.into_iter().rev());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const BS: u64 = FileData::HOLE_BLOCK;
+
+    /// `split_zero_blocks` over in-memory content, where `runs` are the host's data runs
+    /// (the content must be zero outside them).
+    fn split(content: &[u8], runs: &[DataRun]) -> std::io::Result<Vec<DataRun>> {
+        split_zero_blocks(runs, content.len() as u64, |buf, off| {
+            let off = usize::try_from(off).unwrap();
+            let src = content.get(off..off + buf.len()).ok_or(std::io::ErrorKind::UnexpectedEof)?;
+            buf.copy_from_slice(src);
+            Ok(())
+        })
+    }
+
+    fn pairs(runs: &[DataRun]) -> Vec<(u64, u64)> {
+        runs.iter().map(|r| (r.offset, r.end())).collect()
+    }
+
+    #[test]
+    fn read_errors_and_short_files_are_errors() {
+        let runs = [DataRun { offset: 0, len: 3 * BS }];
+        let short = vec![1u8; 2 * BS as usize];
+        assert!(split_zero_blocks(&runs, 3 * BS, |buf, off| {
+            let off = usize::try_from(off).unwrap();
+            let src = short.get(off..off + buf.len()).ok_or(std::io::ErrorKind::UnexpectedEof)?;
+            buf.copy_from_slice(src);
+            Ok(())
+        })
+        .is_err());
+        let e = split_zero_blocks(&runs, 3 * BS, |_, _| Err(std::io::Error::other("boom"))).unwrap_err();
+        assert_eq!(e.to_string(), "boom");
+    }
+
+    #[test]
+    fn runs_not_aligned_to_blocks() {
+        // Runs of a filesystem with 1 KiB blocks: [1 KiB, 3 KiB) zero, [3 KiB, 5 KiB) data in
+        // block 1 only.
+        let mut c = vec![0u8; 3 * BS as usize];
+        c[4096] = 7;
+        let runs = [DataRun { offset: 1024, len: 2048 }, DataRun { offset: 3072, len: 2048 }];
+        assert_eq!(pairs(&split(&c, &runs).unwrap()), [(4096, 8192)]);
+        // Block 0 holds data in its first run: the whole block is data, merged with block 1.
+        c[3000] = 1;
+        assert_eq!(pairs(&split(&c, &runs).unwrap()), [(0, 8192)]);
+        // Data only in the second run's part of block 0: the same.
+        c[3000] = 0;
+        c[3500] = 1;
+        assert_eq!(pairs(&split(&c, &runs).unwrap()), [(0, 8192)]);
+    }
+
+    proptest! {
+        /// For any content (stretches of zeros and data, unaligned) and any host runs that
+        /// cover its data, the runs are exactly the aligned blocks with a non-zero byte, merged.
+        #[test]
+        fn every_zero_block_is_a_hole(
+            pieces in proptest::collection::vec((0u8..4, 1u64..3 * BS), 0..24),
+            hole_mask in proptest::collection::vec(any::<bool>(), 0..24),
+        ) {
+            let mut content = Vec::new();
+            for (kind, len) in &pieces {
+                let len = usize::try_from(*len).unwrap();
+                match kind {
+                    0 | 1 => content.extend(std::iter::repeat_n(0u8, len)),
+                    2 => content.extend(std::iter::repeat_n(0xa5u8, len)),
+                    _ => content.extend((0..len).map(|i| u8::from(i % 1000 == 999))),
+                }
+            }
+            let size = content.len() as u64;
+            // Host runs: the blocks not picked as host holes (zeroed there).
+            let mut host: Vec<DataRun> = Vec::new();
+            for b in 0..size.div_ceil(BS) {
+                let (s, e) = (b * BS, ((b + 1) * BS).min(size));
+                if hole_mask.get(usize::try_from(b).unwrap()).copied().unwrap_or(false) {
+                    content[s as usize..e as usize].fill(0);
+                    continue;
+                }
+                match host.last_mut() {
+                    Some(l) if l.end() == s => l.len += e - s,
+                    _ => host.push(DataRun { offset: s, len: e - s }),
+                }
+            }
+            let out = split(&content, &host).unwrap();
+            let mut want: Vec<(u64, u64)> = Vec::new();
+            for b in 0..size.div_ceil(BS) {
+                let (s, e) = (b * BS, ((b + 1) * BS).min(size));
+                if content[s as usize..e as usize].iter().any(|&x| x != 0) {
+                    match want.last_mut() {
+                        Some(l) if l.1 == s => l.1 = e,
+                        _ => want.push((s, e)),
+                    }
+                }
+            }
+            prop_assert_eq!(pairs(&out), want);
+            // Unaligned host runs (a filesystem with 1 KiB blocks) give the same result.
+            let fine: Vec<DataRun> = host
+                .iter()
+                .flat_map(|r| (r.offset..r.end()).step_by(1024).map(move |o| (o, (o + 1024).min(r.end()))))
+                .filter(|&(s, e)| content[s as usize..e as usize].iter().any(|&x| x != 0) || s % 3072 == 0)
+                .map(|(s, e)| DataRun { offset: s, len: e - s })
+                .collect();
+            prop_assert_eq!(split(&content, &fine).unwrap(), out);
+        }
+    }
 }

@@ -231,3 +231,90 @@ fn parallel_scan_is_independent_of_threads() {
     assert_eq!(one.lookup(b"/d01/x/y/f0"), Some(l));
     assert_eq!(one.inode(l).links, 2);
 }
+
+/// Regression (zero blocks stored as allocated zeros): the scanner leaves every whole zero
+/// 4096-byte block of a regular file out of its data runs — at the start, in the middle, at
+/// the end, a zero partial last block, whole files, across the reader's 1 MiB chunks, and
+/// inside the data runs of a sparse host file — and keeps zero bytes that do not fill an
+/// aligned block as data.
+#[test]
+fn zero_blocks_become_holes() {
+    const B: u64 = mkdisk_tree::FileData::HOLE_BLOCK;
+    assert_eq!(B, 4096);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let put = |name: &str, size: u64, data: &[(u64, &[u8])]| {
+        let f = fs::File::create(root.join(name)).unwrap();
+        // Written densely (zeros included), so the host allocates every block.
+        f.write_all_at(&vec![0u8; usize::try_from(size).unwrap()], 0).unwrap();
+        for (at, bytes) in data {
+            f.write_all_at(bytes, *at).unwrap();
+        }
+    };
+    let full = [0x5au8; 4096];
+    // Blocks: 0 zero | 1, 2 data | 3 zero | 4 data only in its last byte | 5, 6 data with 4096
+    // zero bytes straddling them | 7 zero | a 100-byte zero tail.
+    put(
+        "mixed",
+        8 * B + 100,
+        &[(B, &full), (2 * B, &full), (5 * B - 1, b"x"), (5 * B, &full[..2048]), (6 * B + 2048, &full[..2048])],
+    );
+    // A partial last block that holds data only in its last byte stays data up to the end.
+    put("tail", 2 * B + 100, &[(0, b"a"), (2 * B + 99, b"z")]);
+    // Zero bytes that are not a whole aligned block (a block with one data byte) stay data.
+    put("nearly", B, &[(B / 2, b"q")]);
+    put("zeros", 3 << 20, &[]);
+    put("small-zeros", 100, &[]);
+    put("small", 100, &[(50, b"x")]);
+    // Zeros across the reader's 1 MiB chunk boundaries.
+    let mib: u64 = 1 << 20;
+    put("chunks", 5 * mib / 2, &[(0, &vec![1u8; usize::try_from(mib - B).unwrap()]), (2 * mib + B, &full)]);
+    // A sparse host file: its data run [1 MiB, 1 MiB + 3 blocks) holds a zero block.
+    let f = fs::File::create(root.join("sparse")).unwrap();
+    f.set_len(4 * mib).unwrap();
+    f.write_all_at(&full, mib).unwrap();
+    f.write_all_at(&[0u8; 4096], mib + B).unwrap();
+    f.write_all_at(&full, mib + 2 * B).unwrap();
+    f.write_all_at(&[0u8; 4096], 3 * mib).unwrap();
+    drop(f);
+    fs::write(root.join("empty"), b"").unwrap();
+
+    let t = scan(root, &ScanOptions::default()).unwrap();
+    let runs = |name: &str| -> (u64, Vec<(u64, u64)>) {
+        let id = t.lookup(format!("/{name}").as_bytes()).unwrap();
+        let Kind::File(fd) = &t.inode(id).kind else { panic!("{name} is not a file") };
+        (fd.size, fd.runs.iter().map(|r| (r.offset, r.end())).collect())
+    };
+    assert_eq!(runs("mixed"), (8 * B + 100, vec![(B, 3 * B), (4 * B, 7 * B)]));
+    assert_eq!(runs("tail"), (2 * B + 100, vec![(0, B), (2 * B, 2 * B + 100)]));
+    assert_eq!(runs("nearly"), (B, vec![(0, B)]));
+    assert_eq!(runs("zeros"), (3 << 20, vec![]));
+    assert_eq!(runs("small-zeros"), (100, vec![]));
+    assert_eq!(runs("small"), (100, vec![(0, 100)]));
+    assert_eq!(runs("chunks"), (5 * mib / 2, vec![(0, mib - B), (2 * mib + B, 2 * mib + 2 * B)]));
+    assert_eq!(runs("sparse"), (4 * mib, vec![(mib, mib + B), (mib + 2 * B, mib + 3 * B)]));
+    assert_eq!(runs("empty"), (0, vec![]));
+}
+
+/// The zero-block reads happen for the first name of a hard-linked file too (read in the
+/// parallel phase), and every name shares the result.
+#[test]
+fn zero_blocks_of_hard_linked_files_become_holes() {
+    const B: u64 = mkdisk_tree::FileData::HOLE_BLOCK;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    fs::create_dir(root.join("d")).unwrap();
+    let mut bytes = vec![0u8; 4 * 4096];
+    bytes[2 * 4096] = 1;
+    fs::write(root.join("d/f"), &bytes).unwrap();
+    fs::hard_link(root.join("d/f"), root.join("g")).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let t = pool.install(|| scan(root, &ScanOptions::default())).unwrap();
+    let id = t.lookup(b"/g").unwrap();
+    assert_eq!(t.lookup(b"/d/f"), Some(id));
+    let Kind::File(fd) = &t.inode(id).kind else { panic!() };
+    let runs: Vec<(u64, u64)> = fd.runs.iter().map(|r| (r.offset, r.end())).collect();
+    assert_eq!(runs, [(2 * B, 3 * B)]);
+    // The first name in the walk ("/g", at the root, before "/d"'s entries) is the source.
+    assert_eq!(fd.source, mkdisk_tree::Source::Host(root.join("g")));
+}
