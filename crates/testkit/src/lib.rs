@@ -90,15 +90,31 @@ fn nix_hermetic_dir() -> &'static Path {
 /// Whether `nix-store` runs here. Without it: a failure with `MKDISK_REQUIRE_NIX` set (as
 /// `tests/run.sh` sets it) or under `CI=true`, else a loud skip of `what`.
 pub fn have_nix(what: &str) -> bool {
-    // With a store named: a bare `nix-store --version` opens the default store, creating /nix.
-    let probe = nix_hermetic_dir().join("probe-store");
-    let v = nix_command("nix-store").arg("--store").arg(probe).arg("--version").output();
-    let why = match &v {
-        Ok(o) if o.status.success() => return true,
-        Ok(o) => format!("nix-store --version failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr).trim()),
-        Err(e) => format!("nix-store (Debian package nix-bin) is not runnable: {e}"),
+    let why = match nix_probe() {
+        Ok(()) => return true,
+        Err(why) => why,
     };
     assert!(std::env::var_os("MKDISK_REQUIRE_NIX").is_none(), "{what}: {why} (MKDISK_REQUIRE_NIX is set)");
-    skip_or_fail(what, &why);
+    skip_or_fail(what, why);
     false
+}
+
+/// `nix-store --version` against a scratch store, once per process: tests run in parallel,
+/// and Nix creating one store's directories from two processes at once races.
+fn nix_probe() -> Result<(), &'static str> {
+    static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let r = PROBE.get_or_init(|| {
+        // With a store named: a bare `nix-store --version` opens the default store, creating /nix.
+        let probe = nix_hermetic_dir().join(format!("probe-store-{}", std::process::id()));
+        let v = nix_command("nix-store").arg("--store").arg(&probe).arg("--version").output();
+        let _ = std::fs::remove_dir_all(&probe);
+        match &v {
+            Ok(o) if o.status.success() => Ok(()),
+            Ok(o) => {
+                Err(format!("nix-store --version failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr).trim()))
+            }
+            Err(e) => Err(format!("nix-store (Debian package nix-bin) is not runnable: {e}")),
+        }
+    });
+    r.as_ref().copied().map_err(String::as_str)
 }
