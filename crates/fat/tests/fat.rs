@@ -729,3 +729,35 @@ fn sparse_source_holes_are_zeros_on_a_dirty_target() {
     build(&tree, &opts(64 * MIB, 0, None), &img, true);
     check_all(&img, &host, tmp.path(), false);
 }
+
+/// Counts what a writer reports to its progress display.
+#[derive(Default)]
+struct Counted(std::sync::atomic::AtomicU64);
+
+impl mkdisk_tree::Progress for Counted {
+    fn data_written(&self, bytes: u64) {
+        self.0.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The progress total a caller sets from the layout equals what the writer reports, sparse
+/// and all-zero files included (FAT writes their zeros): no "1000 MiB/0 B" bar.
+#[test]
+fn progress_total_matches_what_write_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = tmp.path().join("src");
+    fs::create_dir_all(host.join("D")).unwrap();
+    File::create(host.join("ZEROS.BIN")).unwrap().set_len(5 * MIB).unwrap();
+    write_file(&host.join("D/DATA.BIN"), &pattern(300_000, 7));
+    let tree = scan_host(&host);
+    let o = opts(64 * MIB, 0, None);
+    let layout = plan(&tree, &o).unwrap();
+    assert_eq!(layout.file_bytes(), 5 * MIB + 300_000);
+    let img = tmp.path().join("esp.img");
+    File::create(&img).unwrap().set_len(layout.size_bytes()).unwrap();
+    let file = Arc::new(OpenOptions::new().read(true).write(true).open(&img).unwrap());
+    let region = Region::from_file(file, "esp", 0, layout.size_bytes());
+    let counted = Counted::default();
+    write(&layout, &tree, &region, &counted).unwrap();
+    assert_eq!(counted.0.into_inner(), layout.file_bytes());
+}

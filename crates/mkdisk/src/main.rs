@@ -125,9 +125,8 @@ impl Bar {
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .with_key("late_eta", |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                let started = s.elapsed() >= std::time::Duration::from_secs(3) && s.fraction() >= 0.1;
-                if started && s.fraction() < 1.0 {
-                    let _ = write!(w, "{}s left", s.eta().as_secs());
+                if let Some(text) = late_eta(s.elapsed(), s.fraction(), s.eta()) {
+                    let _ = w.write_str(&text);
                 }
             });
             bar.set_style(style);
@@ -135,6 +134,13 @@ impl Bar {
         }
         Bar(bar)
     }
+}
+
+/// The time left, once it means something: three seconds in and a tenth of the data done
+/// (before that, rates from the first chunks promise "85m" for a build of a second).
+fn late_eta(elapsed: std::time::Duration, fraction: f32, eta: std::time::Duration) -> Option<String> {
+    let started = elapsed >= std::time::Duration::from_secs(3) && fraction >= 0.1;
+    (started && fraction < 1.0).then(|| format!("{}s left", eta.as_secs()))
 }
 
 impl Progress for Bar {
@@ -382,5 +388,29 @@ fn main() -> ExitCode {
             eprintln!("mkdisk: error: {}", one_line(&e));
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn eta_shows_only_once_it_means_something() {
+        let s = Duration::from_secs;
+        assert_eq!(late_eta(Duration::from_millis(100), 0.02, s(5100)), None);
+        assert_eq!(late_eta(s(10), 0.05, s(190)), None);
+        assert_eq!(late_eta(s(2), 0.5, s(2)), None);
+        assert_eq!(late_eta(s(4), 0.25, s(12)), Some("12s left".into()));
+        assert_eq!(late_eta(s(9), 1.0, s(0)), None);
+    }
+
+    #[test]
+    fn messages_are_one_line_and_say_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(36);
+        let e = anyhow::Error::new(io).context("a/b\nc: File name too long (os error 36)").context("layout.json");
+        assert_eq!(one_line(&e), "layout.json: a/b\\nc: File name too long (os error 36)");
+        assert_eq!(escape_controls("x\ty\u{1b}[0m"), "x\\ty\\u{1b}[0m");
     }
 }
