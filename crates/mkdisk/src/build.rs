@@ -468,6 +468,22 @@ fn plan_partition<'a>(
     }
 }
 
+/// One warning per ext4 entry whose time lay outside ext4's range and was clamped.
+fn warn_clamped_times(plans: &[DiskPlan], fs_plans: &[Vec<FsPlan<'_>>], warn: &mut dyn FnMut(String)) {
+    for (dp, fsp) in plans.iter().zip(fs_plans) {
+        for (placed, plan) in dp.layout.partitions.iter().zip(fsp) {
+            let FsPlan::Ext4(layout, _) = plan else { continue };
+            for path in layout.clamped_times() {
+                warn(format!(
+                    "disk {}, partition {}: {path}: modification time outside ext4's range (1901-12-13 to \
+                     2446-05-10), stored as the nearest end of it",
+                    dp.disk.name, placed.name
+                ));
+            }
+        }
+    }
+}
+
 fn check_out_dir(out: &Path) -> Result<(), BuildError> {
     match std::fs::metadata(out) {
         Ok(m) if m.is_dir() => Ok(()),
@@ -538,19 +554,7 @@ pub fn build(
         Ok(fs_plans)
     })?;
     timings.lap("plan");
-    for (dp, fsp) in plans.iter().zip(&fs_plans) {
-        for (placed, plan) in dp.layout.partitions.iter().zip(fsp) {
-            if let FsPlan::Ext4(layout, _) = plan {
-                for path in layout.clamped_times() {
-                    warn(format!(
-                        "disk {}, partition {}: {path}: modification time outside ext4's range \
-                         (1901-12-13 to 2446-05-10), stored as the nearest end of it",
-                        dp.disk.name, placed.name
-                    ));
-                }
-            }
-        }
-    }
+    warn_clamped_times(&plans, &fs_plans, warn);
     let total: u64 = fs_plans
         .iter()
         .flatten()
