@@ -112,3 +112,4 @@ pub fn boot_parts() -> Result<(serde_json::Value, PathBuf), String> {
     let initrd = PathBuf::from(harness_or_why(&["initramfs"])?.trim());
     Ok((parts, initrd))
 }
+pub mod nixfix;
