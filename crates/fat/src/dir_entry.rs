@@ -44,10 +44,13 @@ impl FatTime {
         let days = sec.div_euclid(86_400);
         let secs = sec.rem_euclid(86_400);
         let (y, m, d) = civil_from_days(days);
-        // All fields are in range after the clamp, so the conversions cannot fail.
+        // All fields are in range after the clamp (years 1980..=2107), so both fit 16 bits.
         let date = ((y - 1980) << 9) | (m << 5) | d;
         let time = ((secs / 3600) << 11) | (((secs / 60) % 60) << 5) | ((secs % 60) / 2);
-        FatTime { date: u16::try_from(date).unwrap_or(0x21), time: u16::try_from(time).unwrap_or(0) }
+        FatTime {
+            date: u16::try_from(date).expect("year 0..=127, month, day after the clamp"),
+            time: u16::try_from(time).expect("hour, minute, second / 2 of one day"),
+        }
     }
 }
 
@@ -77,10 +80,11 @@ impl ShortEntry {
         put_u16(&mut e, 14, self.time.time); // 0x0E DIR_CrtTime
         put_u16(&mut e, 16, self.time.date); // 0x10 DIR_CrtDate
         put_u16(&mut e, 18, self.time.date); // 0x12 DIR_LstAccDate
-        put_u16(&mut e, 20, (self.first_cluster >> 16) as u16); // 0x14 DIR_FstClusHI
+        let [lo0, lo1, hi0, hi1] = self.first_cluster.to_le_bytes();
+        put_u16(&mut e, 20, u16::from_le_bytes([hi0, hi1])); // 0x14 DIR_FstClusHI
         put_u16(&mut e, 22, self.time.time); // 0x16 DIR_WrtTime
         put_u16(&mut e, 24, self.time.date); // 0x18 DIR_WrtDate
-        put_u16(&mut e, 26, (self.first_cluster & 0xFFFF) as u16); // 0x1A DIR_FstClusLO
+        put_u16(&mut e, 26, u16::from_le_bytes([lo0, lo1])); // 0x1A DIR_FstClusLO
         put_u32(&mut e, 28, self.size); // 0x1C DIR_FileSize
         e
     }
@@ -109,8 +113,8 @@ pub(crate) fn lfn_entries(units: &[u16], checksum: u8) -> Vec<RawDirEntry> {
             part[chunk.len()] = 0x0000;
         }
         let mut e = [0u8; DIR_ENTRY_BYTES];
-        // 0x00 LDIR_Ord; n ≤ 20, so it fits.
-        let ord = u8::try_from(k).unwrap_or(0);
+        // 0x00 LDIR_Ord.
+        let ord = u8::try_from(k).expect("a long name of at most 255 units has at most 20 entries");
         e[0] = if k == n { ord | 0x40 } else { ord };
         for (i, u) in part[0..5].iter().enumerate() {
             put_u16(&mut e, 1 + 2 * i, *u); // 0x01 LDIR_Name1

@@ -42,8 +42,7 @@ fn entry_value(fat_type: FatType, cluster: u64, chains: &[Chain], idx: &mut usiz
                     if c + 1 == ch.end() {
                         eoc
                     } else {
-                        // c + 1 < end ≤ 2^32, so it fits.
-                        u32::try_from(c + 1).unwrap_or(eoc)
+                        u32::try_from(c + 1).expect("c + 1 < end ≤ 2^32")
                     }
                 }
                 _ => 0,
@@ -64,7 +63,10 @@ pub(crate) fn encode(geometry: &Geometry, chains: &[Chain], first_entry: u64, ou
         let cluster = first_entry + i as u64;
         let v = entry_value(geometry.fat_type, cluster, chains, &mut idx);
         match geometry.fat_type {
-            FatType::Fat16 => put_u16(slot, 0, (v & 0xFFFF) as u16),
+            FatType::Fat16 => {
+                let [lo, hi, ..] = v.to_le_bytes();
+                put_u16(slot, 0, u16::from_le_bytes([lo, hi]));
+            }
             FatType::Fat32 => put_u32(slot, 0, v),
         }
     }

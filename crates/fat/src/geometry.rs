@@ -153,7 +153,7 @@ fn fat32(size_bytes: u64, total_sectors: u32) -> Result<Geometry, FatError> {
     let mut spc = fat32_table_spc(total_sectors);
     let mut best = 0u64;
     loop {
-        let reserved = round_up(FAT32_RESERVED_SECTORS, spc).unwrap_or(u32::MAX);
+        let reserved = round_up(FAT32_RESERVED_SECTORS, spc).expect("32 rounded up to at most 64");
         let fit = total_sectors.checked_sub(reserved).and_then(|avail| fat_size(avail, spc, 128));
         if let Some((fat_sectors, clusters)) = fit {
             best = best.max(u64::from(clusters));
@@ -189,7 +189,7 @@ fn fat16(size_bytes: u64, total_sectors: u32) -> Result<Geometry, FatError> {
     let root_sectors = FAT16_ROOT_ENTRIES * 32 / SECTOR_BYTES;
     loop {
         // Reserved sectors chosen so that the data region starts cluster-aligned.
-        let reserved = round_up(1 + root_sectors, spc).unwrap_or(u32::MAX) - root_sectors;
+        let reserved = round_up(1 + root_sectors, spc).expect("33 rounded up to at most 64") - root_sectors;
         let fit = total_sectors
             .checked_sub(reserved + root_sectors)
             .and_then(|avail| fat_size(avail, spc, 256))

@@ -10,7 +10,7 @@
 //!    entries, `.`/`..`, zero tail) and allocates every cluster. Directories come first
 //!    (root at cluster 2, then depth-first pre-order), then file data in the same order,
 //!    every chain contiguous.
-//! 2. [`write`] checks the plan (chains sorted, non-overlapping, in bounds), copies file
+//! 2. [`write()`] checks the plan (chains sorted, non-overlapping, in bounds), copies file
 //!    data in parallel with rayon into disjoint cluster runs, then writes both FATs in full,
 //!    the directories, the boot sector, FSInfo and their backups. No byte of the output
 //!    depends on the thread count, the clock or the host.
@@ -38,10 +38,19 @@
 //! - **Holes** in sparse source files are written as zeros (FAT has no holes, so they are
 //!   file content); the slack after each file's last byte up to the end of its cluster is
 //!   zeroed too, so a dirty target never leaks into a file.
+//!
+//! Sizing: [`min_size`] finds the smallest whole-MiB volume a tree fits in;
+//! [`FatOptions::apply_extra_args`] takes the `mkfs.vfat` arguments disko layouts pass
+//! (`-n`, `-i`, `-F`); [`volume_id_from_uuid`] and [`format_volume_id`] give the volume
+//! serial the way systemd-repart derives it and blkid prints it.
+
+#![deny(clippy::cast_possible_truncation)]
+#![deny(clippy::too_many_lines)]
 
 mod boot_sector;
 mod dir_entry;
 mod fat_table;
+mod fit;
 mod fsinfo;
 mod geometry;
 mod names;
@@ -50,6 +59,7 @@ mod write;
 
 use mkdisk_tree::ImageError;
 
+pub use fit::min_size;
 pub use geometry::Geometry;
 pub use plan::{plan, FatLayout};
 pub use write::write;
@@ -88,6 +98,53 @@ impl FatOptions {
     pub fn new(size_bytes: u64) -> Self {
         FatOptions { size_bytes, ..FatOptions::default() }
     }
+
+    /// Apply `mkfs.vfat`-style extra arguments (a disko `extraArgs` list): `-n LABEL`,
+    /// `-i VOLID` (hexadecimal, as `mkfs.vfat -i`), `-F 16|32`. Each flag takes its value
+    /// as the next argument; later flags override earlier ones. The label is checked by
+    /// [`plan`], not here.
+    ///
+    /// # Errors
+    /// [`FatError::ExtraArgMissingValue`] for a flag without a value,
+    /// [`FatError::BadVolumeId`] for an `-i` value that is not hexadecimal `u32`,
+    /// [`FatError::BadFatType`] for an `-F` other than 16 or 32, and
+    /// [`FatError::UnsupportedExtraArg`] for anything else. `self` may be partly updated
+    /// when an error is returned.
+    pub fn apply_extra_args(&mut self, args: &[String]) -> Result<(), FatError> {
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = || it.next().cloned().ok_or_else(|| FatError::ExtraArgMissingValue { arg: a.clone() });
+            match a.as_str() {
+                "-n" => self.label = Some(value()?),
+                "-i" => {
+                    let v = value()?;
+                    self.volume_id = u32::from_str_radix(&v, 16).map_err(|_| FatError::BadVolumeId { value: v })?;
+                }
+                "-F" => match value()?.as_str() {
+                    "32" => self.fat_type = Some(FatType::Fat32),
+                    "16" => self.fat_type = Some(FatType::Fat16),
+                    v => return Err(FatError::BadFatType { value: v.to_owned() }),
+                },
+                _ => return Err(FatError::UnsupportedExtraArg { arg: a.clone() }),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The volume id (`BS_VolID`) systemd-repart gives a vfat filesystem: the first four bytes
+/// of the filesystem UUID, big-endian.
+#[must_use]
+pub fn volume_id_from_uuid(uuid: &uuid::Uuid) -> u32 {
+    let b = uuid.as_bytes();
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// A volume id the way blkid and `/dev/disk/by-uuid` show it: `XXXX-XXXX`, upper-case
+/// hexadecimal, high half first.
+#[must_use]
+pub fn format_volume_id(id: u32) -> String {
+    format!("{:04X}-{:04X}", id >> 16, id & 0xFFFF)
 }
 
 /// Why a FAT volume cannot be planned or written.
@@ -136,15 +193,15 @@ pub enum FatError {
         /// The limit.
         max: u64,
     },
-    /// The content does not fit into the volume.
-    #[error("{path}: does not fit: needs {needed} more clusters of {cluster_bytes} bytes, {free} left ({size_bytes}-byte volume)")]
-    NoSpace {
-        /// The first path that does not fit.
+    /// The content does not fit into the volume. [`min_size`] finds a size that fits.
+    #[error("{path}: does not fit: the content needs {needed} bytes of {cluster_bytes}-byte clusters, the {size_bytes}-byte volume has {available}")]
+    DoesNotFit {
+        /// The first path (in allocation order: directories, then files) that does not fit.
         path: String,
-        /// Clusters it needs.
+        /// Bytes of clusters the whole content needs (directories and file data).
         needed: u64,
-        /// Clusters still free when it was reached.
-        free: u64,
+        /// Bytes of clusters the volume has (its data region).
+        available: u64,
         /// Cluster size.
         cluster_bytes: u32,
         /// Volume size.
@@ -182,6 +239,30 @@ pub enum FatError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// An `mkfs.vfat` extra argument without its value.
+    #[error("mkfs.vfat argument {arg:?} needs a value")]
+    ExtraArgMissingValue {
+        /// The flag.
+        arg: String,
+    },
+    /// An `-i` value that is not a hexadecimal 32-bit number.
+    #[error("-i {value:?}: not a hexadecimal volume id")]
+    BadVolumeId {
+        /// The value.
+        value: String,
+    },
+    /// An `-F` value other than 16 or 32.
+    #[error("-F {value}: mkdisk writes FAT16 or FAT32")]
+    BadFatType {
+        /// The value.
+        value: String,
+    },
+    /// An `mkfs.vfat` extra argument this writer does not take.
+    #[error("unsupported mkfs.vfat argument {arg:?} (supported: -n LABEL, -i VOLID, -F 16|32)")]
+    UnsupportedExtraArg {
+        /// The argument.
+        arg: String,
+    },
     /// The tree is malformed (a directory reachable twice, a dangling inode).
     #[error("{path}: malformed tree: {reason}")]
     BadTree {
@@ -214,4 +295,63 @@ pub(crate) fn put_u16(buf: &mut [u8], off: usize, v: u16) {
 /// Store `v` little-endian at `buf[off..off+4]`.
 pub(crate) fn put_u32(buf: &mut [u8], off: usize, v: u32) {
     buf[off..off + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn apply(v: &[&str]) -> Result<FatOptions, FatError> {
+        let mut o = FatOptions::new(64 << 20);
+        o.volume_id = 0x1234_5678;
+        o.apply_extra_args(&args(v))?;
+        Ok(o)
+    }
+
+    #[test]
+    fn extra_args_accepted() {
+        let o = apply(&[]).unwrap();
+        assert_eq!((o.volume_id, o.label.as_deref(), o.fat_type), (0x1234_5678, None, None));
+        let o = apply(&["-n", "ESP", "-i", "deadBEEF", "-F", "32"]).unwrap();
+        assert_eq!((o.volume_id, o.label.as_deref(), o.fat_type), (0xDEAD_BEEF, Some("ESP"), Some(FatType::Fat32)));
+        let o = apply(&["-F", "32", "-F", "16", "-n", "A", "-n", "B"]).unwrap();
+        assert_eq!((o.label.as_deref(), o.fat_type), (Some("B"), Some(FatType::Fat16)));
+        assert_eq!(o.size_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn extra_args_rejected_with_the_old_messages() {
+        let msg = |v: &[&str]| apply(v).unwrap_err().to_string();
+        assert_eq!(msg(&["-n"]), r#"mkfs.vfat argument "-n" needs a value"#);
+        assert_eq!(msg(&["-F"]), r#"mkfs.vfat argument "-F" needs a value"#);
+        assert_eq!(msg(&["-i", "xyz"]), r#"-i "xyz": not a hexadecimal volume id"#);
+        assert_eq!(msg(&["-i", "123456789"]), r#"-i "123456789": not a hexadecimal volume id"#);
+        assert_eq!(msg(&["-F", "12"]), "-F 12: mkdisk writes FAT16 or FAT32");
+        assert_eq!(
+            msg(&["-s", "8"]),
+            r#"unsupported mkfs.vfat argument "-s" (supported: -n LABEL, -i VOLID, -F 16|32)"#
+        );
+        assert_eq!(
+            msg(&["-nESP"]),
+            r#"unsupported mkfs.vfat argument "-nESP" (supported: -n LABEL, -i VOLID, -F 16|32)"#
+        );
+        assert!(matches!(apply(&["-i"]), Err(FatError::ExtraArgMissingValue { arg }) if arg == "-i"));
+        assert!(matches!(apply(&["-i", "g"]), Err(FatError::BadVolumeId { value }) if value == "g"));
+        assert!(matches!(apply(&["-F", "8"]), Err(FatError::BadFatType { value }) if value == "8"));
+        assert!(matches!(apply(&["--x"]), Err(FatError::UnsupportedExtraArg { arg }) if arg == "--x"));
+    }
+
+    #[test]
+    fn volume_ids() {
+        let u = uuid::Uuid::parse_str("a1b2c3d4-0000-4000-8000-000000000000").unwrap();
+        assert_eq!(volume_id_from_uuid(&u), 0xA1B2_C3D4);
+        assert_eq!(format_volume_id(0xA1B2_C3D4), "A1B2-C3D4");
+        assert_eq!(format_volume_id(0x0000_00AB), "0000-00AB");
+        assert_eq!(format_volume_id(u32::MAX), "FFFF-FFFF");
+        assert_eq!(format_volume_id(volume_id_from_uuid(&uuid::Uuid::nil())), "0000-0000");
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use mkdisk_tree::{InodeId, Kind, Tree};
+use mkdisk_tree::{DirData, InodeId, Kind, Tree};
 
 use crate::dir_entry::{
     lfn_checksum, lfn_entries, lfn_entry_count, FatTime, ShortEntry, ATTR_ARCHIVE, ATTR_DIRECTORY, ATTR_VOLUME_ID,
@@ -11,7 +11,7 @@ use crate::dir_entry::{
 };
 use crate::fat_table::{self, Chain};
 use crate::geometry::Geometry;
-use crate::names::{assign_short_names, long_name_units};
+use crate::names::{assign_short_names, long_name_units, ShortName};
 use crate::{FatError, FatOptions, FatType};
 
 /// Most 32-byte entries in one directory (2 MiB).
@@ -137,7 +137,9 @@ impl FatLayout {
     /// One copy of the FAT, encoded (`fat_sectors × 512` bytes).
     #[must_use]
     pub fn fat_bytes(&self) -> Vec<u8> {
-        let len = usize::try_from(self.geometry.fat_sectors).unwrap_or(0) * 512;
+        // At most 0x0FFF_FFF7 entries of 4 bytes rounded up to whole sectors (about 1 GiB).
+        let len = usize::try_from(u64::from(self.geometry.fat_sectors) * u64::from(crate::SECTOR_BYTES))
+            .expect("a FAT is at most about 1 GiB");
         let mut out = vec![0u8; len];
         fat_table::encode(&self.geometry, &self.chains(), 0, &mut out);
         out
@@ -202,21 +204,80 @@ fn join(parent: &str, name: &[u8]) -> String {
     }
 }
 
-/// Plan a FAT volume holding `tree`.
-///
-/// Pure and deterministic: the same tree and options give the same layout.
-///
-/// # Errors
-/// The volume size does not suit the FAT type; a name FAT cannot hold or two names equal up
-/// to case; a symlink, device, FIFO or socket; a file of 4 GiB or more; a directory with too
-/// many entries; content that does not fit. Every error names the path.
-pub fn plan(tree: &Tree, opts: &FatOptions) -> Result<FatLayout, FatError> {
-    let geometry = Geometry::compute(opts.size_bytes, opts.fat_type)?;
-    let label = label_bytes(opts.label.as_deref())?;
-    let cluster_bytes = u64::from(geometry.cluster_bytes());
+/// The long name (UTF-16) and short name of every entry of directory `d` at `dir_path`,
+/// with whether the entry needs long-name entries; names FAT cannot hold and names equal up
+/// to case are errors.
+fn dir_names(d: &DirData, dir_path: &str) -> Result<Vec<(Vec<u16>, ShortName, bool)>, FatError> {
+    let mut units = Vec::with_capacity(d.entries.len());
+    let mut upper: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, e) in d.entries.iter().enumerate() {
+        let path = join(dir_path, &e.name);
+        let u = long_name_units(&e.name).map_err(|reason| FatError::BadName { path: path.clone(), reason })?;
+        // Checked above: valid UTF-8.
+        let s = String::from_utf8_lossy(&e.name).to_uppercase();
+        if let Some(&j) = upper.get(&s) {
+            return Err(FatError::CaseCollision { path, other: join(dir_path, &d.entries[j].name) });
+        }
+        upper.insert(s, i);
+        units.push(u);
+    }
+    let names: Vec<String> = d.entries.iter().map(|e| String::from_utf8_lossy(&e.name).into_owned()).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let shorts = assign_short_names(&refs).map_err(|reason| FatError::BadName { path: dir_path.to_owned(), reason })?;
+    Ok(units.into_iter().zip(shorts).map(|(u, (short, needs_lfn))| (u, short, needs_lfn)).collect())
+}
 
-    // Pass 1: walk directories depth-first in sorted order, name every entry.
-    let mut dirs: Vec<DirWork> = vec![DirWork {
+/// Directories and files found by [`walk`], in allocation order.
+struct Walked {
+    dirs: Vec<DirWork>,
+    files: Vec<FilePlan>,
+}
+
+impl Walked {
+    /// What entry `path` (naming `child`, inode `inode`, in directory `parent`) becomes: a
+    /// new directory (pushed to `subdirs`) or a file (pushed to `self.files`).
+    fn target(
+        &mut self,
+        subdirs: &mut Vec<DirWork>,
+        parent: usize,
+        path: String,
+        inode: InodeId,
+        child: &Kind,
+    ) -> Result<Target, FatError> {
+        match child {
+            Kind::Dir(_) => {
+                let idx = self.dirs.len() + subdirs.len();
+                subdirs.push(DirWork {
+                    inode,
+                    path,
+                    parent,
+                    entries: Vec::new(),
+                    slots: 0,
+                    first_cluster: 0,
+                    clusters: 0,
+                });
+                Ok(Target::Dir(idx))
+            }
+            Kind::File(f) => {
+                if f.size > u64::from(u32::MAX) {
+                    return Err(FatError::FileTooLarge { path, size: f.size });
+                }
+                self.files.push(FilePlan { path, inode, first_cluster: 0, clusters: 0, size: f.size });
+                Ok(Target::File(self.files.len() - 1))
+            }
+            Kind::Symlink(_) => Err(FatError::Unsupported { path, kind: "symbolic link" }),
+            Kind::CharDev(_) => Err(FatError::Unsupported { path, kind: "character device" }),
+            Kind::BlockDev(_) => Err(FatError::Unsupported { path, kind: "block device" }),
+            Kind::Fifo => Err(FatError::Unsupported { path, kind: "FIFO" }),
+            Kind::Socket => Err(FatError::Unsupported { path, kind: "socket" }),
+        }
+    }
+}
+
+/// Pass 1: walk directories depth-first in sorted order, name every entry, count every
+/// directory's 32-byte slots.
+fn walk(tree: &Tree, geometry: &Geometry, label: [u8; 11]) -> Result<Walked, FatError> {
+    let root = DirWork {
         inode: InodeId::ROOT,
         path: "/".to_owned(),
         parent: 0,
@@ -224,71 +285,28 @@ pub fn plan(tree: &Tree, opts: &FatOptions) -> Result<FatLayout, FatError> {
         slots: 0,
         first_cluster: 0,
         clusters: 0,
-    }];
-    let mut files: Vec<FilePlan> = Vec::new();
+    };
+    let mut w = Walked { dirs: vec![root], files: Vec::new() };
     let mut dir_seen = vec![false; tree.len()];
     let mut stack: Vec<usize> = vec![0];
     while let Some(di) = stack.pop() {
-        let (dir_inode, dir_path) = (dirs[di].inode, dirs[di].path.clone());
+        let (dir_inode, dir_path) = (w.dirs[di].inode, w.dirs[di].path.clone());
         let Some(Kind::Dir(d)) = tree.inodes().get(dir_inode.index()).map(|i| &i.kind) else {
             return Err(FatError::BadTree { path: dir_path, reason: "not a directory" });
         };
         if std::mem::replace(&mut dir_seen[dir_inode.index()], true) {
             return Err(FatError::BadTree { path: dir_path, reason: "directory reachable twice" });
         }
-        let mut units = Vec::with_capacity(d.entries.len());
-        let mut upper: BTreeMap<String, usize> = BTreeMap::new();
-        for (i, e) in d.entries.iter().enumerate() {
-            let path = join(&dir_path, &e.name);
-            let u = long_name_units(&e.name).map_err(|reason| FatError::BadName { path: path.clone(), reason })?;
-            // Checked above: valid UTF-8.
-            let s = String::from_utf8_lossy(&e.name).to_uppercase();
-            if let Some(&j) = upper.get(&s) {
-                return Err(FatError::CaseCollision { path, other: join(&dir_path, &d.entries[j].name) });
-            }
-            upper.insert(s, i);
-            units.push(u);
-        }
-        let names: Vec<String> = d.entries.iter().map(|e| String::from_utf8_lossy(&e.name).into_owned()).collect();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let shorts =
-            assign_short_names(&refs).map_err(|reason| FatError::BadName { path: dir_path.clone(), reason })?;
-
+        let names = dir_names(d, &dir_path)?;
         let mut slots: u64 = if di == 0 { u64::from(label != NO_NAME) } else { 2 };
         let mut entries = Vec::with_capacity(d.entries.len());
         let mut subdirs = Vec::new();
-        for ((e, u), (short, needs_lfn)) in d.entries.iter().zip(units).zip(shorts) {
+        for (e, (u, short, needs_lfn)) in d.entries.iter().zip(names) {
             let path = join(&dir_path, &e.name);
             let Some(child) = tree.inodes().get(e.inode.index()) else {
                 return Err(FatError::BadTree { path, reason: "dangling inode" });
             };
-            let target = match &child.kind {
-                Kind::Dir(_) => {
-                    let idx = dirs.len() + subdirs.len();
-                    subdirs.push(DirWork {
-                        inode: e.inode,
-                        path,
-                        parent: di,
-                        entries: Vec::new(),
-                        slots: 0,
-                        first_cluster: 0,
-                        clusters: 0,
-                    });
-                    Target::Dir(idx)
-                }
-                Kind::File(f) => {
-                    if f.size > u64::from(u32::MAX) {
-                        return Err(FatError::FileTooLarge { path, size: f.size });
-                    }
-                    files.push(FilePlan { path, inode: e.inode, first_cluster: 0, clusters: 0, size: f.size });
-                    Target::File(files.len() - 1)
-                }
-                Kind::Symlink(_) => return Err(FatError::Unsupported { path, kind: "symbolic link" }),
-                Kind::CharDev(_) => return Err(FatError::Unsupported { path, kind: "character device" }),
-                Kind::BlockDev(_) => return Err(FatError::Unsupported { path, kind: "block device" }),
-                Kind::Fifo => return Err(FatError::Unsupported { path, kind: "FIFO" }),
-                Kind::Socket => return Err(FatError::Unsupported { path, kind: "socket" }),
-            };
+            let target = w.target(&mut subdirs, di, path, e.inode, &child.kind)?;
             let lfn = needs_lfn.then_some(u);
             slots += 1 + lfn.as_ref().map_or(0, |u| lfn_entry_count(u.len()) as u64);
             entries.push(EntryWork { short, lfn, inode: e.inode, target });
@@ -301,50 +319,80 @@ pub fn plan(tree: &Tree, opts: &FatOptions) -> Result<FatLayout, FatError> {
         if slots > max {
             return Err(FatError::DirectoryTooLarge { path: dir_path, entries: slots, max });
         }
-        dirs[di].entries = entries;
-        dirs[di].slots = slots;
-        let first_new = dirs.len();
-        dirs.extend(subdirs);
+        w.dirs[di].entries = entries;
+        w.dirs[di].slots = slots;
+        let first_new = w.dirs.len();
+        w.dirs.extend(subdirs);
         // Push in reverse so that directories are visited in sorted pre-order.
-        stack.extend((first_new..dirs.len()).rev());
+        stack.extend((first_new..w.dirs.len()).rev());
     }
+    Ok(w)
+}
 
-    // Pass 2: allocate clusters, directories first (root at 2), then file data.
-    let end = 2 + u64::from(geometry.cluster_count);
-    let mut next: u64 = 2;
-    let mut alloc = |n: u64, path: &str| -> Result<u32, FatError> {
-        if next + n > end {
-            return Err(FatError::NoSpace {
-                path: path.to_owned(),
-                needed: n,
-                free: end - next,
-                cluster_bytes: geometry.cluster_bytes(),
-                size_bytes: opts.size_bytes,
-            });
+/// Pass 2: allocate clusters, directories first (root at 2, none for the fixed FAT16
+/// root), then file data, every chain contiguous. Returns the clusters allocated.
+fn allocate(w: &mut Walked, geometry: &Geometry, size_bytes: u64) -> Result<u32, FatError> {
+    let cluster_bytes = u64::from(geometry.cluster_bytes());
+    let fat16 = geometry.fat_type == FatType::Fat16;
+    // Clusters per chain, in allocation order, with the chain's path.
+    let dir_clusters = |i: usize, slots: u64| {
+        if i == 0 && fat16 {
+            0
+        } else {
+            (slots * DIR_ENTRY_BYTES as u64).div_ceil(cluster_bytes).max(1)
         }
-        let first = u32::try_from(next).map_err(|_| FatError::InvalidLayout { reason: "cluster overflow".into() })?;
-        next += n;
-        Ok(first)
     };
-    for (i, d) in dirs.iter_mut().enumerate() {
-        if i == 0 && geometry.fat_type == FatType::Fat16 {
-            continue;
-        }
-        let n = (d.slots * DIR_ENTRY_BYTES as u64).div_ceil(cluster_bytes).max(1);
-        d.first_cluster = alloc(n, &d.path)?;
-        d.clusters = u32::try_from(n).unwrap_or(u32::MAX);
+    let chains: Vec<(u64, &str)> = w
+        .dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (dir_clusters(i, d.slots), d.path.as_str()))
+        .chain(w.files.iter().map(|f| (f.size.div_ceil(cluster_bytes), f.path.as_str())))
+        .collect();
+    let needed = chains.iter().fold(0u64, |a, &(n, _)| a.saturating_add(n));
+    let available = u64::from(geometry.cluster_count);
+    if needed > available {
+        let mut used = 0u64;
+        let (_, path) = chains
+            .iter()
+            .find(|&&(n, _)| {
+                used += n;
+                used > available
+            })
+            .expect("the running sum reaches `needed`, which exceeds `available`");
+        return Err(FatError::DoesNotFit {
+            path: (*path).to_owned(),
+            needed: needed.saturating_mul(cluster_bytes),
+            available: available * cluster_bytes,
+            cluster_bytes: geometry.cluster_bytes(),
+            size_bytes,
+        });
     }
-    for f in &mut files {
-        let n = f.size.div_ceil(cluster_bytes);
+    let counts: Vec<u64> = chains.into_iter().map(|(n, _)| n).collect();
+    // Every count and every first cluster is at most 2 + cluster_count ≤ 2 + 0x0FFF_FFF5.
+    let fits = "at most 2 + cluster_count, which fits u32";
+    let mut next: u64 = 2;
+    let (dir_counts, file_counts) = counts.split_at(w.dirs.len());
+    let slots = w
+        .dirs
+        .iter_mut()
+        .map(|d| (&mut d.first_cluster, &mut d.clusters))
+        .zip(dir_counts)
+        .chain(w.files.iter_mut().map(|f| (&mut f.first_cluster, &mut f.clusters)).zip(file_counts));
+    for ((first, clusters), &n) in slots {
         if n > 0 {
-            f.first_cluster = alloc(n, &f.path)?;
-            f.clusters = u32::try_from(n).unwrap_or(u32::MAX);
+            *first = u32::try_from(next).expect(fits);
+            *clusters = u32::try_from(n).expect(fits);
+            next += n;
         }
     }
-    let allocated =
-        u32::try_from(next - 2).map_err(|_| FatError::InvalidLayout { reason: "cluster overflow".into() })?;
+    Ok(u32::try_from(next - 2).expect(fits))
+}
 
-    // Pass 3: encode every directory.
+/// Pass 3: encode every directory (its whole cluster run, or the whole FAT16 root region).
+fn encode_dirs(tree: &Tree, geometry: &Geometry, label: [u8; 11], w: &Walked) -> Vec<DirPlan> {
+    let (dirs, files) = (&w.dirs, &w.files);
+    let cluster_bytes = u64::from(geometry.cluster_bytes());
     let mut dir_plans = Vec::with_capacity(dirs.len());
     for (i, d) in dirs.iter().enumerate() {
         let len = if i == 0 && geometry.fat_type == FatType::Fat16 {
@@ -352,7 +400,9 @@ pub fn plan(tree: &Tree, opts: &FatOptions) -> Result<FatLayout, FatError> {
         } else {
             u64::from(d.clusters) * cluster_bytes
         };
-        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        // Slots are checked against MAX_DIR_ENTRIES (2 MiB) in pass 1.
+        let len = usize::try_from(len).expect("a directory is at most 2 MiB plus one cluster");
+        let mut bytes = Vec::with_capacity(len);
         let meta_time = |id: InodeId| FatTime::from_timestamp(tree.inode(id).meta.mtime);
         let own_time = meta_time(d.inode);
         if i == 0 {
@@ -382,23 +432,43 @@ pub fn plan(tree: &Tree, opts: &FatOptions) -> Result<FatLayout, FatError> {
             }
             let (attr, first_cluster, size) = match e.target {
                 Target::Dir(j) => (ATTR_DIRECTORY, dirs[j].first_cluster, 0),
-                Target::File(k) => (ATTR_ARCHIVE, files[k].first_cluster, u32::try_from(files[k].size).unwrap_or(0)),
+                Target::File(k) => {
+                    let size = u32::try_from(files[k].size).expect("larger files are FileTooLarge in pass 1");
+                    (ATTR_ARCHIVE, files[k].first_cluster, size)
+                }
             };
             let se = ShortEntry { name: e.short, attr, first_cluster, size, time: meta_time(e.inode) };
             bytes.extend_from_slice(&se.encode());
         }
         debug_assert_eq!(bytes.len() as u64, d.slots * DIR_ENTRY_BYTES as u64);
-        bytes.resize(usize::try_from(len).unwrap_or(0), 0);
+        bytes.resize(len, 0);
         dir_plans.push(DirPlan { path: d.path.clone(), first_cluster: d.first_cluster, clusters: d.clusters, bytes });
     }
+    dir_plans
+}
 
+/// Plan a FAT volume holding `tree`.
+///
+/// Pure and deterministic: the same tree and options give the same layout.
+///
+/// # Errors
+/// The volume size does not suit the FAT type; a name FAT cannot hold or two names equal up
+/// to case; a symlink, device, FIFO or socket; a file of 4 GiB or more; a directory with too
+/// many entries; content that does not fit ([`FatError::DoesNotFit`]). Every error names
+/// the path.
+pub fn plan(tree: &Tree, opts: &FatOptions) -> Result<FatLayout, FatError> {
+    let geometry = Geometry::compute(opts.size_bytes, opts.fat_type)?;
+    let label = label_bytes(opts.label.as_deref())?;
+    let mut w = walk(tree, &geometry, label)?;
+    let allocated = allocate(&mut w, &geometry, opts.size_bytes)?;
+    let dirs = encode_dirs(tree, &geometry, label, &w);
     Ok(FatLayout {
         geometry,
         hidden_sectors: opts.hidden_sectors,
         volume_id: opts.volume_id,
         label,
-        dirs: dir_plans,
-        files,
+        dirs,
+        files: w.files,
         allocated,
     })
 }

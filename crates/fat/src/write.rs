@@ -86,7 +86,7 @@ fn write_file(layout: &FatLayout, tree: &Tree, region: &Region, f: &FilePlan) ->
         let mut at = from;
         while at < to {
             let n = (to - at).min(1 << 20);
-            let zeros = vec![0u8; usize::try_from(n).unwrap_or(0)];
+            let zeros = vec![0u8; usize::try_from(n).expect("at most 1 MiB")];
             region.write_at(base + at, &zeros).map_err(io(&f.path))?;
             at += n;
         }
@@ -109,7 +109,7 @@ fn write_file(layout: &FatLayout, tree: &Tree, region: &Region, f: &FilePlan) ->
     // Zero the slack after the last byte up to the end of the last cluster.
     let slack = u64::from(f.clusters) * u64::from(g.cluster_bytes()) - f.size;
     if slack > 0 {
-        let zeros = vec![0u8; usize::try_from(slack).unwrap_or(0)];
+        let zeros = vec![0u8; usize::try_from(slack).expect("less than one cluster (at most 32 KiB)")];
         region.write_at(base + f.size, &zeros).map_err(io(&f.path))?;
     }
     Ok(())
@@ -143,7 +143,7 @@ pub fn write(layout: &FatLayout, tree: &Tree, region: &Region, progress: &dyn Pr
     let mut off = 0u64;
     while off < fat_bytes {
         let n = (fat_bytes - off).min(FAT_CHUNK_BYTES as u64);
-        let chunk = &mut buf[..usize::try_from(n).unwrap_or(0)];
+        let chunk = &mut buf[..usize::try_from(n).expect("at most FAT_CHUNK_BYTES")];
         fat_table::encode(g, &chains, off / entry_bytes, chunk);
         for copy in 0..g.num_fats {
             let start = u64::from(g.fat_start_sector(copy)) * sector;
@@ -163,12 +163,13 @@ pub fn write(layout: &FatLayout, tree: &Tree, region: &Region, progress: &dyn Pr
     }
 
     // Reserved sectors: boot sector, FSInfo, zeros, backups, zeros.
-    let mut reserved = vec![0u8; usize::try_from(u64::from(g.reserved_sectors) * sector).unwrap_or(0)];
+    let reserved_bytes = u64::from(g.reserved_sectors) * sector;
+    let mut reserved = vec![0u8; usize::try_from(reserved_bytes).expect("at most 64 reserved sectors")];
     let boot = boot_sector::encode(g, layout.hidden_sectors, layout.volume_id, &layout.label);
     reserved[..512].copy_from_slice(&boot);
     if g.fat_type == FatType::Fat32 {
         let info = fsinfo::encode(layout.free_clusters(), layout.next_free_cluster());
-        let at = |s: u32| usize::try_from(s * SECTOR_BYTES).unwrap_or(0);
+        let at = |s: u16| usize::from(s) * SECTOR_BYTES as usize;
         reserved[at(FSINFO_SECTOR)..at(FSINFO_SECTOR + 1)].copy_from_slice(&info);
         reserved[at(BACKUP_BOOT_SECTOR)..at(BACKUP_BOOT_SECTOR + 1)].copy_from_slice(&boot);
         reserved[at(BACKUP_BOOT_SECTOR + FSINFO_SECTOR)..at(BACKUP_BOOT_SECTOR + FSINFO_SECTOR + 1)]

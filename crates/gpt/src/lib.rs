@@ -3,7 +3,10 @@
 //! written with `gptman`).
 //!
 //! Depends only on `mkdisk-tree` (for the image [`Region`](mkdisk_tree::Region) and the
-//! seed-keyed id derivation).
+//! seed-keyed id derivation). The partition type GUIDs mkdisk gives a meaning to (ESP,
+//! BIOS boot, …) are named in [`types`].
+
+#![deny(clippy::cast_possible_truncation)]
 
 mod place;
 pub mod types;

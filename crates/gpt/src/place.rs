@@ -401,7 +401,7 @@ pub fn place(req: &DiskRequest, seed: &Uuid) -> Result<DiskLayout, PlaceError> {
             attributes |= 1u64 << bit;
         }
         placed.push(Placed {
-            number: u32::try_from(i + 1).unwrap_or(u32::MAX),
+            number: u32::try_from(i + 1).expect("at most 128 partitions (checked above)"),
             name: p.name.clone(),
             label: p.label.clone(),
             type_guid: p.type_guid,

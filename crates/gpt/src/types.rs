@@ -1,5 +1,7 @@
 //! Partition type GUIDs from sgdisk short codes (gdisk 1.0.9 `parttypes.cc`, the subset NixOS
-//! and disko layouts use) or full GUID strings.
+//! and disko layouts use) or full GUID strings, and named constants for the types mkdisk
+//! gives a meaning to ([`ESP`], [`BIOS_BOOT`], [`LINUX_FILESYSTEM`], [`LINUX_SWAP`], …), so
+//! callers compare against these instead of spelling GUIDs out again.
 
 use uuid::Uuid;
 
@@ -48,4 +50,52 @@ pub fn type_guid(code: &str) -> Option<Uuid> {
 #[must_use]
 pub fn type_code(guid: &Uuid) -> Option<&'static str> {
     CODES.iter().find(|(_, g, _)| Uuid::parse_str(g).ok().as_ref() == Some(guid)).map(|(c, _, _)| *c)
+}
+
+/// `EF00`: EFI system partition (the ESP; mkdisk installs systemd-boot here).
+pub const ESP: Uuid = Uuid::from_u128(0xC12A_7328_F81F_11D2_BA4B_00A0_C93E_C93B);
+/// `EF02`: BIOS boot partition (GRUB's `core.img` on a BIOS/GPT disk).
+pub const BIOS_BOOT: Uuid = Uuid::from_u128(0x2168_6148_6449_6E6F_744E_6565_6445_4649);
+/// `8300`: Linux filesystem data (the default type of a disko partition).
+pub const LINUX_FILESYSTEM: Uuid = Uuid::from_u128(0x0FC6_3DAF_8483_4772_8E79_3D69_D847_7DE4);
+/// `8200`: Linux swap.
+pub const LINUX_SWAP: Uuid = Uuid::from_u128(0x0657_FD6D_A4AB_43C4_84E5_0933_C84B_4F4F);
+/// `8309`: Linux LUKS.
+pub const LINUX_LUKS: Uuid = Uuid::from_u128(0xCA7D_7CCB_63ED_4C53_861C_1742_5360_59CC);
+/// `8E00`: Linux LVM.
+pub const LINUX_LVM: Uuid = Uuid::from_u128(0xE6D6_D379_F507_44C2_A23C_238F_2A3D_F928);
+/// `EA00`: XBOOTLDR (the Boot Loader Specification's extended boot partition).
+pub const XBOOTLDR: Uuid = Uuid::from_u128(0xBC13_C2FF_59E6_4262_A352_B275_FD6F_7172);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_constants_match_the_code_table() {
+        for (code, guid) in [
+            ("EF00", ESP),
+            ("EF02", BIOS_BOOT),
+            ("8300", LINUX_FILESYSTEM),
+            ("8200", LINUX_SWAP),
+            ("8309", LINUX_LUKS),
+            ("8E00", LINUX_LVM),
+            ("EA00", XBOOTLDR),
+        ] {
+            assert_eq!(type_guid(code), Some(guid), "{code}");
+            assert_eq!(type_guid(&code.to_ascii_lowercase()), Some(guid), "{code}");
+            assert_eq!(type_code(&guid), Some(code));
+        }
+        assert_eq!(ESP.to_string(), "c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
+        assert_eq!(BIOS_BOOT.to_string(), "21686148-6449-6e6f-744e-656564454649");
+    }
+
+    #[test]
+    fn every_code_parses() {
+        for (code, guid, _) in CODES {
+            assert_eq!(type_guid(code).map(|g| g.to_string().to_ascii_uppercase()).as_deref(), Some(*guid));
+        }
+        assert_eq!(type_guid("c12a7328-f81f-11d2-ba4b-00a0c93ec93b"), Some(ESP));
+        assert_eq!(type_guid("zz00"), None);
+    }
 }

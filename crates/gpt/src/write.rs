@@ -70,23 +70,26 @@ fn chs(lba: u64) -> [u8; 3] {
     let head = (lba / 63) % 255;
     let sector = lba % 63 + 1;
     // Each value fits its field by construction (head < 255, sector ≤ 63, cyl ≤ 1023).
-    let head = u8::try_from(head).unwrap_or(0xFE);
-    let sec = u8::try_from(sector | ((cyl >> 8) << 6)).unwrap_or(0xFF);
-    let cyl_lo = u8::try_from(cyl & 0xFF).unwrap_or(0xFF);
+    let head = u8::try_from(head).expect("head < 255");
+    let sec = u8::try_from(sector | ((cyl >> 8) << 6)).expect("sector ≤ 63 and cylinder bits 8..10 in bits 6..8");
+    let cyl_lo = u8::try_from(cyl & 0xFF).expect("masked to 8 bits");
     [head, sec, cyl_lo]
 }
 
-/// The protective MBR partition record area (bytes 446..512 of LBA 0).
+/// The protective MBR partition record area (bytes 446..512 of LBA 0) of a disk of
+/// `sectors` sectors (at least 1).
 #[must_use]
 pub fn protective_mbr_tail(sectors: u64) -> [u8; 66] {
     let mut t = [0u8; 66];
-    let last = sectors - 1;
+    let last = sectors.saturating_sub(1);
     t[0] = 0x00; // boot indicator
     t[1..4].copy_from_slice(&[0x00, 0x02, 0x00]); // start CHS
     t[4] = 0xEE; // OS type: GPT protective
     t[5..8].copy_from_slice(&chs(last));
+    // SizeInLBA: the disk size minus one, or 0xFFFFFFFF when that is too large (UEFI spec,
+    // "Protective MBR").
+    let size = u32::try_from(last.min(u64::from(u32::MAX))).expect("clamped to u32::MAX");
     t[8..12].copy_from_slice(&1u32.to_le_bytes()); // starting LBA
-    let size = u32::try_from(last).unwrap_or(u32::MAX);
     t[12..16].copy_from_slice(&size.to_le_bytes());
     t[64] = 0x55;
     t[65] = 0xAA;
@@ -96,20 +99,30 @@ pub fn protective_mbr_tail(sectors: u64) -> [u8; 66] {
 /// Write the protective MBR (boot code zeroed) and both GPTs into `disk` (the whole image).
 ///
 /// # Errors
-/// gptman rejects the table (overlap, duplicate GUIDs) or the write fails.
+/// gptman rejects the table (overlap, duplicate GUIDs), the layout's disk is too small for
+/// the two table areas, too large to address in bytes, or not the size of `disk`, or the
+/// write fails.
 pub fn write_gpt(layout: &DiskLayout, disk: &Region) -> Result<(), GptError> {
-    let len = layout.sectors * SECTOR_SIZE;
+    let head_sectors = 2 + ENTRY_ARRAY_SECTORS;
+    let tail_sectors = 1 + ENTRY_ARRAY_SECTORS;
+    if layout.sectors < head_sectors + tail_sectors {
+        return Err(GptError::Table(format!("a disk of {} sectors is too small for a GPT", layout.sectors)));
+    }
+    let len = layout
+        .sectors
+        .checked_mul(SECTOR_SIZE)
+        .ok_or_else(|| GptError::Table(format!("a disk of {} sectors is too large", layout.sectors)))?;
     if disk.len() != len {
         return Err(GptError::Table(format!("image is {} bytes but the layout needs {len}", disk.len())));
     }
-    let head_sectors = 2 + ENTRY_ARRAY_SECTORS;
-    let tail_sectors = 1 + ENTRY_ARRAY_SECTORS;
+    // Both table areas are 33 or 34 sectors.
+    let area = |sectors: u64| vec![0; usize::try_from(sectors * SECTOR_SIZE).expect("at most 34 sectors")];
     let mut cap = Capture {
         len,
         pos: 0,
-        head: vec![0; usize::try_from(head_sectors * SECTOR_SIZE).unwrap_or(0)],
+        head: area(head_sectors),
         tail_start: (layout.sectors - tail_sectors) * SECTOR_SIZE,
-        tail: vec![0; usize::try_from(tail_sectors * SECTOR_SIZE).unwrap_or(0)],
+        tail: area(tail_sectors),
     };
     let mut gpt = gptman::GPT::new_from(&mut cap, SECTOR_SIZE, layout.disk_guid.to_bytes_le())
         .map_err(|e| GptError::Table(e.to_string()))?;
@@ -128,4 +141,28 @@ pub fn write_gpt(layout: &DiskLayout, disk: &Region) -> Result<(), GptError> {
     disk.write_at(0, &cap.head)?;
     disk.write_at(cap.tail_start, &cap.tail)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protective_mbr_size_saturates_past_2_tib() {
+        let t = protective_mbr_tail(1 << 33);
+        assert_eq!(&t[12..16], &[0xFF; 4]);
+        assert_eq!(&t[5..8], &[0xFE, 0xFF, 0xFF]);
+        let t = protective_mbr_tail(2048);
+        assert_eq!(u32::from_le_bytes([t[12], t[13], t[14], t[15]]), 2047);
+        assert_eq!(&t[64..66], &[0x55, 0xAA]);
+        // No panic on a zero-sector disk.
+        assert_eq!(&protective_mbr_tail(0)[12..16], &[0; 4]);
+    }
+
+    #[test]
+    fn chs_fields() {
+        assert_eq!(chs(0), [0, 1, 0]);
+        assert_eq!(chs(255 * 63 * 1023 + 62), [0, 63 | 0xC0, 0xFF]);
+        assert_eq!(chs(255 * 63 * 1024), [0xFE, 0xFF, 0xFF]);
+    }
 }

@@ -125,8 +125,9 @@ pub fn nix_db(reg: &Registration, registration_time: i64) -> Result<Vec<u8>, Nix
                 targets.dedup();
                 for t in targets {
                     refs.execute(params![
-                        i64::try_from(i + 1).unwrap_or(i64::MAX),
-                        i64::try_from(t).unwrap_or(i64::MAX)
+                        // Row ids are 1 + an index into `sorted`, whose length is at most isize::MAX.
+                        i64::try_from(i + 1).expect("a Vec index fits i64"),
+                        i64::try_from(t).expect("a Vec index fits i64")
                     ])
                     .map_err(db_err("insert Refs"))?;
                 }

@@ -124,7 +124,7 @@ pub fn grub_embed(
     if core_img.len() < 2 * SECTOR {
         return Err(NixError::BadGrubImage(format!("core.img is {} bytes, too short", core_img.len())));
     }
-    let nsec = u64::try_from(core_img.len().div_ceil(SECTOR)).unwrap_or(u64::MAX);
+    let nsec = u64::try_from(core_img.len().div_ceil(SECTOR)).expect("usize fits u64");
     if nsec > GRUB_MAX_CORE_SECTORS {
         return Err(NixError::CoreTooLarge {
             core_sectors: nsec,
@@ -150,7 +150,7 @@ pub fn grub_embed(
         ));
     }
     let mut core = core_img.to_vec();
-    core.resize(usize::try_from(nsec).unwrap_or(usize::MAX) * SECTOR, 0);
+    core.resize(usize::try_from(nsec).expect("at most GRUB_MAX_CORE_SECTORS (checked above)") * SECTOR, 0);
     let redundancy = kernel + GRUB_KERNEL_I386_PC_REED_SOLOMON_REDUNDANCY;
     if core[redundancy..redundancy + 4] != [0; 4] {
         return Err(NixError::BadGrubImage("core.img already carries Reed-Solomon codes".into()));
@@ -170,7 +170,7 @@ pub fn grub_embed(
     }
     let first = SECTOR - GRUB_BOOT_MACHINE_LIST_SIZE;
     put_u64(&mut core, first, part_first_lba + 1);
-    put_u16(&mut core, first + 8, u16::try_from(nsec - 1).unwrap_or(u16::MAX));
+    put_u16(&mut core, first + 8, u16::try_from(nsec - 1).expect("at most GRUB_MAX_CORE_SECTORS (checked above)"));
     put_u16(&mut core, first + 10, DISKBOOT_FIRST_SEGMENT);
     // The terminator below it.
     core[first - GRUB_BOOT_MACHINE_LIST_SIZE..first].fill(0);

@@ -310,7 +310,7 @@ impl Region {
     /// # Errors
     /// Out of bounds, or the write fails.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), ImageError> {
-        let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
+        let len = u64::try_from(data.len()).expect("usize fits u64");
         let abs = self.check(offset, len)?;
         self.file.write_all_at(data, abs).map_err(|e| ImageError::Write {
             region: self.name.to_string(),
@@ -324,7 +324,7 @@ impl Region {
     /// # Errors
     /// Out of bounds, or the read fails.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ImageError> {
-        let len = u64::try_from(buf.len()).unwrap_or(u64::MAX);
+        let len = u64::try_from(buf.len()).expect("usize fits u64");
         let abs = self.check(offset, len)?;
         self.file.read_exact_at(buf, abs).map_err(|e| ImageError::Write {
             region: self.name.to_string(),
@@ -357,7 +357,7 @@ impl Region {
             if use_cfr {
                 let mut off_in = src_offset + done;
                 let mut off_out = abs + done;
-                let chunk = usize::try_from(remaining.min(1 << 30)).unwrap_or(1 << 30);
+                let chunk = usize::try_from(remaining.min(1 << 30)).expect("at most 1 GiB");
                 match rustix::fs::copy_file_range(src, Some(&mut off_in), &*self.file, Some(&mut off_out), chunk) {
                     Ok(0) => {
                         return Err(src_err(io::Error::new(
@@ -366,13 +366,13 @@ impl Region {
                         )))
                     }
                     Ok(n) => {
-                        done += u64::try_from(n).unwrap_or(0);
+                        done += u64::try_from(n).expect("usize fits u64");
                         continue;
                     }
                     Err(_) => use_cfr = false,
                 }
             }
-            let chunk = usize::try_from(remaining.min(1 << 20)).unwrap_or(1 << 20);
+            let chunk = usize::try_from(remaining.min(1 << 20)).expect("at most 1 MiB");
             buf.resize(chunk, 0);
             src.read_exact_at(&mut buf, src_offset + done).map_err(src_err)?;
             self.file.write_all_at(&buf, abs + done).map_err(|e| ImageError::Write {
@@ -380,7 +380,7 @@ impl Region {
                 offset: offset + done,
                 source: e,
             })?;
-            done += u64::try_from(chunk).unwrap_or(0);
+            done += u64::try_from(chunk).expect("usize fits u64");
         }
         Ok(())
     }

@@ -4,6 +4,8 @@
 //! It sits at the bottom of the crate DAG: `mkdisk-gpt`, the filesystem writers and the
 //! `mkdisk` binary depend on it; it depends on none of them.
 
+#![deny(clippy::cast_possible_truncation)]
+
 pub mod ids;
 mod image;
 pub mod le;

@@ -10,6 +10,9 @@ use std::sync::Arc;
 
 use crate::TreeError;
 
+// Inode ids and counts are `u32`; indexes into the inode arena are `usize`.
+const _: () = assert!(usize::BITS >= 32, "mkdisk needs at least 32-bit pointers");
+
 /// Index of an inode in a [`Tree`]; `InodeId::ROOT` is the root directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct InodeId(pub u32);
@@ -21,8 +24,7 @@ impl InodeId {
     /// The index as `usize`, for slices.
     #[must_use]
     pub fn index(self) -> usize {
-        // u32 always fits usize on the 32/64-bit targets we support.
-        usize::try_from(self.0).unwrap_or(usize::MAX)
+        usize::try_from(self.0).expect("u32 fits usize (asserted at compile time)")
     }
 }
 
@@ -169,7 +171,7 @@ impl FileData {
     #[must_use]
     pub fn from_bytes(bytes: impl Into<Arc<[u8]>>) -> Self {
         let bytes: Arc<[u8]> = bytes.into();
-        let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+        let size = u64::try_from(bytes.len()).expect("usize fits u64");
         FileData::dense(size, Source::Bytes(bytes))
     }
 
@@ -580,7 +582,8 @@ impl Tree {
     pub fn subdir_count(&self, dir: InodeId) -> u32 {
         self.inode(dir).as_dir().map_or(0, |d| {
             let n = d.entries.iter().filter(|e| self.inode(e.inode).as_dir().is_some()).count();
-            u32::try_from(n).unwrap_or(u32::MAX)
+            // Each subdirectory is a distinct inode with a u32 id other than the root's.
+            u32::try_from(n).expect("fewer subdirectories than u32 inode ids")
         })
     }
 

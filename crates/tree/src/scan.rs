@@ -108,9 +108,12 @@ fn meta_of(path: &Path, md: &fs::Metadata, opts: &ScanOptions) -> Result<Meta, T
     if opts.store_canonical {
         return Ok(store_canonical_meta(md));
     }
-    let perm = u16::try_from(md.mode() & 0o7777).unwrap_or(0);
+    let perm = u16::try_from(md.mode() & 0o7777).expect("masked to 12 bits");
     let (uid, gid) = if opts.keep_owner { (md.uid(), md.gid()) } else { (0, 0) };
-    let nsec = u32::try_from(md.mtime_nsec()).unwrap_or(0).min(999_999_999);
+    let nsec = u32::try_from(md.mtime_nsec()).ok().filter(|&n| n < 1_000_000_000).ok_or_else(|| {
+        let msg = format!("modification time nanoseconds {} out of range", md.mtime_nsec());
+        TreeError::io(path, std::io::Error::new(std::io::ErrorKind::InvalidData, msg))
+    })?;
     let mut mtime = Timestamp { sec: md.mtime(), nsec };
     if let Some(sde) = opts.source_date_epoch {
         if mtime > Timestamp::from_secs(sde) {
@@ -241,21 +244,21 @@ fn split_zero_blocks(
     let mut out: Vec<DataRun> = Vec::with_capacity(runs.len());
     // At least one block, a whole number of them, and no more than the file needs.
     let cap = size.div_ceil(BS).saturating_mul(BS).clamp(BS, READ_CHUNK);
-    let mut buf = vec![0u8; usize::try_from(cap).unwrap_or(1 << 20)];
+    let mut buf = vec![0u8; usize::try_from(cap).expect("at most READ_CHUNK")];
     for r in runs {
         let end = r.end().min(size);
         let mut pos = r.offset;
         while pos < end {
             // Chunks end on a block boundary (or the run's end), so no block spans two reads.
             let chunk_end = (pos / BS * BS).saturating_add(cap).min(end);
-            let n = usize::try_from(chunk_end - pos).unwrap_or(usize::MAX);
+            let n = usize::try_from(chunk_end - pos).expect("at most cap, the buffer's length");
             let chunk = &mut buf[..n];
             read_exact_at(chunk, pos)?;
             let mut at = pos;
             while at < chunk_end {
                 let block_end = ((at / BS + 1) * BS).min(chunk_end);
-                let lo = usize::try_from(at - pos).unwrap_or(usize::MAX);
-                let hi = usize::try_from(block_end - pos).unwrap_or(usize::MAX);
+                let lo = usize::try_from(at - pos).expect("inside the chunk");
+                let hi = usize::try_from(block_end - pos).expect("inside the chunk");
                 if !is_zero(&chunk[lo..hi]) {
                     let (s, e) = (at / BS * BS, (at / BS * BS).saturating_add(BS).min(size));
                     match out.last_mut() {
@@ -415,6 +418,11 @@ mod tests {
 
     const BS: u64 = FileData::HOLE_BLOCK;
 
+    /// `start..end` as a slice range.
+    fn r(start: u64, end: u64) -> std::ops::Range<usize> {
+        usize::try_from(start).unwrap()..usize::try_from(end).unwrap()
+    }
+
     /// `split_zero_blocks` over in-memory content, where `runs` are the host's data runs
     /// (the content must be zero outside them).
     fn split(content: &[u8], runs: &[DataRun]) -> std::io::Result<Vec<DataRun>> {
@@ -433,7 +441,7 @@ mod tests {
     #[test]
     fn read_errors_and_short_files_are_errors() {
         let runs = [DataRun { offset: 0, len: 3 * BS }];
-        let short = vec![1u8; 2 * BS as usize];
+        let short = vec![1u8; r(0, 2 * BS).end];
         assert!(split_zero_blocks(&runs, 3 * BS, |buf, off| {
             let off = usize::try_from(off).unwrap();
             let src = short.get(off..off + buf.len()).ok_or(std::io::ErrorKind::UnexpectedEof)?;
@@ -449,7 +457,7 @@ mod tests {
     fn runs_not_aligned_to_blocks() {
         // Runs of a filesystem with 1 KiB blocks: [1 KiB, 3 KiB) zero, [3 KiB, 5 KiB) data in
         // block 1 only.
-        let mut c = vec![0u8; 3 * BS as usize];
+        let mut c = vec![0u8; r(0, 3 * BS).end];
         c[4096] = 7;
         let runs = [DataRun { offset: 1024, len: 2048 }, DataRun { offset: 3072, len: 2048 }];
         assert_eq!(pairs(&split(&c, &runs).unwrap()), [(4096, 8192)]);
@@ -485,7 +493,7 @@ mod tests {
             for b in 0..size.div_ceil(BS) {
                 let (s, e) = (b * BS, ((b + 1) * BS).min(size));
                 if hole_mask.get(usize::try_from(b).unwrap()).copied().unwrap_or(false) {
-                    content[s as usize..e as usize].fill(0);
+                    content[r(s, e)].fill(0);
                     continue;
                 }
                 match host.last_mut() {
@@ -497,7 +505,7 @@ mod tests {
             let mut want: Vec<(u64, u64)> = Vec::new();
             for b in 0..size.div_ceil(BS) {
                 let (s, e) = (b * BS, ((b + 1) * BS).min(size));
-                if content[s as usize..e as usize].iter().any(|&x| x != 0) {
+                if content[r(s, e)].iter().any(|&x| x != 0) {
                     match want.last_mut() {
                         Some(l) if l.1 == s => l.1 = e,
                         _ => want.push((s, e)),
@@ -509,7 +517,7 @@ mod tests {
             let fine: Vec<DataRun> = host
                 .iter()
                 .flat_map(|r| (r.offset..r.end()).step_by(1024).map(move |o| (o, (o + 1024).min(r.end()))))
-                .filter(|&(s, e)| content[s as usize..e as usize].iter().any(|&x| x != 0) || s % 3072 == 0)
+                .filter(|&(s, e)| content[r(s, e)].iter().any(|&x| x != 0) || s % 3072 == 0)
                 .map(|(s, e)| DataRun { offset: s, len: e - s })
                 .collect();
             prop_assert_eq!(split(&content, &fine).unwrap(), out);
