@@ -2,8 +2,8 @@
 //! write → walk. The plan either fails with a typed error or the write succeeds (the write
 //! phase checks the plan and every compressed frame against it); chunks are disjoint and inside
 //! the device, and the primary superblock carries the magic and the planned size. Then the
-//! image walker (`mkdisk_fuzz::btrfs_walk`) reads the image back without any external tool:
-//! superblock, chunk/root/extent/dev/csum/free-space/uuid trees, every tree block (checksum,
+//! image walker (crate `mkdisk-btrfs-walk`, crates/btrfs-walk) reads the image back without
+//! any external tool: superblock, chunk/root/extent/dev/csum/free-space/uuid trees, every tree block (checksum,
 //! header, key order, item layout), back references, data checksums, inode and directory
 //! invariants, and every file's bytes (raw and zstd), and compares the top level (or the
 //! subvolume "root", id 256) with the input tree. Never a panic. (`btrfs check` runs on random
@@ -45,17 +45,17 @@ fuzz_target!(|input: (Vec<Node>, u8, bool, bool)| {
     assert_eq!(&sb[0x40..0x48], b"_BHRfS_M");
     assert_eq!(u64::from_le_bytes(sb[0x70..0x78].try_into().unwrap()), layout.total_bytes());
     let read = |off: u64, buf: &mut [u8]| region.read_at(off, buf).map_err(|e| e.to_string());
-    let walk = match mkdisk_fuzz::btrfs_walk::walk(&read, size) {
+    let walk = match mkdisk_btrfs_walk::walk(&read, size) {
         Ok(w) => w,
         Err(e) => panic!("walker rejected the image: {e}"),
     };
     assert_eq!(walk.data_extents.len(), layout.data_extents(), "data extents");
     assert_eq!(walk.blocks.len(), layout.tree_blocks(), "tree blocks");
     let (id, tree) = if subvol { (256, subvols[0].tree.as_ref()) } else { (5, &top) };
-    if let Err(e) = mkdisk_fuzz::btrfs_walk::compare(&walk, id, tree) {
+    if let Err(e) = mkdisk_btrfs_walk::compare(&walk, id, tree) {
         panic!("image differs from the tree: {e}");
     }
     if subvol {
-        mkdisk_fuzz::btrfs_walk::compare(&walk, 5, &top).expect("top level differs");
+        mkdisk_btrfs_walk::compare(&walk, 5, &top).expect("top level differs");
     }
 });

@@ -1,7 +1,5 @@
 //! Shared helpers for the fuzz targets: an `Arbitrary` description of a small source tree.
 
-pub mod btrfs_walk;
-
 use arbitrary::Arbitrary;
 use mkdisk_tree::{FileData, InodeId, Kind, Meta, Timestamp, Tree};
 

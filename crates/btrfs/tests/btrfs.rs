@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use common::{base_tree, bytes, meta, opts, MIB};
+use mkdisk_testkit::{noise, poisoned_file};
 
 fn tools() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/tools")
@@ -172,19 +173,6 @@ impl OsStrExt2 for std::ffi::OsStr {
     fn from_encoded_bytes_unchecked_safe(b: &[u8]) -> &std::ffi::OsStr {
         std::os::unix::ffi::OsStrExt::from_bytes(b)
     }
-}
-
-/// `n` incompressible bytes (xorshift32 from `seed`).
-fn noise(n: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 /// A small tree with every inode kind.
@@ -579,17 +567,10 @@ fn many_hard_links() {
 
 #[test]
 fn poisoned_target_is_check_clean() {
-    use std::io::Write as _;
     let tmp = tempfile::tempdir().unwrap();
     let img = tmp.path().join("poison.img");
     let size = 160 * MIB;
-    {
-        let mut f = fs::File::create(&img).unwrap();
-        let block = vec![0xD1u8; MIB as usize];
-        for _ in 0..size / MIB {
-            f.write_all(&block).unwrap();
-        }
-    }
+    drop(poisoned_file(&img, size));
     let t = small_tree();
     let mut o = opts(size);
     o.compress = Some(Compress::Zstd { level: 3, force: true });

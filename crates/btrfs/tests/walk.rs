@@ -1,11 +1,7 @@
-//! Integration tests with the self-contained image walker (`fuzz/src/btrfs_walk.rs`): build
+//! Integration tests with the self-contained image walker (`mkdisk_btrfs_walk`): build
 //! images from trees (every inode kind, hard links, xattrs, holes, inline and regular, raw and
 //! zstd, subvolumes, every checksum type), walk them without any external tool, compare them
 //! with the trees, and check that corrupting a tree block or a data extent is caught.
-
-#[allow(dead_code)]
-#[path = "../../../fuzz/src/btrfs_walk.rs"]
-mod btrfs_walk;
 
 mod common;
 
@@ -13,9 +9,9 @@ use std::borrow::Cow;
 use std::io::Write as _;
 use std::sync::Arc;
 
-use btrfs_walk::Walk;
 use common::{base_tree, bytes, meta, opts, MIB};
 use mkdisk_btrfs::{plan, write, BtrfsLayout, BtrfsOptions, Compress, CsumType, SubvolSpec};
+use mkdisk_btrfs_walk::Walk;
 use mkdisk_tree::{DataRun, FileData, Image, InodeId, Kind, NoProgress, Source, Tree, Xattr};
 use sha2::Digest as _;
 
@@ -101,7 +97,7 @@ fn any_csum(ty: u16, data: &[u8]) -> Option<Vec<u8>> {
 
 fn walk(img: &[u8]) -> Result<Walk, String> {
     let read = reader(img);
-    btrfs_walk::walk_with_csum(&read, img.len() as u64, &any_csum)
+    mkdisk_btrfs_walk::walk_with_csum(&read, img.len() as u64, &any_csum)
 }
 
 fn walk_ok(layout: &BtrfsLayout, img: &[u8]) -> Walk {
@@ -124,7 +120,7 @@ fn plain_and_zstd_top_level() {
         o.compress = compress;
         let (layout, img) = build(&t, &[], &o);
         let w = walk_ok(&layout, &img);
-        let n = btrfs_walk::compare(&w, 5, &t).unwrap();
+        let n = mkdisk_btrfs_walk::compare(&w, 5, &t).unwrap();
         assert_eq!(n, t.len(), "every inode compared");
         if compress.is_some() {
             assert!(layout.compressed_extents() > 0);
@@ -156,13 +152,13 @@ fn subvolume_and_compare() {
         let mut links: Vec<(u64, u64, Vec<u8>)> = w.subvol_links.iter().map(|l| (l.0, l.1, l.4.clone())).collect();
         links.sort();
         assert_eq!(links, [(5, 256, b"nested".to_vec()), (5, 257, b"root".to_vec())]);
-        assert_eq!(btrfs_walk::compare(&w, 257, &t).unwrap(), t.len());
-        assert_eq!(btrfs_walk::compare(&w, 256, &Tree::new(meta(0o700))).unwrap(), 1);
+        assert_eq!(mkdisk_btrfs_walk::compare(&w, 257, &t).unwrap(), t.len());
+        assert_eq!(mkdisk_btrfs_walk::compare(&w, 256, &Tree::new(meta(0o700))).unwrap(), 1);
         // The top level has "top-file", "root" (a subvolume) and "a" (created for the nested one).
         let five = &w.fs_trees[&5];
         assert_eq!(five.inodes[&256].entries.len(), 3);
         // Comparing the wrong tree fails.
-        assert!(btrfs_walk::compare(&w, 5, &t).is_err());
+        assert!(mkdisk_btrfs_walk::compare(&w, 5, &t).is_err());
     }
 }
 
@@ -178,10 +174,10 @@ fn every_csum_type() {
         let (layout, img) = build(&t, &[], &o);
         let w = walk_ok(&layout, &img);
         assert_eq!(w.csum_type, code);
-        btrfs_walk::compare(&w, 5, &t).unwrap();
+        mkdisk_btrfs_walk::compare(&w, 5, &t).unwrap();
         // The built-in checksum is crc32c only.
         let read = reader(&img);
-        let builtin = btrfs_walk::walk(&read, img.len() as u64);
+        let builtin = mkdisk_btrfs_walk::walk(&read, img.len() as u64);
         if code == 0 {
             builtin.unwrap();
         } else {
@@ -266,7 +262,7 @@ fn compare_catches_consistent_changes() {
         bad[s..s + 4].copy_from_slice(&c.to_le_bytes());
     }
     let w2 = walk(&bad).unwrap();
-    let e = btrfs_walk::compare(&w2, 5, &t).unwrap_err();
+    let e = mkdisk_btrfs_walk::compare(&w2, 5, &t).unwrap_err();
     assert!(e.contains("uid"), "{e}");
 }
 
@@ -308,7 +304,7 @@ fn malformed_blocks_never_panic() {
         match walk(&bad) {
             Err(_) => rejected += 1,
             Ok(w2) => {
-                if btrfs_walk::compare(&w2, 5, &t).is_err() {
+                if mkdisk_btrfs_walk::compare(&w2, 5, &t).is_err() {
                     differs += 1;
                 }
             }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use mkdisk_ext4::{plan, write, Ext4Error, Ext4Options};
+use mkdisk_testkit::poisoned_file;
 use mkdisk_tree::{
     scan, DataRun, FileData, Image, InodeId, Kind, Meta, NoProgress, ScanOptions, Source, Timestamp, Tree, Xattr,
 };
@@ -444,13 +445,7 @@ fn poisoned_target_is_clean() {
         let tree = small_tree();
         let img = dir.path().join("poison.img");
         let size = 64u64 << 20;
-        {
-            let mut f = fs::File::create(&img).unwrap();
-            let chunk = vec![0xD1u8; 1 << 20];
-            for _ in 0..size >> 20 {
-                f.write_all(&chunk).unwrap();
-            }
-        }
+        drop(poisoned_file(&img, size));
         let mut o = opts(size);
         o.assume_zeroed = assume_zeroed;
         let layout = plan(&tree, &o).unwrap();

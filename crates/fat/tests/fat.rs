@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use mkdisk_fat::{plan, write, FatError, FatLayout, FatOptions, FatType};
+use mkdisk_testkit::{poisoned_file, POISON};
 use mkdisk_tree::{scan, FileData, Meta, NoProgress, Region, ScanOptions, Source, Timestamp, Tree};
 use sha2::{Digest, Sha256};
 
@@ -55,24 +56,18 @@ fn expect_host(root: &Path) -> Expect {
     out
 }
 
-/// Build `tree` into a fresh image file of `opts.size_bytes` (pre-filled with 0xD1 when
+/// Build `tree` into a fresh image file of `opts.size_bytes` (pre-filled with [`POISON`] when
 /// `poison`), at offset `offset` inside the file.
 fn build_at(tree: &Tree, opts: &FatOptions, path: &Path, poison: bool, offset: u64) -> FatLayout {
     let layout = plan(tree, opts).unwrap();
-    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).unwrap();
-    if poison {
-        let chunk = vec![0xD1u8; MIB as usize];
-        let mut left = opts.size_bytes + offset;
-        let mut w = std::io::BufWriter::new(&f);
-        while left > 0 {
-            let n = left.min(MIB);
-            w.write_all(&chunk[..n as usize]).unwrap();
-            left -= n;
-        }
-        w.flush().unwrap();
+    let len = opts.size_bytes + offset;
+    let f = if poison {
+        poisoned_file(path, len)
     } else {
-        f.set_len(opts.size_bytes + offset).unwrap();
-    }
+        let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).unwrap();
+        f.set_len(len).unwrap();
+        f
+    };
     let region = Region::from_file(Arc::new(f), "esp", offset, opts.size_bytes);
     write(&layout, tree, &region, &NoProgress).unwrap();
     layout
@@ -608,7 +603,7 @@ fn region_at_offset() {
     assert_eq!(layout.data_bytes(), tree.data_bytes());
     let part = tmp.path().join("part.img");
     let bytes = fs::read(&img).unwrap();
-    assert!(bytes[..offset as usize].iter().all(|&b| b == 0xD1));
+    assert!(bytes[..offset as usize].iter().all(|&b| b == POISON));
     fs::write(&part, &bytes[offset as usize..]).unwrap();
     check_all(&part, &host, tmp.path(), false);
 }

@@ -5,7 +5,7 @@
 //! filesystem extracted again with `debugfs rdump`, and the extracted store checked with
 //! `nix-store --verify --check-contents`, `-qR` and `-q --hash`.
 //!
-//! Every `nix-store`/`nix-build` runs through [`common::nix_command`]: its own configuration
+//! Every `nix-store`/`nix-build` runs through [`mkdisk_testkit::nix_command`]: its own configuration
 //! (`build-users-group =`: no `nixbld` group needed), no `/etc/nix`, no user configuration, no
 //! `/nix` on the host. Without `nix-store` on PATH these tests print a loud `*** SKIPPED (not a
 //! pass)` line and return; with `MKDISK_REQUIRE_NIX` set (`tests/run.sh`) or `CI=true` they fail.
@@ -13,24 +13,18 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use mkdisk_testkit::assert_ok;
+use mkdisk_testkit::grub::fake_grub_dir;
+use mkdisk_testkit::harness::boot_parts;
+use mkdisk_testkit::nix::{nix, nix_build, nix_ok, scratch_store, toplevel_nix, Scratch};
+
 mod common;
-use common::nixfix::{fake_grub_dir, nix, nix_build, nix_ok, scratch_store, toplevel_nix, Scratch};
-use common::{boot_parts, build_args, grub_boot_args, plan_numbers, sha256_file, system_args};
+use common::{build_args, grub_boot_args, plan_numbers, sha256_file, system_args};
 
 const EPOCH: &str = "1700000000";
 
 fn mkdisk(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mkdisk")).args(args).env("SOURCE_DATE_EPOCH", EPOCH).output().unwrap()
-}
-
-fn assert_ok(what: &str, o: &Output) {
-    assert!(
-        o.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr),
-        String::from_utf8_lossy(&o.stdout)
-    );
 }
 
 /// Whether Nix is here (see [`common::have_nix`]: a skip, or a failure where it must run).

@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
-use common::nixfix::{fake_grub_dir, scratch_store};
 use common::{have_nix, repo, sha256_file, system_args};
+use mkdisk_testkit::grub::fake_grub_dir;
+use mkdisk_testkit::nix::scratch_store;
 
 const EPOCH: &str = "1700000000";
 

@@ -1,7 +1,7 @@
 //! mkdisk-nixstore: registration parsing, the Nix database against what Nix 2.8 creates
-//! (Debian `nix-bin`, run hermetically: see [`nix_command`]; a loud SKIP without it, a
-//! failure with `MKDISK_REQUIRE_NIX` or `CI=true`), DB reproducibility, store metadata, bootspec,
-//! systemd-boot files, grub.cfg and the GRUB embedding offsets of boot.md §4.3.
+//! (Debian `nix-bin`, run hermetically: see `mkdisk_testkit::nix_command`; a loud SKIP without
+//! it, a failure with `MKDISK_REQUIRE_NIX` or `CI=true`), DB reproducibility, store metadata,
+//! bootspec, systemd-boot files, grub.cfg and the GRUB embedding offsets of boot.md §4.3.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,7 +10,9 @@ use mkdisk_nixstore::{
     add_closure, add_nix_db, add_profiles, grub_cfg, grub_embed, nix_db, resolve_store_path, systemd_boot_files,
     Bootspec, ClosureInfo, GrubCfgOptions, NixError, Registration, SystemdBootOptions,
 };
-use mkdisk_testkit::{have_nix, nix_command};
+use mkdisk_testkit::grub::fake_core;
+use mkdisk_testkit::have_nix;
+use mkdisk_testkit::nix::{nix_build_out, nix_ok, nix_ok_stdin};
 use mkdisk_tree::{Kind, Meta, Tree};
 
 const H1: &str = "sha256:1av6k5vjhy68xrphrsn96pcsqrcrh8f5mg814y0jm0dl8rs316gq";
@@ -160,23 +162,6 @@ fn db_is_reproducible_and_well_formed() {
     assert_eq!(t, 1_700_000_000);
 }
 
-fn nix_store(store: &Path, args: &[&str], stdin: Option<&[u8]>) -> String {
-    use std::io::Write;
-    let mut c = nix_command("nix-store")
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin.take().unwrap().write_all(stdin.unwrap_or_default()).unwrap();
-    let o = c.wait_with_output().unwrap();
-    assert!(o.status.success(), "nix-store {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap()
-}
-
 /// Our DB equals what Nix 2.8 makes from the same registration with `--load-db`: the same
 /// schema objects with the same SQL text, the same rows (but registrationTime) and refs.
 #[test]
@@ -190,30 +175,21 @@ fn db_matches_nix_load_db() {
     let src = tmp.path().join("src");
     std::fs::create_dir_all(src.join("d")).unwrap();
     std::fs::write(src.join("d/x"), "x").unwrap();
-    let a = nix_store(&s, &["--add", src.join("d").to_str().unwrap()], None).trim().to_string();
+    let a = nix_ok(&s, &["--add", src.join("d").to_str().unwrap()]).trim().to_string();
     let expr = format!(
         r#"let a = builtins.storePath "{a}"; in builtins.derivation {{ name = "top"; system = builtins.currentSystem; builder = "/bin/sh";
              args = [ "-c" "export PATH=/bin:/usr/bin; mkdir $out; echo ${{a}} > $out/a; echo $out > $out/self" ]; }}"#
     );
-    std::fs::write(tmp.path().join("t.nix"), expr).unwrap();
-    let o = nix_command("nix-build")
-        .arg("--store")
-        .arg(&s)
-        .arg(tmp.path().join("t.nix"))
-        .arg("--no-out-link")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let top = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    let top = nix_build_out(tmp.path(), &s, "t.nix", &expr);
     // The registration with derivers (dump-db prints bare hex hashes).
-    let reg_text = nix_store(&s, &["--dump-db", &top, &a], None);
+    let reg_text = nix_ok(&s, &["--dump-db", &top, &a]);
     let reg = Registration::parse(&reg_text).unwrap();
     assert!(reg.paths.iter().any(|p| p.references.contains(&p.path)), "a self reference: {reg_text}");
     let ours = tmp.path().join("ours.sqlite");
     std::fs::write(&ours, nix_db(&reg, 1).unwrap()).unwrap();
     // Nix's own: a fresh store loaded from the same registration.
     let fresh = tmp.path().join("fresh");
-    nix_store(&fresh, &["--load-db"], Some(reg_text.as_bytes()));
+    let _ = nix_ok_stdin(&fresh, &["--load-db"], reg_text.as_bytes());
     let theirs = fresh.join("nix/var/nix/db/db.sqlite");
     let (s1, r1, f1) = db_rows(&ours);
     let (s2, r2, f2) = db_rows(&theirs);
@@ -227,8 +203,8 @@ fn db_matches_nix_load_db() {
     assert!(Command::new("cp").arg("-a").arg(s.join("nix/store")).arg(copy.join("nix/")).status().unwrap().success());
     std::fs::copy(&ours, copy.join("nix/var/nix/db/db.sqlite")).unwrap();
     std::fs::write(copy.join("nix/var/nix/db/schema"), "10").unwrap();
-    nix_store(&copy, &["--verify", "--check-contents"], None);
-    let mut q: Vec<String> = nix_store(&copy, &["-qR", &top], None).lines().map(str::to_string).collect();
+    let _ = nix_ok(&copy, &["--verify", "--check-contents"]);
+    let mut q: Vec<String> = nix_ok(&copy, &["-qR", &top]).lines().map(str::to_string).collect();
     q.sort();
     let mut want = vec![a.clone(), top.clone()];
     want.sort();
@@ -384,19 +360,6 @@ fn bootspec_and_systemd_boot_files() {
     assert!(matches!(e, NixError::NoBootJson { .. }), "{e}");
     let e = Bootspec::parse(br#"{"org.nixos.bootspec.v1": {"init": "x"}}"#, Path::new("b.json")).unwrap_err();
     assert!(e.to_string().contains("kernel"), "{e}");
-}
-
-/// A core.img as grub-mkimage leaves it: diskboot with the classic MBR-gap blocklist
-/// `{2, nsec − 1, 0x820}` at 0x1F4, then the kernel header with `no_rs_length`.
-fn fake_core(sectors: usize) -> Vec<u8> {
-    let mut c = vec![0xC3u8; sectors * 512 - 100];
-    c[0x1e8..0x1f4].fill(0);
-    c[0x1f4..0x1fc].copy_from_slice(&2u64.to_le_bytes());
-    c[0x1fc..0x1fe].copy_from_slice(&u16::try_from(sectors - 1).unwrap().to_le_bytes());
-    c[0x1fe..0x200].copy_from_slice(&0x820u16.to_le_bytes());
-    c[0x210..0x214].fill(0); // redundancy
-    c[0x214..0x216].copy_from_slice(&0x1234u16.to_le_bytes()); // no_rs_length
-    c
 }
 
 #[test]

@@ -1,9 +1,23 @@
-//! What the test suites of mkdisk share (`publish = false`): the skip policy (a check this
-//! machine cannot run is a loud skip, and a failure under `CI=true`) and Nix (Debian's
-//! nix-bin 2.8) as an oracle in an environment that depends on nothing of the machine.
+//! What the test suites of mkdisk share (`publish = false`, a dev-dependency only): the skip
+//! policy (a check this machine cannot run is a loud skip, and a failure under `CI=true`), Nix
+//! (Debian's nix-bin 2.8) as an oracle in an environment that depends on nothing of the
+//! machine, and the fixtures built on them:
+//!
+//! - [`harness`]: the client of the QEMU boot harness (`tests/boot/harness.py`);
+//! - [`nix`]: a scratch store with a real closure, `nix-build`, closureInfo from Nix;
+//! - [`nar`]: NAR serialisation and closureInfo without Nix, for hand-made store paths;
+//! - [`grub`]: synthetic GRUB i386-pc inputs;
+//! - [`noise`] (incompressible bytes) and [`poisoned_file`] (a target pre-filled with
+//!   [`POISON`], so a byte the writer should have written and did not is caught).
 
+pub mod grub;
+pub mod harness;
+pub mod nar;
+pub mod nix;
+
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 /// `target/tmp` of this workspace (`CARGO_TARGET_DIR` when the tests were built with one).
 fn target_tmp() -> PathBuf {
@@ -26,6 +40,63 @@ pub fn skip_or_fail(what: &str, why: &str) {
     let bar = "*".repeat(78);
     let msg = format!("\n{bar}\n*** SKIPPED (not a pass): {what} — {why}\n{bar}\n");
     let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
+}
+
+/// That the command behind `o` succeeded (`what` names it in the failure).
+///
+/// # Panics
+/// Where it did not: with its exit status, stderr and stdout.
+pub fn assert_ok(what: &str, o: &Output) {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test data
+
+/// `len` deterministic, incompressible bytes from `seed` (xorshift64, the low byte of each
+/// step). The same (`len`, `seed`) always gives the same bytes, and a shorter `len` a prefix.
+#[must_use]
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+/// The byte a poisoned target is filled with: not zero, and not what a writer writes by chance.
+pub const POISON: u8 = 0xD1;
+
+/// A fresh file `path` (created or truncated) of `len` bytes, every one [`POISON`], open for
+/// reading and writing: a writer that skips a byte it must write (zeroing included) leaves
+/// 0xD1 there for fsck or a read-back to find.
+///
+/// # Panics
+/// Where the file cannot be created or written.
+pub fn poisoned_file(path: &Path, len: u64) -> std::fs::File {
+    const CHUNK: u64 = 1 << 20;
+    let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).unwrap();
+    let chunk = vec![POISON; CHUNK as usize];
+    let mut w = std::io::BufWriter::new(&f);
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        w.write_all(&chunk[..n as usize]).unwrap();
+        left -= n;
+    }
+    w.flush().unwrap();
+    drop(w);
+    f
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-//! Helpers shared by the integration tests of the `mkdisk` binary (`tests/boot.rs`,
-//! `tests/nixos.rs`, `tests/mkdisk.rs`), each of which is its own crate with `mod common;`:
-//! running `mkdisk`, the arguments of `mkdisk build`, the plan's partition numbers, the boot
-//! harness (`tests/boot/harness.py`) and the CI rule for what may be skipped.
+//! Helpers shared by the integration tests of the `mkdisk` binary (`tests/*.rs`), each of
+//! which is its own crate with `mod common;`: running `mkdisk`, the arguments of `mkdisk
+//! build`, the plan's partition numbers and sha256. The boot harness client, the Nix fixtures
+//! and the skip policy live in `mkdisk-testkit` (re-exported here: the skip policy); the QEMU
+//! guest side of the boot tests in `guest/`.
 
 // Every test crate uses its own subset of these helpers.
 #![allow(dead_code)]
@@ -65,51 +66,3 @@ pub fn sha256_file(p: &Path) -> String {
 
 #[allow(unused_imports)] // each test crate uses its own subset
 pub use mkdisk_testkit::{have_nix, in_ci, nix_command, skip_or_fail};
-
-// ---------------------------------------------------------------------------------------------
-// The boot harness
-
-fn harness() -> PathBuf {
-    repo().join("tests/boot/harness.py")
-}
-
-/// The harness's exit status where QEMU or a part cannot be had here.
-const HARNESS_UNAVAILABLE: i32 = 77;
-
-pub enum HarnessError {
-    Unavailable(String),
-    Failed(String),
-}
-
-pub fn run_harness(args: &[&str]) -> Result<String, HarnessError> {
-    let out = Command::new("python3")
-        .arg(harness())
-        .args(args)
-        .output()
-        .map_err(|e| HarnessError::Unavailable(format!("python3 not runnable: {e}")))?;
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    match out.status.code() {
-        Some(0) => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
-        Some(HARNESS_UNAVAILABLE) => Err(HarnessError::Unavailable(stderr)),
-        _ => Err(HarnessError::Failed(format!("harness {args:?} failed ({}):\n{stderr}", out.status))),
-    }
-}
-
-/// The harness's output, or why its parts cannot be had here (the caller decides whether that
-/// is a skip); a harness that fails otherwise fails the test.
-pub fn harness_or_why(args: &[&str]) -> Result<String, String> {
-    match run_harness(args) {
-        Ok(s) => Ok(s),
-        Err(HarnessError::Unavailable(why)) => Err(why),
-        Err(HarnessError::Failed(e)) => panic!("{e}"),
-    }
-}
-
-/// The boot parts (`harness.py fetch`: QEMU, firmware, systemd-boot, kernel, as JSON) and the
-/// test initramfs, or why they cannot be had here.
-pub fn boot_parts() -> Result<(serde_json::Value, PathBuf), String> {
-    let parts: serde_json::Value = serde_json::from_str(&harness_or_why(&["fetch"])?).unwrap();
-    let initrd = PathBuf::from(harness_or_why(&["initramfs"])?.trim());
-    Ok((parts, initrd))
-}
-pub mod nixfix;

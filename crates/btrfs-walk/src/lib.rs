@@ -9,8 +9,8 @@
 //! errors name the tree, the block address and the key. Only crc32c is built in; other
 //! checksum types need a hook ([`walk_with_csum`]).
 //!
-//! Shared by the `btrfs_plan_write` fuzz target and `crates/btrfs/tests/walk.rs` (included there
-//! with `#[path]`).
+//! A test-only crate (`publish = false`), shared by the `btrfs_plan_write` fuzz target
+//! (`fuzz/`) and the btrfs writer's tests (`crates/btrfs/tests/walk.rs`).
 //!
 //! Its little-endian readers, name/extref hashes and rdev encoding deliberately restate what
 //! `mkdisk_btrfs` has instead of calling it: an oracle that shared the writer's helpers would

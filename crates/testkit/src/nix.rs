@@ -1,41 +1,73 @@
-//! Nix fixtures for the tests: a scratch chroot store with a small real closure and a fake
-//! NixOS toplevel, its closureInfo files, and a synthetic GRUB input directory.
+//! Nix fixtures (real Nix, run through [`nix_command`]): `nix-store` and `nix-build` against a
+//! scratch chroot store, a small real closure with a fake NixOS toplevel ([`scratch_store`]),
+//! and closureInfo's files as nixpkgs writes them ([`make_closure_info`]). Callers check
+//! [`crate::have_nix`] first.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
-use super::nix_command;
+use crate::{assert_ok, nix_command};
 
-fn assert_ok(what: &str, o: &Output) {
-    assert!(
-        o.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr),
-        String::from_utf8_lossy(&o.stdout)
-    );
-}
-
+/// `nix-store --store STORE ARGS` (stdin closed).
+///
+/// # Panics
+/// Where `nix-store` cannot be started.
+#[must_use]
 pub fn nix(store: &Path, args: &[&str]) -> Output {
     nix_command("nix-store").arg("--store").arg(store).args(args).output().unwrap()
 }
 
+/// [`nix`] that must succeed: its stdout.
+///
+/// # Panics
+/// Where `nix-store` fails (with its stderr and stdout) or prints something not UTF-8.
+#[must_use]
 pub fn nix_ok(store: &Path, args: &[&str]) -> String {
     let o = nix(store, args);
     assert_ok(&format!("nix-store {args:?}"), &o);
     String::from_utf8(o.stdout).unwrap()
 }
 
-/// A scratch store with a closure: a source directory (`nix-store --add`), a file output, a
-/// fake kernel, initrd and systemd, and a toplevel with a self reference, a symlink into
-/// another path and `boot.json`.
+/// [`nix_ok`] with `stdin` fed to `nix-store` (`--load-db`, `--import`).
+///
+/// # Panics
+/// Where `nix-store` fails or prints something not UTF-8.
+#[must_use]
+pub fn nix_ok_stdin(store: &Path, args: &[&str], stdin: &[u8]) -> String {
+    let mut c = nix_command("nix-store")
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(stdin).unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert_ok(&format!("nix-store {args:?}"), &o);
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// What [`scratch_store`] made.
 pub struct Scratch {
+    /// The chroot store (`--store`): the store itself is `STORE/nix/store`.
     pub store: PathBuf,
+    /// The toplevel's store path (`/nix/store/...-nixos-system-test-24.05`).
     pub toplevel: String,
+    /// Its closureInfo directory ([`make_closure_info`]).
     pub closure: PathBuf,
+    /// The closure's store paths, sorted.
     pub store_paths: Vec<String>,
 }
 
+/// A scratch chroot store `dir/store` with a closure: a source directory (`nix-store --add`),
+/// a file output, a fake kernel, initrd and systemd, and a toplevel with a self reference, a
+/// symlink into another path and `boot.json`; its closureInfo in `dir/closure`.
+///
+/// # Panics
+/// Where Nix fails.
 pub fn scratch_store(dir: &Path) -> Scratch {
     let store = dir.join("store");
     let src = dir.join("src/a");
@@ -75,6 +107,7 @@ let
 /// The end of a Nix expression (after `let` and the caller's bindings) for a fake NixOS toplevel
 /// `name`: `/bin/sh` runs `script` with `$bootJson`, a boot.json (bootspec v1) naming the kernel
 /// and initrd files `kernel` and `initrd` (Nix strings), `params` (a Nix list) and `label`.
+#[must_use]
 pub fn toplevel_nix(name: &str, kernel: &str, initrd: &str, params: &str, label: &str, script: &str) -> String {
     format!(
         r#"  bootJson = builtins.toJSON {{
@@ -97,21 +130,39 @@ in builtins.derivation {{
     )
 }
 
-/// `nix-build` of the Nix expression `expr`, written to `dir/file`, in the chroot store `store`,
-/// and closureInfo's files for what it built in `dir/closure`: (the output path, that
-/// directory, the closure's store paths, sorted).
-pub fn nix_build(dir: &Path, store: &Path, file: &str, expr: &str) -> (String, PathBuf, Vec<String>) {
+/// `nix-build --no-out-link` of the Nix expression `expr`, written to `dir/file`, in the chroot
+/// store `store`: the output path.
+///
+/// # Panics
+/// Where the build fails.
+#[must_use]
+pub fn nix_build_out(dir: &Path, store: &Path, file: &str, expr: &str) -> String {
     std::fs::write(dir.join(file), expr).unwrap();
     let o =
         nix_command("nix-build").arg("--store").arg(store).arg(dir.join(file)).arg("--no-out-link").output().unwrap();
     assert_ok("nix-build", &o);
-    let toplevel = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// [`nix_build_out`], and closureInfo's files for what it built in `dir/closure`: (the output
+/// path, that directory, the closure's store paths, sorted).
+///
+/// # Panics
+/// Where Nix fails.
+#[must_use]
+pub fn nix_build(dir: &Path, store: &Path, file: &str, expr: &str) -> (String, PathBuf, Vec<String>) {
+    let toplevel = nix_build_out(dir, store, file, expr);
     let closure = dir.join("closure");
     let store_paths = make_closure_info(store, &toplevel, &closure);
     (toplevel, closure, store_paths)
 }
 
-/// closureInfo's files for `root`, as nixpkgs' closure-info.nix writes them.
+/// closureInfo's files (`store-paths`, `registration`, `total-nar-size`) for `root` in `out`,
+/// as nixpkgs' closure-info.nix writes them, from what Nix says of the closure: its store
+/// paths, sorted.
+///
+/// # Panics
+/// Where Nix fails or a file cannot be written.
 pub fn make_closure_info(store: &Path, root: &str, out: &Path) -> Vec<String> {
     std::fs::create_dir_all(out).unwrap();
     let mut paths: Vec<String> = nix_ok(store, &["-qR", root]).lines().map(str::to_string).collect();
@@ -133,27 +184,4 @@ pub fn make_closure_info(store: &Path, root: &str, out: &Path) -> Vec<String> {
     std::fs::write(out.join("registration"), reg).unwrap();
     std::fs::write(out.join("total-nar-size"), format!("{total}\n")).unwrap();
     paths
-}
-
-/// A GRUB input directory with synthetic images shaped like GRUB's (a real core.img is only
-/// needed to boot; the byte patching is what is checked here).
-pub fn fake_grub_dir(dir: &Path) -> PathBuf {
-    let g = dir.join("grub-inputs");
-    std::fs::create_dir_all(g.join("i386-pc")).unwrap();
-    let mut boot = vec![0xB0u8; 512];
-    boot[0x1fe] = 0x55;
-    boot[0x1ff] = 0xAA;
-    std::fs::write(g.join("boot.img"), &boot).unwrap();
-    let sectors = 53;
-    let mut core = vec![0xC3u8; sectors * 512 - 100];
-    core[0x1e8..0x1f4].fill(0);
-    core[0x1f4..0x1fc].copy_from_slice(&2u64.to_le_bytes());
-    core[0x1fc..0x1fe].copy_from_slice(&u16::try_from(sectors - 1).unwrap().to_le_bytes());
-    core[0x1fe..0x200].copy_from_slice(&0x820u16.to_le_bytes());
-    core[0x210..0x214].fill(0);
-    core[0x214..0x216].copy_from_slice(&0x1234u16.to_le_bytes());
-    std::fs::write(g.join("core.img"), &core).unwrap();
-    std::fs::write(g.join("i386-pc/normal.mod"), "mod").unwrap();
-    std::fs::write(g.join("i386-pc/moddep.lst"), "normal: \n").unwrap();
-    g
 }
