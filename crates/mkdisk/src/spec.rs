@@ -99,13 +99,79 @@ pub enum Content {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Filesystem {
     /// `format` (vfat, ext4, btrfs, ...).
-    pub format: String,
+    pub format: FsFormat,
     /// `mountpoint`.
     pub mountpoint: Option<String>,
     /// `mountOptions`.
     pub mount_options: Vec<String>,
     /// `extraArgs` for mkfs.
     pub extra_args: Vec<String>,
+}
+
+/// A filesystem's `format`: the ones mkdisk writes, or another name (refused when planned).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FsFormat {
+    /// FAT (`vfat`).
+    Vfat,
+    /// ext4.
+    Ext4,
+    /// btrfs (as a plain filesystem, without subvolumes).
+    Btrfs,
+    /// Any other format (xfs, f2fs, ...): not written yet.
+    Other(String),
+}
+
+impl FsFormat {
+    /// The format named `name` in the layout.
+    #[must_use]
+    pub fn from_name(name: &str) -> FsFormat {
+        match name {
+            "vfat" => FsFormat::Vfat,
+            "ext4" => FsFormat::Ext4,
+            "btrfs" => FsFormat::Btrfs,
+            other => FsFormat::Other(other.to_string()),
+        }
+    }
+
+    /// Its name in the layout.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        match self {
+            FsFormat::Vfat => "vfat",
+            FsFormat::Ext4 => "ext4",
+            FsFormat::Btrfs => "btrfs",
+            FsFormat::Other(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Display for FsFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a mount point of the layout mounts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MountTarget {
+    /// A filesystem partition, or a btrfs top level: (disk index, partition index in the disk).
+    Partition(usize, usize),
+    /// A btrfs subvolume: (disk index, partition index, subvolume index).
+    Subvolume(usize, usize, usize),
+    /// A `nodev` mount (tmpfs, ...): its index in [`Spec::nodev`].
+    Nodev(usize),
+}
+
+/// One mount point of the layout (see [`Spec::mounts`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount<'a> {
+    /// The JSON path of what mounts there (for messages).
+    pub at: String,
+    /// The mount point as written in the layout.
+    pub mountpoint: &'a str,
+    /// What mounts there.
+    pub target: MountTarget,
 }
 
 /// A btrfs filesystem with subvolumes.
@@ -231,38 +297,79 @@ impl Spec {
         Ok(spec)
     }
 
-    /// Every mount point of the layout with the JSON path of what mounts there, in layout
-    /// order: filesystems, btrfs top levels and subvolumes of each disk, then `nodev` mounts.
+    /// Every mount point of the layout, in layout order: filesystems, btrfs top levels and
+    /// subvolumes of each disk, then `nodev` mounts. The one enumeration of mounts: the source
+    /// split, the NixOS content and the plan report all take it from here.
     #[must_use]
-    pub fn mounts(&self) -> Vec<(String, &str)> {
+    pub fn mounts(&self) -> Vec<Mount<'_>> {
         let mut out = Vec::new();
-        for d in &self.disks {
-            for p in &d.partitions {
+        for (di, d) in self.disks.iter().enumerate() {
+            for (pi, p) in d.partitions.iter().enumerate() {
                 let at = format!("disk.{}.content.partitions.{}.content", d.key, p.key);
+                let target = MountTarget::Partition(di, pi);
                 match &p.content {
-                    Content::Filesystem(fs) => out.extend(fs.mountpoint.as_deref().map(|m| (at, m))),
+                    Content::Filesystem(fs) => {
+                        out.extend(fs.mountpoint.as_deref().map(|mountpoint| Mount { at, mountpoint, target }));
+                    }
                     Content::Btrfs(b) => {
-                        out.extend(b.mountpoint.as_deref().map(|m| (at.clone(), m)));
-                        for sv in &b.subvolumes {
-                            let sp = format!("{at}.subvolumes.{}", sv.key);
-                            out.extend(sv.mountpoint.as_deref().map(|m| (sp, m)));
+                        let top =
+                            b.mountpoint.as_deref().map(|mountpoint| Mount { at: at.clone(), mountpoint, target });
+                        out.extend(top);
+                        for (si, sv) in b.subvolumes.iter().enumerate() {
+                            out.extend(sv.mountpoint.as_deref().map(|mountpoint| Mount {
+                                at: format!("{at}.subvolumes.{}", sv.key),
+                                mountpoint,
+                                target: MountTarget::Subvolume(di, pi, si),
+                            }));
                         }
                     }
                     Content::Swap(_) | Content::None => {}
                 }
             }
         }
-        out.extend(self.nodev.iter().map(|n| (format!("nodev.{}", n.key), n.mountpoint.as_str())));
+        out.extend(self.nodev.iter().enumerate().map(|(i, n)| Mount {
+            at: format!("nodev.{}", n.key),
+            mountpoint: n.mountpoint.as_str(),
+            target: MountTarget::Nodev(i),
+        }));
         out
+    }
+
+    /// The name of the btrfs subvolume a mount mounts, if it is one.
+    #[must_use]
+    pub fn subvolume_name(&self, t: MountTarget) -> Option<&str> {
+        let MountTarget::Subvolume(d, p, s) = t else { return None };
+        match &self.disks[d].partitions[p].content {
+            Content::Btrfs(b) => Some(b.subvolumes[s].name.as_str()),
+            _ => None,
+        }
+    }
+
+    /// The filesystem format a mount reads (`tmpfs` and the like for `nodev` mounts).
+    #[must_use]
+    pub fn mount_format(&self, t: MountTarget) -> &str {
+        match t {
+            MountTarget::Partition(d, p) | MountTarget::Subvolume(d, p, _) => {
+                match &self.disks[d].partitions[p].content {
+                    Content::Filesystem(fs) => fs.format.name(),
+                    Content::Btrfs(_) => "btrfs",
+                    Content::Swap(_) | Content::None => "-",
+                }
+            }
+            MountTarget::Nodev(i) => &self.nodev[i].fs_type,
+        }
     }
 
     /// Two things mounted at one place would silently merge or drop content.
     fn check_mounts_distinct(&self) -> Result<(), SpecError> {
         let mounts = self.mounts();
         let norm = |m: &str| m.split('/').filter(|c| !c.is_empty() && *c != ".").collect::<Vec<_>>().join("/");
-        for (i, (at, m)) in mounts.iter().enumerate() {
-            if let Some((first, _)) = mounts[..i].iter().find(|(_, o)| norm(o) == norm(m)) {
-                return err(&format!("{at}.mountpoint"), format!("{m:?} is also the mount point of {first}"));
+        for (i, m) in mounts.iter().enumerate() {
+            if let Some(first) = mounts[..i].iter().find(|o| norm(o.mountpoint) == norm(m.mountpoint)) {
+                return err(
+                    &format!("{}.mountpoint", m.at),
+                    format!("{:?} is also the mount point of {}", m.mountpoint, first.at),
+                );
             }
         }
         Ok(())
@@ -550,8 +657,10 @@ fn parse_partition(disk: &str, key: &str, v: &Value, path: &str) -> Result<Parti
         }
     }
     let alignment = match opt_int(o, path, "alignment")? {
-        Some(a) if a < 0 => return err(&format!("{path}.alignment"), "must not be negative"),
-        Some(a) => u64::try_from(a).unwrap_or(0),
+        Some(a) => match u64::try_from(a) {
+            Ok(a) => a,
+            Err(_) => return err(&format!("{path}.alignment"), "must not be negative"),
+        },
         None => u64::from(start.ends_with('s') || end.ends_with('s')),
     };
     let priority = match opt_int(o, path, "priority")? {
@@ -576,9 +685,9 @@ fn parse_partition(disk: &str, key: &str, v: &Value, path: &str) -> Result<Parti
         None | Some(Value::Null) => {}
         Some(Value::Array(a)) => {
             for (i, b) in a.iter().enumerate() {
-                match b.as_u64() {
-                    Some(b) if b < 64 => attributes.push(u8::try_from(b).unwrap_or(0)),
-                    _ => return err(&format!("{path}.attributes[{i}]"), "expected a bit number 0..63"),
+                match b.as_u64().and_then(|b| u8::try_from(b).ok()).filter(|&b| b < 64) {
+                    Some(b) => attributes.push(b),
+                    None => return err(&format!("{path}.attributes[{i}]"), "expected a bit number 0..63"),
                 }
             }
         }
@@ -616,7 +725,7 @@ fn parse_content(v: &Value, path: &str) -> Result<Content, SpecError> {
                 return err(&format!("{path}.format"), "missing (vfat, ext4 or btrfs)");
             };
             Ok(Content::Filesystem(Filesystem {
-                format,
+                format: FsFormat::from_name(&format),
                 mountpoint: mountpoint(o, path)?,
                 mount_options: str_list(o, path, "mountOptions")?,
                 extra_args: str_list(o, path, "extraArgs")?,
