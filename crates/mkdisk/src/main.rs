@@ -22,16 +22,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print where every partition goes.
+    /// Print where every partition goes and what it holds (`--json`: the plan's report).
     Plan {
         /// The layout: disko.devices JSON, or the minimal JSON/TOML form.
         spec: PathBuf,
-        /// Print JSON instead of a table.
+        /// Print JSON (schema version 1, see the README) instead of a table.
         #[arg(long)]
         json: bool,
-        /// Seed for GUIDs the layout leaves open (a UUID, or any string).
-        #[arg(long)]
-        seed: Option<String>,
+        #[command(flatten)]
+        content: Box<ContentArgs>,
     },
     /// Write `<imageName>.raw` for every disk of the layout into --out.
     Build {
@@ -40,27 +39,48 @@ enum Command {
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
-        /// Source tree, split by the layout's mount points.
-        #[arg(long)]
-        root: Option<PathBuf>,
-        /// Seed for every identifier (a UUID, or any string). Default: a fixed constant.
-        #[arg(long)]
-        seed: Option<String>,
-        /// Worker threads (default: $NIX_BUILD_CORES when set, else all cores).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Keep source uid/gid (default: everything root:root).
-        #[arg(long)]
-        keep_owner: bool,
-        /// Default btrfs compression, `zstd[:LEVEL]`, where the layout's mount options set none.
-        #[arg(long, value_name = "zstd[:LEVEL]")]
-        compress: Option<String>,
         /// No progress bar or warnings.
         #[arg(long, short)]
         quiet: bool,
         #[command(flatten)]
-        nixos: Box<NixosArgs>,
+        content: Box<ContentArgs>,
     },
+}
+
+/// What goes into the image, for `plan` and `build` alike.
+#[derive(clap::Args)]
+struct ContentArgs {
+    /// Source tree, split by the layout's mount points.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Seed for every identifier (a UUID, or any string). Default: a fixed constant.
+    #[arg(long)]
+    seed: Option<String>,
+    /// Worker threads (default: $NIX_BUILD_CORES when set, else all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Keep source uid/gid (default: everything root:root).
+    #[arg(long)]
+    keep_owner: bool,
+    /// Default btrfs compression, `zstd[:LEVEL]`, where the layout's mount options set none.
+    #[arg(long, value_name = "zstd[:LEVEL]")]
+    compress: Option<String>,
+    #[command(flatten)]
+    nixos: NixosArgs,
+}
+
+impl ContentArgs {
+    fn options(self, out: PathBuf) -> anyhow::Result<BuildOptions> {
+        let mut opts = BuildOptions::new(out);
+        opts.root = self.root;
+        opts.seed = seed_of(self.seed.as_deref());
+        opts.threads = self.threads.or_else(threads_default);
+        opts.keep_owner = self.keep_owner;
+        opts.compress = self.compress;
+        opts.source_date_epoch = source_date_epoch()?;
+        opts.nixos = self.nixos.into_options();
+        Ok(opts)
+    }
 }
 
 /// NixOS content (see `mkdisk::nixos`).
@@ -97,17 +117,17 @@ struct NixosArgs {
 }
 
 impl NixosArgs {
-    fn into_options(self) -> mkdisk::nixos::NixosOptions {
-        mkdisk::nixos::NixosOptions {
-            closure: self.closure,
-            store_dir: self.store_dir,
-            system: self.system,
-            systemd_boot: self.systemd_boot,
-            grub_bios_dir: self.grub_bios_dir,
-            no_bootloader: self.no_bootloader,
-            boot_timeout: self.boot_timeout,
-            grub_serial: self.grub_serial,
-        }
+    fn into_options(self) -> mkdisk::NixosOptions {
+        let mut o = mkdisk::NixosOptions::default();
+        o.closure = self.closure;
+        o.store_dir = self.store_dir;
+        o.system = self.system;
+        o.systemd_boot = self.systemd_boot;
+        o.grub_bios_dir = self.grub_bios_dir;
+        o.no_bootloader = self.no_bootloader;
+        o.boot_timeout = self.boot_timeout;
+        o.grub_serial = self.grub_serial;
+        o
     }
 }
 
@@ -182,64 +202,24 @@ fn source_date_epoch() -> anyhow::Result<Option<i64>> {
     }
 }
 
-/// `mkdisk plan --json`.
-fn plan_json(plans: &[mkdisk::DiskPlan]) -> anyhow::Result<String> {
-    let disks: Vec<serde_json::Value> = plans
-        .iter()
-        .map(|dp| {
-            serde_json::json!({
-                "name": dp.disk.name,
-                "image": format!("{}.raw", dp.disk.image_name),
-                "sectors": dp.layout.sectors,
-                "guid": dp.layout.disk_guid.to_string(),
-                "partitions": dp.layout.partitions.iter().map(|p| serde_json::json!({
-                    "number": p.number,
-                    "name": p.name,
-                    "label": p.label,
-                    "start": p.first_lba,
-                    "end": p.last_lba,
-                    "size": p.sectors(),
-                    "type": p.type_guid.to_string().to_uppercase(),
-                    "guid": p.guid.to_string(),
-                    "filesystem": mkdisk::build::describe(dp, p),
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    Ok(serde_json::to_string_pretty(&serde_json::json!({ "disks": disks }))? + "\n")
-}
-
 /// `mkdisk plan`: a table per disk.
-fn plan_table(plans: &[mkdisk::DiskPlan]) -> Result<String, std::fmt::Error> {
+fn plan_table(report: &mkdisk::Report) -> Result<String, std::fmt::Error> {
     use std::fmt::Write as _;
     let mut text = String::new();
-    for dp in plans {
-        let l = &dp.layout;
-        writeln!(
-            text,
-            "disk {} → {}.raw: {} sectors, GUID {}",
-            dp.disk.name, dp.disk.image_name, l.sectors, l.disk_guid
-        )?;
+    for d in &report.disks {
+        writeln!(text, "disk {} → {}: {} sectors, GUID {}", d.name, d.image, d.sectors, d.guid)?;
         let head = ["#", "label", "start", "end", "size", "type", "guid"];
         writeln!(
             text,
             "  {:>2}  {:<20} {:>10} {:>10} {:>10}  {:<6} {:<36}  fs",
             head[0], head[1], head[2], head[3], head[4], head[5], head[6]
         )?;
-        for p in &l.partitions {
-            let code =
-                mkdisk_gpt::types::type_code(&p.type_guid).map_or_else(|| p.type_guid.to_string(), str::to_string);
+        for p in &d.partitions {
+            let code = p.type_code.clone().unwrap_or_else(|| p.type_guid.to_lowercase());
             writeln!(
                 text,
                 "  {:>2}  {:<20} {:>10} {:>10} {:>10}  {:<6} {:<36}  {}",
-                p.number,
-                p.label,
-                p.first_lba,
-                p.last_lba,
-                p.sectors(),
-                code,
-                p.guid,
-                mkdisk::build::describe(dp, p)
+                p.number, p.label, p.start, p.end, p.size, code, p.guid, p.filesystem
             )?;
         }
     }
@@ -255,34 +235,41 @@ fn print_stdout(text: &str) -> anyhow::Result<()> {
     }
 }
 
-fn plan(spec: &PathBuf, json: bool, seed: Option<&str>) -> anyhow::Result<()> {
+fn plan(spec: &PathBuf, json: bool, content: ContentArgs) -> anyhow::Result<()> {
     let s = read_spec(spec)?;
-    let mut opts = BuildOptions::new("");
-    opts.seed = seed_of(seed);
-    let plans = mkdisk::build::check(&s, &opts).with_context(|| format!("{}", spec.display()))?;
-    print_stdout(&if json { plan_json(&plans)? } else { plan_table(&plans)? })
+    let mut opts = content.options(std::env::temp_dir())?;
+    opts.measure = opts.root.is_some() || opts.nixos.any();
+    let plan = mkdisk::plan(&s, &opts, &mkdisk::NoProgress).with_context(|| format!("{}", spec.display()))?;
+    let report = plan.report();
+    print_stdout(&if json { serde_json::to_string_pretty(&report)? + "\n" } else { plan_table(&report)? })
 }
 
-struct BuildArgs {
-    spec: PathBuf,
-    opts: BuildOptions,
-    quiet: bool,
-}
-
-fn build(a: BuildArgs) -> anyhow::Result<()> {
-    let s = read_spec(&a.spec)?;
-    let bar = Bar::new(!a.quiet && std::io::stderr().is_terminal());
-    let quiet = a.quiet;
-    let mut warn = |m: String| {
-        if !quiet {
-            bar.0.suspend(|| eprintln!("mkdisk: warning: {}", escape_controls(&m)));
+/// Phase durations on stderr when `MKDISK_TIMINGS` is set (for profiling; never in output).
+fn print_timings(timings: &[(String, std::time::Duration)]) {
+    if std::env::var_os("MKDISK_TIMINGS").is_some() {
+        for (what, d) in timings {
+            eprintln!("mkdisk: {what}: {:.3} s", d.as_secs_f64());
         }
-    };
-    let paths = mkdisk::build(&s, &a.opts, &bar, &mut warn).with_context(|| format!("{}", a.spec.display()));
+    }
+}
+
+fn build(spec: &PathBuf, opts: &BuildOptions, quiet: bool) -> anyhow::Result<()> {
+    let s = read_spec(spec)?;
+    let bar = Bar::new(!quiet && std::io::stderr().is_terminal());
+    let written = mkdisk::plan(&s, opts, &bar).and_then(|plan| {
+        print_timings(plan.timings());
+        if !quiet {
+            for m in plan.warnings() {
+                bar.0.suspend(|| eprintln!("mkdisk: warning: {}", escape_controls(m)));
+            }
+        }
+        plan.write(&bar)
+    });
     bar.0.finish_and_clear();
-    let paths = paths?;
-    if !a.quiet {
-        for p in paths {
+    let written = written.with_context(|| format!("{}", spec.display()))?;
+    print_timings(&written.timings);
+    if !quiet {
+        for p in written.images {
             eprintln!("mkdisk: wrote {}", escape_controls(&p.display().to_string()));
         }
     }
@@ -291,18 +278,8 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Plan { spec, json, seed } => plan(&spec, json, seed.as_deref()),
-        Command::Build { spec, out, root, seed, threads, keep_owner, compress, quiet, nixos } => {
-            let mut opts = BuildOptions::new(out);
-            opts.root = root;
-            opts.seed = seed_of(seed.as_deref());
-            opts.threads = threads.or_else(threads_default);
-            opts.keep_owner = keep_owner;
-            opts.compress = compress;
-            opts.source_date_epoch = source_date_epoch()?;
-            opts.nixos = (*nixos).into_options();
-            build(BuildArgs { spec, opts, quiet })
-        }
+        Command::Plan { spec, json, content } => plan(&spec, json, *content),
+        Command::Build { spec, out, quiet, content } => build(&spec, &content.options(out)?, quiet),
     }
 }
 

@@ -4,11 +4,13 @@
 //! ends with the magic `SWAPSPACE2`. The whole first page is written (zeros included) so the
 //! signature is valid on a dirty target; the rest of the partition is left sparse.
 
-use mkdisk_tree::Region;
 use uuid::Uuid;
 
 /// Page size of the swap area (x86-64, aarch64 with 4 KiB pages).
 pub const PAGE_SIZE: u64 = 4096;
+
+/// The fewest pages mkswap accepts.
+pub const MIN_PAGES: u64 = 10;
 
 /// Errors from the swap writer.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +19,14 @@ pub enum SwapError {
     /// Fewer than 10 pages (mkswap's minimum).
     #[error("swap partition of {bytes} bytes is too small (mkswap needs at least 10 pages of {PAGE_SIZE} bytes)")]
     TooSmall {
+        /// Partition size.
+        bytes: u64,
+    },
+    /// More pages than the header's 32-bit `last_page` counts.
+    #[error(
+        "swap partition of {bytes} bytes is too large (the swap header counts at most 2^32 pages of {PAGE_SIZE} bytes)"
+    )]
+    TooLarge {
         /// Partition size.
         bytes: u64,
     },
@@ -67,10 +77,10 @@ impl SwapOptions {
 /// Too small, or a label over 16 bytes.
 pub fn swap_header(bytes: u64, opts: &SwapOptions) -> Result<Vec<u8>, SwapError> {
     let pages = bytes / PAGE_SIZE;
-    if pages < 10 {
+    if pages < MIN_PAGES {
         return Err(SwapError::TooSmall { bytes });
     }
-    let last_page = u32::try_from(pages - 1).unwrap_or(u32::MAX);
+    let last_page = u32::try_from(pages - 1).map_err(|_| SwapError::TooLarge { bytes })?;
     let mut page = vec![0u8; 4096];
     page[1024..1028].copy_from_slice(&1u32.to_le_bytes()); // version
     page[1028..1032].copy_from_slice(&last_page.to_le_bytes()); // last_page
@@ -84,14 +94,4 @@ pub fn swap_header(bytes: u64, opts: &SwapOptions) -> Result<Vec<u8>, SwapError>
     }
     page[4096 - 10..].copy_from_slice(b"SWAPSPACE2");
     Ok(page)
-}
-
-/// Write the swap signature into `region` (the partition).
-///
-/// # Errors
-/// As [`swap_header`], or the write fails.
-pub fn write_swap(region: &Region, opts: &SwapOptions) -> Result<(), SwapError> {
-    let page = swap_header(region.len(), opts)?;
-    region.write_at(0, &page)?;
-    Ok(())
 }
