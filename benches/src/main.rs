@@ -26,6 +26,8 @@ struct Args {
     shared: PathBuf,
     markdown: Option<PathBuf>,
     only: Option<String>,
+    baseline: Option<PathBuf>,
+    mkdisk_only: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -39,6 +41,8 @@ fn parse_args() -> Result<Args> {
         shared: repo.join("../shared"),
         markdown: None,
         only: None,
+        baseline: None,
+        mkdisk_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -51,8 +55,10 @@ fn parse_args() -> Result<Args> {
             "--shared" => a.shared = PathBuf::from(val()?),
             "--markdown" => a.markdown = Some(PathBuf::from(val()?)),
             "--only" => a.only = Some(val()?),
+            "--baseline" => a.baseline = Some(PathBuf::from(val()?)),
+            "--mkdisk-only" => a.mkdisk_only = true,
             "-h" | "--help" => {
-                println!("mkdisk-bench [--short] [--rounds N] [--work DIR] [--mkdisk PATH] [--shared DIR] [--markdown FILE] [--only CASE]");
+                println!("mkdisk-bench [--short] [--rounds N] [--work DIR] [--mkdisk PATH] [--shared DIR] [--markdown FILE] [--only CASE] [--baseline MKDISK] [--mkdisk-only]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?}"),
@@ -62,6 +68,27 @@ fn parse_args() -> Result<Args> {
         a.rounds = a.rounds.min(1);
     }
     Ok(a)
+}
+
+/// With `--baseline`: after each mkdisk run, the same run with the baseline binary (an older
+/// build), labelled `baseline ...`, so the table's ratio column compares the two in one run.
+fn add_baseline(a: &Args, case: &mut Case) {
+    let Some(base) = &a.baseline else { return };
+    let (ours, theirs) = (sh_quote(&a.mkdisk), sh_quote(base));
+    let mut runs = Vec::new();
+    for (label, script) in case.runs.drain(..) {
+        let twin = label.starts_with("mkdisk").then(|| (format!("baseline {label}"), script.replace(&ours, &theirs)));
+        runs.push((label, script));
+        runs.extend(twin);
+    }
+    case.runs = runs;
+}
+
+/// With `--mkdisk-only`: only mkdisk's runs (and the baseline's), no peers or floors.
+fn drop_peers(a: &Args, case: &mut Case) {
+    if a.mkdisk_only {
+        case.runs.retain(|(label, _)| label.starts_with("mkdisk") || label.starts_with("baseline "));
+    }
 }
 
 /// One measured run: wall seconds, peak RSS in KiB, allocated output bytes.
@@ -394,7 +421,9 @@ fn main() -> Result<()> {
     writeln!(table, "| case | tool | wall s | mkdisk ÷ tool | allocated MiB | peak RSS MiB |")?;
     writeln!(table, "|---|---|---:|---:|---:|---:|")?;
     let mut failures = 0;
-    for case in cases(&a, &corpora)? {
+    for mut case in cases(&a, &corpora)? {
+        add_baseline(&a, &mut case);
+        drop_peers(&a, &mut case);
         if a.only.as_deref().is_some_and(|o| !case.name.contains(o)) {
             continue;
         }
@@ -433,6 +462,9 @@ fn main() -> Result<()> {
         for (label, s) in &results {
             match s {
                 Some(s) => {
+                    // A baseline row compares with its own twin (same thread count).
+                    let twin = label.strip_prefix("baseline ").and_then(|l| results.iter().find(|r| r.0 == l));
+                    let ours = twin.map_or(ours, |t| t.1);
                     let ratio = match ours {
                         Some(o) if !label.starts_with("mkdisk") && s.wall > 0.0 => format!("{:.2}×", o.wall / s.wall),
                         _ => "".into(),
