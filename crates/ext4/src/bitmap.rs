@@ -8,6 +8,7 @@ use crate::BLOCK_SIZE;
 /// Bits past the end of a short last group are set.
 pub(crate) fn block_bitmap(start: u64, len: u64, used: &[(u64, u64)]) -> Vec<u8> {
     let mut b = vec![0u8; BLOCK_SIZE];
+    let bit = |v: u64| usize::try_from(v).expect("a bit within one group's bitmap");
     let end = start + len;
     let first = used.partition_point(|&(s, l)| s + l <= start);
     for &(s, l) in &used[first..] {
@@ -16,9 +17,9 @@ pub(crate) fn block_bitmap(start: u64, len: u64, used: &[(u64, u64)]) -> Vec<u8>
         }
         let a = s.max(start) - start;
         let z = (s + l).min(end) - start;
-        set_bits(&mut b, a as usize, z as usize);
+        set_bits(&mut b, bit(a), bit(z));
     }
-    set_bits(&mut b, len as usize, BLOCK_SIZE * 8);
+    set_bits(&mut b, bit(len), BLOCK_SIZE * 8);
     b
 }
 

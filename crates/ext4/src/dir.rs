@@ -45,13 +45,13 @@ pub(crate) fn leaf_block(seed: u32, dir_ino: u32, ents: &[DirEnt]) -> Vec<u8> {
     let mut off = 0usize;
     if ents.is_empty() {
         put_u32(&mut b, 0, 0);
-        put_u16(&mut b, 4, LEAF_SPACE as u16);
+        put_u16(&mut b, 4, u16::try_from(LEAF_SPACE).expect("4084"));
     }
     for (i, e) in ents.iter().enumerate() {
         let len = if i + 1 == ents.len() { LEAF_SPACE - off } else { rec_len(e.name.len()) };
         put_u32(&mut b, off, e.ino);
-        put_u16(&mut b, off + 4, len as u16);
-        put_u8(&mut b, off + 6, e.name.len() as u8);
+        put_u16(&mut b, off + 4, u16::try_from(len).expect("a record within one block"));
+        put_u8(&mut b, off + 6, u8::try_from(e.name.len()).expect("names are at most 255 bytes (numbering checks)"));
         put_u8(&mut b, off + 7, e.ft);
         b[off + 8..off + 8 + e.name.len()].copy_from_slice(&e.name);
         off += len;
@@ -60,7 +60,7 @@ pub(crate) fn leaf_block(seed: u32, dir_ino: u32, ents: &[DirEnt]) -> Vec<u8> {
     // ext4_dir_entry_tail: det_reserved_zero1 = 0, det_rec_len = 12, det_reserved_zero2 = 0,
     // det_reserved_ft = 0xDE, det_checksum.
     put_u32(&mut b, LEAF_SPACE, 0);
-    put_u16(&mut b, LEAF_SPACE + 4, DIRENT_TAIL as u16);
+    put_u16(&mut b, LEAF_SPACE + 4, u16::try_from(DIRENT_TAIL).expect("12"));
     put_u8(&mut b, LEAF_SPACE + 6, 0);
     put_u8(&mut b, LEAF_SPACE + 7, 0xDE);
     let c = csum::raw(seed, &[&dir_ino.to_le_bytes(), &0u32.to_le_bytes(), &b[..LEAF_SPACE]]);

@@ -48,15 +48,15 @@ pub(crate) fn tree_blocks(n: usize) -> Option<usize> {
 
 fn header(b: &mut [u8], entries: usize, max: usize, depth: u16) {
     put_u16(b, 0, EXT4_EXT_MAGIC);
-    put_u16(b, 2, entries as u16);
-    put_u16(b, 4, max as u16);
+    put_u16(b, 2, u16::try_from(entries).expect("at most BLOCK_MAX = 340 entries"));
+    put_u16(b, 4, u16::try_from(max).expect("ROOT_MAX or BLOCK_MAX"));
     put_u16(b, 6, depth);
     put_u32(b, 8, 0); // eh_generation
 }
 
 fn leaf(b: &mut [u8], off: usize, e: &Extent) {
     put_u32(b, off, e.lblk); // ee_block
-    put_u16(b, off + 4, e.len as u16); // ee_len
+    put_u16(b, off + 4, u16::try_from(e.len).expect("extents are at most MAX_LEN = 32768")); // ee_len
     put_u16(b, off + 6, hi16(e.pblk)); // ee_start_hi
     put_u32(b, off + 8, lo32(e.pblk)); // ee_start_lo
 }

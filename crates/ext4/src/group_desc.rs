@@ -1,7 +1,7 @@
 //! `struct ext4_group_desc` (64 bytes with the 64bit feature) and its checksum.
 
 use crate::csum;
-use crate::le::{hi32, lo32, put_u16, put_u32};
+use crate::le::{hi32, lo16, lo32, put_u16, put_u32};
 
 /// `s_desc_size`.
 pub(crate) const DESC_SIZE: usize = 64;
@@ -46,13 +46,13 @@ impl GroupDesc {
         put_u32(&mut b, 0x00, lo32(self.block_bitmap)); // bg_block_bitmap_lo
         put_u32(&mut b, 0x04, lo32(self.inode_bitmap)); // bg_inode_bitmap_lo
         put_u32(&mut b, 0x08, lo32(self.inode_table)); // bg_inode_table_lo
-        put_u16(&mut b, 0x0C, self.free_blocks as u16); // bg_free_blocks_count_lo
-        put_u16(&mut b, 0x0E, self.free_inodes as u16); // bg_free_inodes_count_lo
-        put_u16(&mut b, 0x10, self.used_dirs as u16); // bg_used_dirs_count_lo
+        put_u16(&mut b, 0x0C, lo16(self.free_blocks)); // bg_free_blocks_count_lo
+        put_u16(&mut b, 0x0E, lo16(self.free_inodes)); // bg_free_inodes_count_lo
+        put_u16(&mut b, 0x10, lo16(self.used_dirs)); // bg_used_dirs_count_lo
         put_u16(&mut b, 0x12, self.flags); // bg_flags
-        put_u16(&mut b, 0x18, self.block_bitmap_csum as u16); // bg_block_bitmap_csum_lo
-        put_u16(&mut b, 0x1A, self.inode_bitmap_csum as u16); // bg_inode_bitmap_csum_lo
-        put_u16(&mut b, 0x1C, self.itable_unused as u16); // bg_itable_unused_lo
+        put_u16(&mut b, 0x18, lo16(self.block_bitmap_csum)); // bg_block_bitmap_csum_lo
+        put_u16(&mut b, 0x1A, lo16(self.inode_bitmap_csum)); // bg_inode_bitmap_csum_lo
+        put_u16(&mut b, 0x1C, lo16(self.itable_unused)); // bg_itable_unused_lo
         put_u32(&mut b, 0x20, hi32(self.block_bitmap)); // bg_block_bitmap_hi
         put_u32(&mut b, 0x24, hi32(self.inode_bitmap)); // bg_inode_bitmap_hi
         put_u32(&mut b, 0x28, hi32(self.inode_table)); // bg_inode_table_hi

@@ -18,7 +18,7 @@ const _: () = assert!(DX_ROOT_LIMIT == 507 && DX_NODE_LIMIT == 510);
 
 fn str2hashbuf(msg: &[u8], len: usize, num: usize) -> [u32; 8] {
     let mut out = [0u32; 8];
-    let len32 = len as u32;
+    let len32 = u32::try_from(len).expect("names are at most 255 bytes");
     let mut pad = len32 | (len32 << 8);
     pad |= pad << 16;
     let mut val = pad;
@@ -125,8 +125,8 @@ fn dx_csum(seed: u32, dir_ino: u32, blk: &mut [u8], count_off: usize, count: usi
 
 /// Fill the `limit/count/block` header and entries at `count_off`; `entries[0].0` is ignored.
 fn put_dx_entries(blk: &mut [u8], count_off: usize, limit: usize, entries: &[(u32, u32)]) {
-    put_u16(blk, count_off, limit as u16);
-    put_u16(blk, count_off + 2, entries.len() as u16);
+    put_u16(blk, count_off, u16::try_from(limit).expect("DX_ROOT_LIMIT or DX_NODE_LIMIT"));
+    put_u16(blk, count_off + 2, u16::try_from(entries.len()).expect("at most limit entries"));
     for (i, &(hash, block)) in entries.iter().enumerate() {
         let off = count_off + i * 8;
         if i > 0 {
@@ -145,7 +145,7 @@ pub(crate) fn dx_root(seed: u32, dir_ino: u32, parent_ino: u32, levels: u8, entr
     put_u8(&mut b, 0x07, crate::dir::FT_DIR);
     b[0x08] = b'.';
     put_u32(&mut b, 0x0C, parent_ino);
-    put_u16(&mut b, 0x10, (BLOCK_SIZE - 12) as u16);
+    put_u16(&mut b, 0x10, u16::try_from(BLOCK_SIZE - 12).expect("4084"));
     put_u8(&mut b, 0x12, 2);
     put_u8(&mut b, 0x13, crate::dir::FT_DIR);
     b[0x14] = b'.';
@@ -153,7 +153,7 @@ pub(crate) fn dx_root(seed: u32, dir_ino: u32, parent_ino: u32, levels: u8, entr
     // dx_root_info at 0x18: reserved_zero, hash_version, info_length, indirect_levels, unused_flags
     put_u32(&mut b, 0x18, 0);
     put_u8(&mut b, 0x1C, DX_HASH_HALF_MD4);
-    put_u8(&mut b, 0x1D, DX_ROOT_INFO_SIZE as u8);
+    put_u8(&mut b, 0x1D, u8::try_from(DX_ROOT_INFO_SIZE).expect("8"));
     put_u8(&mut b, 0x1E, levels);
     put_u8(&mut b, 0x1F, 0);
     put_dx_entries(&mut b, 0x20, DX_ROOT_LIMIT, entries);
@@ -166,7 +166,7 @@ pub(crate) fn dx_node(seed: u32, dir_ino: u32, entries: &[(u32, u32)]) -> Vec<u8
     let mut b = vec![0u8; BLOCK_SIZE];
     put_u32(&mut b, 0, 0);
     // rec_len = bs is stored as 0 in 16 bits only for 64 KiB blocks; 4096 fits.
-    put_u16(&mut b, 4, BLOCK_SIZE as u16);
+    put_u16(&mut b, 4, u16::try_from(BLOCK_SIZE).expect("4096"));
     put_dx_entries(&mut b, 0x08, DX_NODE_LIMIT, entries);
     dx_csum(seed, dir_ino, &mut b, 0x08, entries.len(), DX_NODE_LIMIT);
     b

@@ -1,7 +1,7 @@
 //! `struct ext2_inode_large` (256 bytes on disk) and its checksum.
 
 use crate::csum;
-use crate::le::{hi16, lo32, put_u16, put_u32};
+use crate::le::{hi16, lo16, lo32, lo32_signed, put_u16, put_u32};
 
 /// On-disk inode size.
 pub(crate) const INODE_SIZE: usize = 256;
@@ -72,8 +72,9 @@ pub(crate) fn clamp_time(sec: i64, nsec: u32) -> (i64, u32, bool) {
 /// [`crate::TIME_MIN`]`..=`[`crate::TIME_MAX`] (see [`clamp_time`]); outside it the epoch bits
 /// wrap.
 fn extra_time(sec: i64, nsec: u32) -> u32 {
-    let epoch = ((sec.wrapping_sub(i64::from(sec as i32))) >> 32) & 3;
-    (nsec << 2) | (epoch as u32)
+    // `sec - (s32)sec` is the multiple of 2^32 nearest below `sec + 2^31`.
+    let epoch = (sec.wrapping_add(1 << 31) >> 32) & 3;
+    (nsec << 2) | u32::try_from(epoch).expect("masked to two bits")
 }
 
 impl InodeFields {
@@ -81,15 +82,15 @@ impl InodeFields {
     pub(crate) fn encode(&self, seed: u32, ino: u32) -> [u8; INODE_SIZE] {
         debug_assert!((crate::TIME_MIN..=crate::TIME_MAX).contains(&self.time_sec), "{}", self.time_sec);
         let mut b = [0u8; INODE_SIZE];
-        let t = self.time_sec as u32;
+        let t = lo32_signed(self.time_sec);
         let te = extra_time(self.time_sec, self.time_nsec);
         put_u16(&mut b, 0x00, self.mode); // i_mode
-        put_u16(&mut b, 0x02, self.uid as u16); // i_uid
+        put_u16(&mut b, 0x02, lo16(self.uid)); // i_uid
         put_u32(&mut b, 0x04, lo32(self.size)); // i_size_lo
         put_u32(&mut b, 0x08, t); // i_atime
         put_u32(&mut b, 0x0C, t); // i_ctime
         put_u32(&mut b, 0x10, t); // i_mtime
-        put_u16(&mut b, 0x18, self.gid as u16); // i_gid
+        put_u16(&mut b, 0x18, lo16(self.gid)); // i_gid
         put_u16(&mut b, 0x1A, self.links); // i_links_count
         put_u32(&mut b, 0x1C, lo32(self.blocks_512)); // i_blocks_lo
         put_u32(&mut b, 0x20, self.flags); // i_flags
@@ -145,7 +146,7 @@ mod tests {
             (crate::TIME_MAX, 999_999_999),
         ] {
             assert_eq!(clamp_time(sec, nsec), (sec, nsec, false));
-            assert_eq!(decode(sec as u32, extra_time(sec, nsec)), (sec, nsec), "{sec}");
+            assert_eq!(decode(lo32_signed(sec), extra_time(sec, nsec)), (sec, nsec), "{sec}");
         }
         assert_eq!(clamp_time(crate::TIME_MIN - 1, 7), (crate::TIME_MIN, 0, true));
         assert_eq!(clamp_time(-2_177_452_800, 0), (crate::TIME_MIN, 0, true)); // 1901-01-01

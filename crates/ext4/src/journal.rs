@@ -32,7 +32,7 @@ pub(crate) fn superblock(maxlen: u32, uuid: &[u8; 16]) -> Vec<u8> {
     put_be32(&mut b, 0x00, JBD2_MAGIC); // h_magic
     put_be32(&mut b, 0x04, JBD2_SUPERBLOCK_V2); // h_blocktype
     put_be32(&mut b, 0x08, 0); // h_sequence
-    put_be32(&mut b, 0x0C, BLOCK_SIZE as u32); // s_blocksize
+    put_be32(&mut b, 0x0C, u32::try_from(BLOCK_SIZE).expect("4096")); // s_blocksize
     put_be32(&mut b, 0x10, maxlen); // s_maxlen
     put_be32(&mut b, 0x14, 1); // s_first
     put_be32(&mut b, 0x18, 1); // s_sequence

@@ -17,3 +17,14 @@ pub(crate) fn hi16(v: u64) -> u16 {
 pub(crate) fn hi32(v: u64) -> u32 {
     (v >> 32) as u32
 }
+
+/// Low 16 bits of a 32-bit value (the `_lo` half of a split field).
+pub(crate) fn lo16(v: u32) -> u16 {
+    (v & 0xFFFF) as u16
+}
+
+/// Low 32 bits of a signed 64-bit time, two's complement (the on-disk seconds field, whose
+/// high bits go elsewhere).
+pub(crate) fn lo32_signed(v: i64) -> u32 {
+    lo32(u64::from_le_bytes(v.to_le_bytes()))
+}

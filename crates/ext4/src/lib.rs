@@ -3,6 +3,7 @@
 //! [`plan`] is a pure function that decides every inode number, block, extent and offset
 //! (4 KiB blocks, 256-byte inodes, features `has_journal ext_attr dir_index filetype extent
 //! 64bit flex_bg sparse_super large_file huge_file dir_nlink extra_isize metadata_csum`);
+//! [`min_size`] is the smallest size, in whole MiB, at which it succeeds;
 //! [`write`] checks the plan, copies file data in parallel (rayon, positional writes), then
 //! writes directory, extent and xattr blocks, inode tables, bitmaps, group descriptors and the
 //! superblocks (primary last). The result is reproducible: it depends only on the tree and the
@@ -10,6 +11,9 @@
 //!
 //! The crate sits between `mkdisk-tree` (below) and the `mkdisk` binary (above); it does not
 //! depend on any other writer. See `docs/ext4.md` for the on-disk reference.
+
+#![deny(clippy::too_many_lines)]
+#![deny(clippy::cast_possible_truncation)]
 
 mod bitmap;
 mod csum;
@@ -28,7 +32,7 @@ mod xattr;
 use std::path::PathBuf;
 
 pub use group_desc::GroupDesc;
-pub use plan::{plan, Ext4Layout};
+pub use plan::{min_size, plan, Ext4Layout};
 use uuid::Uuid;
 pub use write::write;
 
@@ -154,7 +158,8 @@ impl Ext4Options {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Ext4Error {
-    /// The content does not fit in the filesystem size.
+    /// The content (data, metadata, or the tree's inodes) does not fit in the filesystem size:
+    /// the one error that a larger size mends (see [`min_size`]).
     #[error("ext4: content does not fit: needs {needed_bytes} bytes, the filesystem has {available_bytes}")]
     DoesNotFit {
         /// Bytes needed (metadata + data).
@@ -162,7 +167,7 @@ pub enum Ext4Error {
         /// Size of the filesystem.
         available_bytes: u64,
     },
-    /// Too many inodes for this size (or for `-N`).
+    /// `-N` is below the inodes the tree needs, or above what the size holds.
     #[error("ext4: {needed} inodes needed, but {reason}")]
     TooManyInodes {
         /// Inodes the tree needs.
@@ -185,6 +190,17 @@ pub enum Ext4Error {
         path: String,
         /// Target length.
         len: usize,
+    },
+    /// A device number that ext4 cannot store: a major of 4096 or more, or a minor of 2^20 or
+    /// more (the kernel's `new_encode_dev`).
+    #[error("ext4: {path}: device {major}:{minor} is not storable (major < 4096, minor < 1048576)")]
+    BadDevice {
+        /// Path of the device node.
+        path: String,
+        /// Major number.
+        major: u64,
+        /// Minor number.
+        minor: u64,
     },
     /// A directory too large for a two-level htree.
     #[error("ext4: {path}: directory too large ({leaves} leaf blocks)")]

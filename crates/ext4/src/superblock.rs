@@ -2,7 +2,7 @@
 //! every backup group).
 
 use crate::csum;
-use crate::le::{hi32, lo32, put_u16, put_u32, put_u8};
+use crate::le::{hi32, lo16, lo32, lo32_signed, put_u16, put_u32, put_u8};
 
 /// Size of the superblock.
 pub(crate) const SB_SIZE: usize = 1024;
@@ -43,7 +43,7 @@ impl SbFields {
     /// The superblock copy for group `group` (0 = primary).
     pub(crate) fn encode(&self, group: u32) -> [u8; SB_SIZE] {
         let mut b = [0u8; SB_SIZE];
-        let t = self.time as u32;
+        let t = lo32_signed(self.time);
         let thi = ((self.time >> 32) & 0xFF) as u8;
         put_u32(&mut b, 0x000, self.inodes_count); // s_inodes_count
         put_u32(&mut b, 0x004, lo32(self.blocks_count)); // s_blocks_count_lo
@@ -53,8 +53,9 @@ impl SbFields {
         put_u32(&mut b, 0x014, 0); // s_first_data_block
         put_u32(&mut b, 0x018, 2); // s_log_block_size
         put_u32(&mut b, 0x01C, 2); // s_log_cluster_size
-        put_u32(&mut b, 0x020, crate::BLOCKS_PER_GROUP as u32); // s_blocks_per_group
-        put_u32(&mut b, 0x024, crate::BLOCKS_PER_GROUP as u32); // s_clusters_per_group
+        let bpg = u32::try_from(crate::BLOCKS_PER_GROUP).expect("32768");
+        put_u32(&mut b, 0x020, bpg); // s_blocks_per_group
+        put_u32(&mut b, 0x024, bpg); // s_clusters_per_group
         put_u32(&mut b, 0x028, self.inodes_per_group); // s_inodes_per_group
         put_u32(&mut b, 0x030, t); // s_wtime
         put_u16(&mut b, 0x036, 0xFFFF); // s_max_mnt_count
@@ -64,8 +65,8 @@ impl SbFields {
         put_u32(&mut b, 0x040, t); // s_lastcheck
         put_u32(&mut b, 0x04C, 1); // s_rev_level: dynamic
         put_u32(&mut b, 0x054, 11); // s_first_ino
-        put_u16(&mut b, 0x058, crate::inode::INODE_SIZE as u16); // s_inode_size
-        put_u16(&mut b, 0x05A, group as u16); // s_block_group_nr
+        put_u16(&mut b, 0x058, u16::try_from(crate::inode::INODE_SIZE).expect("256")); // s_inode_size
+        put_u16(&mut b, 0x05A, lo16(group)); // s_block_group_nr: 16 bits, wraps like e2fsprogs'
         let compat = COMPAT | if self.has_journal { COMPAT_HAS_JOURNAL } else { 0 };
         put_u32(&mut b, 0x05C, compat); // s_feature_compat
         put_u32(&mut b, 0x060, INCOMPAT); // s_feature_incompat
@@ -81,7 +82,7 @@ impl SbFields {
         if self.has_journal {
             put_u8(&mut b, 0x0FD, 1); // s_jnl_backup_type: EXT3_JNL_BACKUP_BLOCKS
         }
-        put_u16(&mut b, 0x0FE, crate::group_desc::DESC_SIZE as u16); // s_desc_size
+        put_u16(&mut b, 0x0FE, u16::try_from(crate::group_desc::DESC_SIZE).expect("64")); // s_desc_size
         put_u32(&mut b, 0x100, 0x0C); // s_default_mount_opts: user_xattr, acl
         put_u32(&mut b, 0x108, t); // s_mkfs_time
         if self.has_journal {

@@ -93,12 +93,17 @@ fn write_file(
         }
         if len < span {
             // Zero the rest of the last block (the target may hold anything).
-            let tail = (span - len) as usize;
-            region.write_at(dst + len, &vec![0u8; tail.min(BLOCK_SIZE)])?;
+            let tail = usize::try_from((span - len).min(BS)).expect("at most one block");
+            region.write_at(dst + len, &vec![0u8; tail])?;
         }
         progress.data_written(len);
     }
     Ok(())
+}
+
+/// The inode number of `layout.inodes[index]`.
+fn ino_of(index: usize) -> u32 {
+    u32::try_from(index + 1).expect("plan numbers inodes by u32")
 }
 
 fn write_blocks(layout: &Ext4Layout, region: &Region, ino: u32, p: &PInode) -> Result<(), Ext4Error> {
@@ -121,16 +126,16 @@ fn write_blocks(layout: &Ext4Layout, region: &Region, ino: u32, p: &PInode) -> R
         }
         Body::Journal { extents } => {
             if let Some(first) = extents.first() {
-                let maxlen = (p.fields.size / BS) as u32;
+                let maxlen = u32::try_from(p.fields.size / BS).expect("journals are at most 2^18 blocks");
                 if !layout.assume_zeroed {
                     let zeros = vec![0u8; 1 << 20];
                     for e in extents {
                         let mut off = e.pblk * BS;
                         let end = off + u64::from(e.len) * BS;
                         while off < end {
-                            let n = (end - off).min(zeros.len() as u64);
-                            region.write_at(off, &zeros[..n as usize])?;
-                            off += n;
+                            let n = usize::try_from(end - off).map_or(zeros.len(), |n| n.min(zeros.len()));
+                            region.write_at(off, &zeros[..n])?;
+                            off += n as u64;
                         }
                     }
                 }
@@ -162,7 +167,7 @@ pub fn write(layout: &Ext4Layout, tree: &Tree, region: &Region, progress: &dyn P
     // 1. File data, in parallel, to disjoint planned offsets.
     layout.inodes.par_iter().try_for_each(|p| write_file(layout, tree, region, p, progress))?;
     // 2. Directory, symlink, extent-tree, xattr blocks and the journal superblock.
-    layout.inodes.par_iter().enumerate().try_for_each(|(i, p)| write_blocks(layout, region, (i + 1) as u32, p))?;
+    layout.inodes.par_iter().enumerate().try_for_each(|(i, p)| write_blocks(layout, region, ino_of(i), p))?;
     // 3. Inode tables of groups with used inodes (whole tables, so they really are zeroed).
     let ipg = layout.ipg as usize;
     let seed = layout.seed;
@@ -173,7 +178,7 @@ pub fn write(layout: &Ext4Layout, tree: &Tree, region: &Region, progress: &dyn P
         let mut table = vec![0u8; ipg * INODE_SIZE];
         let first = g * ipg;
         for (k, p) in layout.inodes.iter().enumerate().skip(first).take(ipg) {
-            let ino = (k + 1) as u32;
+            let ino = ino_of(k);
             let reserved_empty = ino < 11 && matches!(p.body, Body::Empty) && p.fields.mode == 0;
             if reserved_empty {
                 continue;
@@ -209,11 +214,13 @@ pub fn write(layout: &Ext4Layout, tree: &Tree, region: &Region, progress: &dyn P
         })
         .collect::<Result<_, _>>()?;
     // 5. Group descriptor table (primary and backups) and backup superblocks; primary last.
-    let mut gdt = vec![0u8; layout.desc_blocks as usize * BLOCK_SIZE];
+    let desc_blocks = usize::try_from(layout.desc_blocks).expect("at most 2^32 / 64 descriptor blocks");
+    let mut gdt = vec![0u8; desc_blocks * BLOCK_SIZE];
     for (g, d) in descs.iter().enumerate() {
-        gdt[g * DESC_SIZE..(g + 1) * DESC_SIZE].copy_from_slice(&d.encode(seed, g as u32));
+        gdt[g * DESC_SIZE..(g + 1) * DESC_SIZE]
+            .copy_from_slice(&d.encode(seed, u32::try_from(g).expect("groups are numbered by u32")));
     }
-    let groups = layout.groups.len() as u32;
+    let groups = u32::try_from(layout.groups.len()).expect("geometry keeps ngroups a u32");
     for g in (1..groups).filter(|&g| has_super(g)) {
         let base = u64::from(g) * BLOCKS_PER_GROUP * BS;
         region.write_at(base + BS, &gdt)?;

@@ -170,11 +170,11 @@ fn fill(buf: &mut [u8], first: usize, ents: &[Ent], end: usize) -> Vec<u32> {
         buf[vend..vend + e.value.len()].copy_from_slice(&e.value);
         let h = entry_hash(&e.name, &e.value);
         hashes.push(h);
-        put_u8(buf, off, e.name.len() as u8); // e_name_len
+        put_u8(buf, off, u8::try_from(e.name.len()).expect("layout checks names <= 255 bytes")); // e_name_len
         put_u8(buf, off + 1, e.index); // e_name_index
-        put_u16(buf, off + 2, vend as u16); // e_value_offs
+        put_u16(buf, off + 2, u16::try_from(vend).expect("an offset within one block")); // e_value_offs
         put_u32(buf, off + 4, 0); // e_value_inum
-        put_u32(buf, off + 8, e.value.len() as u32); // e_value_size
+        put_u32(buf, off + 8, u32::try_from(e.value.len()).expect("layout fits values in one block")); // e_value_size
         put_u32(buf, off + 12, h); // e_hash
         buf[off + ENTRY_SIZE..off + ENTRY_SIZE + e.name.len()].copy_from_slice(&e.name);
         off += ENTRY_SIZE + pad4(e.name.len());
