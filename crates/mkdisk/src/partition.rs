@@ -200,7 +200,7 @@ fn plan_fat(o: &mkdisk_fat::FatOptions, tree: Arc<Tree>, measure: bool) -> Resul
 
 fn plan_ext4(o: &mkdisk_ext4::Ext4Options, tree: Arc<Tree>, measure: bool) -> Result<Planned, FsError> {
     let layout = mkdisk_ext4::plan(&tree, o)?;
-    let m = if measure { Some(tree_measure(&[&tree], ext4_min_size(&tree, o)?)) } else { None };
+    let m = if measure { Some(tree_measure(&[&tree], mkdisk_ext4::min_size(&tree, o)?)) } else { None };
     Ok((ContentPlan::Ext4(Box::new(layout), tree), m))
 }
 
@@ -257,15 +257,8 @@ fn plan_btrfs(
     Ok((ContentPlan::Btrfs(Box::new(layout), bytes), m))
 }
 
-// TEMPORARY until the writers export min_size.
-fn ext4_min_size(tree: &Tree, o: &mkdisk_ext4::Ext4Options) -> Result<u64, FsError> {
-    Ok(search_min(|size| {
-        let mut o = o.clone();
-        o.size_bytes = size;
-        mkdisk_ext4::plan(tree, &o).map(drop)
-    })?)
-}
-
+/// The smallest whole-MiB size that `fits` (doubling, then bisecting), or the error at
+/// 1 TiB. For btrfs, whose writer has no search of its own.
 fn search_min<E>(fits: impl Fn(u64) -> Result<(), E>) -> Result<u64, E> {
     let (mut lo, mut hi) = (1u64, 64u64);
     while let Err(e) = fits(hi * MIB) {
