@@ -2,7 +2,7 @@
 //! `btrfs_dev_extent`, and the extent tree's `btrfs_block_group_item`.
 
 use crate::le::{put_bytes, put_u16, put_u32, put_u64};
-use crate::{SECTORSIZE, STRIPE_LEN};
+use crate::{SECTORSIZE_U32, STRIPE_LEN, STRIPE_LEN_U32};
 
 pub(crate) const DEV_ITEM_KEY: u8 = 216;
 pub(crate) const CHUNK_ITEM_KEY: u8 = 228;
@@ -53,10 +53,11 @@ impl Chunk {
         put_u64(&mut b, 8, 2); // owner (BTRFS_EXTENT_TREE_OBJECTID)
         put_u64(&mut b, 16, STRIPE_LEN); // stripe_len
         put_u64(&mut b, 24, self.flags); // type
-        put_u32(&mut b, 32, STRIPE_LEN as u32); // io_align
-        put_u32(&mut b, 36, STRIPE_LEN as u32); // io_width
-        put_u32(&mut b, 40, SECTORSIZE as u32); // sector_size
-        put_u16(&mut b, 44, u16::try_from(self.stripes.len()).unwrap_or(1)); // num_stripes
+        put_u32(&mut b, 32, STRIPE_LEN_U32); // io_align
+        put_u32(&mut b, 36, STRIPE_LEN_U32); // io_width
+        put_u32(&mut b, 40, SECTORSIZE_U32); // sector_size
+        let num_stripes = u16::try_from(self.stripes.len()).expect("chunks have one (SINGLE) or two (DUP) stripes");
+        put_u16(&mut b, 44, num_stripes); // num_stripes
         put_u16(&mut b, 46, 1); // sub_stripes
         for (i, &phys) in self.stripes.iter().enumerate() {
             let o = 48 + i * STRIPE_SIZE;
@@ -78,10 +79,10 @@ pub(crate) fn dev_item(total_bytes: u64, bytes_used: u64, dev_uuid: &[u8; 16], f
     put_u64(&mut b, 0, 1); // devid
     put_u64(&mut b, 8, total_bytes); // total_bytes
     put_u64(&mut b, 16, bytes_used); // bytes_used
-    put_u32(&mut b, 24, SECTORSIZE as u32); // io_align
-    put_u32(&mut b, 28, SECTORSIZE as u32); // io_width
-    put_u32(&mut b, 32, SECTORSIZE as u32); // sector_size
-                                            // type 36, generation 44, start_offset 52, dev_group 60, seek_speed 64, bandwidth 65: 0
+    put_u32(&mut b, 24, SECTORSIZE_U32); // io_align
+    put_u32(&mut b, 28, SECTORSIZE_U32); // io_width
+    put_u32(&mut b, 32, SECTORSIZE_U32); // sector_size
+                                         // type 36, generation 44, start_offset 52, dev_group 60, seek_speed 64, bandwidth 65: 0
     put_bytes(&mut b, 66, dev_uuid); // uuid
     put_bytes(&mut b, 82, fsid); // fsid
     b

@@ -81,7 +81,8 @@ pub(crate) fn name_hash(name: &[u8]) -> u64 {
 /// `btrfs_extref_hash`: the key offset of `INODE_EXTREF`.
 pub(crate) fn extref_hash(parent: u64, name: &[u8]) -> u64 {
     // The kernel truncates the parent inode number to 32 bits as the seed.
-    u64::from(crc32c_raw(parent as u32, name))
+    let seed = u32::try_from(parent & u64::from(u32::MAX)).expect("masked to 32 bits");
+    u64::from(crc32c_raw(seed, name))
 }
 
 /// `hash_extent_data_ref(root, objectid, offset)`: orders inline data back references.

@@ -55,7 +55,7 @@ impl Spill {
 
     /// Append `frame`; returns its offset.
     pub(crate) fn put(&self, frame: &[u8]) -> Result<u64, BtrfsError> {
-        let len = u64::try_from(frame.len()).unwrap_or(u64::MAX);
+        let len = u64::try_from(frame.len()).expect("usize is at most 64 bits wide");
         let at = self.next.fetch_add(len, Ordering::Relaxed);
         self.file.write_all_at(frame, at).map_err(|e| self.err(e))?;
         Ok(at)
@@ -69,7 +69,7 @@ impl Spill {
 
 /// Keep `frame` in memory, or in `spill` when there is one.
 pub(crate) fn keep(spill: Option<&Spill>, frame: Vec<u8>) -> Result<Frame, BtrfsError> {
-    let len = u64::try_from(frame.len()).unwrap_or(u64::MAX);
+    let len = u64::try_from(frame.len()).expect("usize is at most 64 bits wide");
     let at = match spill {
         Some(s) => FrameAt::Spill(s.put(&frame)?),
         None => FrameAt::Mem(frame.into()),
@@ -79,7 +79,7 @@ pub(crate) fn keep(spill: Option<&Spill>, frame: Vec<u8>) -> Result<Frame, Btrfs
 
 /// Copy `frame`'s bytes into the start of `buf` (which is at least `frame.len` long).
 pub(crate) fn load(spill: Option<&Spill>, frame: &Frame, buf: &mut [u8]) -> Result<(), BtrfsError> {
-    let n = usize::try_from(frame.len).unwrap_or(usize::MAX);
+    let n = usize::try_from(frame.len).expect("a frame's length came from a Vec's length");
     if n > buf.len() {
         return Err(BtrfsError::Plan(format!("frame of {n} bytes larger than its extent")));
     }

@@ -109,10 +109,15 @@ impl InodeItem {
     }
 }
 
+/// A name or xattr value length as its on-disk `u16`.
+fn len_u16(b: &[u8]) -> u16 {
+    u16::try_from(b.len()).expect("the planner refuses names over 255 bytes and xattrs over MAX_XATTR")
+}
+
 /// Append one `btrfs_inode_ref` entry `{index, name_len, name}`.
 pub(crate) fn push_inode_ref(out: &mut Vec<u8>, index: u64, name: &[u8]) {
     out.extend_from_slice(&index.to_le_bytes()); // index
-    out.extend_from_slice(&u16::try_from(name.len()).unwrap_or(u16::MAX).to_le_bytes()); // name_len
+    out.extend_from_slice(&len_u16(name).to_le_bytes()); // name_len
     out.extend_from_slice(name);
 }
 
@@ -120,7 +125,7 @@ pub(crate) fn push_inode_ref(out: &mut Vec<u8>, index: u64, name: &[u8]) {
 pub(crate) fn push_inode_extref(out: &mut Vec<u8>, parent: u64, index: u64, name: &[u8]) {
     out.extend_from_slice(&parent.to_le_bytes()); // parent_objectid
     out.extend_from_slice(&index.to_le_bytes()); // index
-    out.extend_from_slice(&u16::try_from(name.len()).unwrap_or(u16::MAX).to_le_bytes()); // name_len
+    out.extend_from_slice(&len_u16(name).to_le_bytes()); // name_len
     out.extend_from_slice(name);
 }
 
@@ -131,8 +136,8 @@ pub(crate) fn push_dir_item(out: &mut Vec<u8>, location: Key, transid: u64, ty: 
     let b = &mut out[start..];
     location.put(b, 0); // location
     put_u64(b, 17, transid); // transid
-    put_u16(b, 25, u16::try_from(data.len()).unwrap_or(u16::MAX)); // data_len
-    put_u16(b, 27, u16::try_from(name.len()).unwrap_or(u16::MAX)); // name_len
+    put_u16(b, 25, len_u16(data)); // data_len
+    put_u16(b, 27, len_u16(name)); // name_len
     put_u8(b, 29, ty); // type
     out.extend_from_slice(name);
     out.extend_from_slice(data);
@@ -235,7 +240,7 @@ pub(crate) fn root_ref(dirid: u64, sequence: u64, name: &[u8]) -> Vec<u8> {
     let mut b = vec![0u8; ROOT_REF_SIZE];
     put_u64(&mut b, 0, dirid); // dirid
     put_u64(&mut b, 8, sequence); // sequence
-    put_u16(&mut b, 16, u16::try_from(name.len()).unwrap_or(u16::MAX)); // name_len
+    put_u16(&mut b, 16, len_u16(name)); // name_len
     b.extend_from_slice(name);
     b
 }

@@ -28,13 +28,16 @@
 //! first chunk does not compress is stored raw (a simplification of the kernel's heuristic).
 //! Raw chunks of a file are merged into larger extents.
 //!
-//! [`plan`] decides every object id, logical/physical address, tree block and item. To learn
-//! compressed sizes it compresses every candidate chunk once, in parallel (rayon), and keeps
-//! the frames that will be stored: in memory, or in an unnamed scratch file in
-//! [`BtrfsOptions::scratch_dir`]; it also reads the bytes of inline files, which become
-//! metadata. [`write()`] checks the plan, then writes the data in parallel — copying the
-//! planned frames and reading raw extents from their sources — checksumming every sector,
-//! then serialises every tree block onto both DUP stripes, and writes the superblocks last.
+//! Planning has two steps. [`prepare`] reads what the layout depends on once: it resolves the
+//! subvolumes, numbers every inode, reads the bytes of inline files (which become metadata)
+//! and compresses every candidate chunk in parallel (rayon), keeping the frames that will be
+//! stored: in memory, or in an unnamed scratch file in [`BtrfsOptions::scratch_dir`]. [`plan`]
+//! is pure: from a [`Prepared`] it decides every object id, logical/physical address, tree
+//! block and item, without I/O, and may run many times (at different sizes: [`min_size`]
+//! searches the smallest that fits). [`write()`] checks the plan, then writes the data in
+//! parallel — copying the planned frames and reading raw extents from their sources —
+//! checksumming every sector, then serialises every tree block onto both DUP stripes, and
+//! writes the superblocks last.
 //! Memory stays bounded: the layout keeps metadata and sources (paths or shared bytes), never
 //! raw file data; the write phase uses one 1 MiB buffer per thread plus one checksum per data
 //! sector. Output depends only on the trees and the options (zstd output depends only on the
@@ -42,6 +45,9 @@
 
 //! The crate sits between `mkdisk-tree` (below) and the `mkdisk` binary (above); it depends on
 //! no other writer. See `docs/btrfs.md` for the on-disk reference.
+
+#![deny(clippy::too_many_lines)]
+#![deny(clippy::cast_possible_truncation)]
 
 mod chunk;
 mod csum;
@@ -63,15 +69,25 @@ use uuid::Uuid;
 
 pub use chunk::Chunk;
 pub use csum::CsumType;
-pub use plan::{plan, BtrfsLayout};
+pub use plan::{min_size, plan, prepare, BtrfsLayout, Prepared};
 pub use write::write;
 
+/// `nodesize`, as the on-disk `u32`.
+pub(crate) const NODESIZE_U32: u32 = 16384;
 /// `nodesize`.
-pub const NODESIZE: u64 = 16384;
+pub const NODESIZE: u64 = NODESIZE_U32 as u64;
+/// `nodesize`, as a buffer length.
+pub(crate) const NODESIZE_USIZE: usize = NODESIZE_U32 as usize;
+/// `sectorsize`, as the on-disk `u32`.
+pub(crate) const SECTORSIZE_U32: u32 = 4096;
 /// `sectorsize`.
-pub const SECTORSIZE: u64 = 4096;
+pub const SECTORSIZE: u64 = SECTORSIZE_U32 as u64;
+/// `sectorsize`, as a buffer length.
+pub(crate) const SECTORSIZE_USIZE: usize = SECTORSIZE_U32 as usize;
+/// `BTRFS_STRIPE_LEN`, as the on-disk `u32`.
+pub(crate) const STRIPE_LEN_U32: u32 = 65536;
 /// `BTRFS_STRIPE_LEN`.
-pub(crate) const STRIPE_LEN: u64 = 65536;
+pub(crate) const STRIPE_LEN: u64 = STRIPE_LEN_U32 as u64;
 /// `BTRFS_LEAF_DATA_SIZE` for 16 KiB nodes.
 pub(crate) const LEAF_DATA_SIZE: usize = 16283;
 /// The one generation every block and item carries.
@@ -115,30 +131,34 @@ pub struct SubvolSpec<'a> {
     pub compress: Option<Compress>,
 }
 
-/// Options for one btrfs filesystem.
+/// Options for one btrfs filesystem. [`prepare`] uses `compress` and `scratch_dir` (they
+/// decide what is compressed and where frames are kept); [`plan`] uses all the others, which
+/// may change between plans of one [`Prepared`] (`size_bytes` in particular).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BtrfsOptions {
-    /// Size of the device (partition) in bytes; rounded down to sectors.
+    /// Size of the device (partition) in bytes; rounded down to sectors. Used by [`plan`].
     pub size_bytes: u64,
     /// The filesystem UUID (`fsid`); device, chunk-tree and subvolume UUIDs are derived from it.
+    /// Used by [`plan`].
     pub uuid: Uuid,
-    /// Label (at most 255 bytes).
+    /// Label (at most 255 bytes). Used by [`plan`].
     pub label: Option<String>,
-    /// Seconds for root-item and internal-directory times (SOURCE_DATE_EPOCH or 0).
+    /// Seconds for root-item and internal-directory times, and for directories created as
+    /// parents of subvolumes (SOURCE_DATE_EPOCH or 0). Used by [`plan`].
     pub timestamp: i64,
     /// Filesystem-wide compression for the top level and subvolumes without their own
-    /// (`None` and `Some(Compress::None)` both store files raw).
+    /// (`None` and `Some(Compress::None)` both store files raw). Used by [`prepare`].
     pub compress: Option<Compress>,
-    /// Checksum algorithm.
+    /// Checksum algorithm. Used by [`plan`].
     pub csum: CsumType,
-    /// Subvolume path to make the default (mounted without `subvol=`).
+    /// Subvolume path to make the default (mounted without `subvol=`). Used by [`plan`].
     pub default_subvolume: Option<String>,
-    /// Subvolume paths to mark read-only (`BTRFS_ROOT_SUBVOL_RDONLY`).
+    /// Subvolume paths to mark read-only (`BTRFS_ROOT_SUBVOL_RDONLY`). Used by [`plan`].
     pub readonly_subvolumes: Vec<String>,
-    /// Directory for an unnamed scratch file that holds compressed frames between [`plan`]
+    /// Directory for an unnamed scratch file that holds compressed frames between [`prepare`]
     /// and [`write()`] (mkdisk passes the output directory). `None` keeps them in memory,
-    /// which costs about the compressed size of the data.
+    /// which costs about the compressed size of the data. Used by [`prepare`].
     pub scratch_dir: Option<PathBuf>,
 }
 
@@ -324,9 +344,9 @@ pub fn parse_mount_options(opts: &[String]) -> Result<Option<Compress>, BtrfsErr
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BtrfsError {
-    /// The content does not fit the partition.
+    /// The content does not fit the partition ([`min_size`] finds the size that does).
     #[error("btrfs content needs {needed} bytes but the partition has {available} bytes")]
-    ContentTooLarge {
+    DoesNotFit {
         /// Bytes needed (data, metadata and the reserved first MiB).
         needed: u64,
         /// Partition size.
@@ -355,6 +375,14 @@ pub enum BtrfsError {
         path: String,
         /// Target length.
         len: usize,
+    },
+    /// An inode with more names (hard links) than `nlink` can count.
+    #[error("{path}: {links} hard links (btrfs counts at most 4294967295)")]
+    TooManyLinks {
+        /// Path of the inode (its first name).
+        path: String,
+        /// Number of names.
+        links: usize,
     },
     /// Two subvolumes with the same path.
     #[error("subvolume {path:?} is given twice")]

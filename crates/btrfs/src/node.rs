@@ -4,7 +4,7 @@
 use std::ops::Range;
 
 use crate::le::{put_bytes, put_u32, put_u64, put_u8};
-use crate::{LEAF_DATA_SIZE, NODESIZE};
+use crate::{LEAF_DATA_SIZE, NODESIZE_USIZE};
 
 /// `sizeof(struct btrfs_header)`.
 pub(crate) const HEADER_SIZE: usize = 101;
@@ -15,15 +15,25 @@ pub(crate) const ITEM_SIZE: usize = 25;
 /// `sizeof(struct btrfs_key_ptr)`.
 pub(crate) const KEY_PTR_SIZE: usize = 33;
 /// Key pointers per node: `(nodesize - header) / key_ptr`.
-pub(crate) const KEY_PTRS_PER_NODE: usize = (NODESIZE as usize - HEADER_SIZE) / KEY_PTR_SIZE;
+pub(crate) const KEY_PTRS_PER_NODE: usize = (NODESIZE_USIZE - HEADER_SIZE) / KEY_PTR_SIZE;
 /// Largest item payload that fits a leaf.
 pub(crate) const MAX_ITEM_DATA: usize = LEAF_DATA_SIZE - ITEM_SIZE;
 
-const _: () = assert!(LEAF_DATA_SIZE == NODESIZE as usize - HEADER_SIZE);
+const _: () = assert!(LEAF_DATA_SIZE == NODESIZE_USIZE - HEADER_SIZE);
 const _: () = assert!(KEY_PTRS_PER_NODE == 493);
 const _: () = assert!(KEY_PTR_SIZE == KEY_SIZE + 16);
 const _: () = assert!(ITEM_SIZE == KEY_SIZE + 8);
 const _: () = assert!(MAX_ITEM_DATA == 16258);
+
+/// An offset, length or count within one leaf (all below `LEAF_DATA_SIZE`) as its on-disk `u32`.
+fn leaf_u32(n: usize) -> u32 {
+    u32::try_from(n).expect("offsets, lengths and counts inside a 16 KiB leaf fit u32")
+}
+
+/// A tree level as its on-disk `u8`.
+fn level_u8(level: usize) -> u8 {
+    u8::try_from(level).expect("493 key pointers per node: 2^64 items need at most 8 levels")
+}
 
 /// `BTRFS_HEADER_FLAG_WRITTEN | BTRFS_MIXED_BACKREF_REV << 56`.
 const HEADER_FLAGS: u64 = 1 | (1 << 56);
@@ -62,7 +72,9 @@ impl Payload {
     pub(crate) fn len(&self) -> usize {
         match self {
             Payload::Bytes(b) => b.len(),
-            Payload::Csums { sectors, csum_size, .. } => usize::try_from(*sectors).unwrap_or(usize::MAX) * csum_size,
+            Payload::Csums { sectors, csum_size, .. } => {
+                usize::try_from(*sectors).expect("a csum item covers at most max_csum_items sectors") * csum_size
+            }
         }
     }
 }
@@ -135,7 +147,7 @@ impl LeafStream {
         let data = std::mem::replace(&mut self.cur, vec![0u8; LEAF_DATA_SIZE]).into_boxed_slice();
         self.bodies.push(LeafBody {
             first: self.first.take().unwrap_or(Key::new(0, 0, 0)),
-            nritems: u32::try_from(self.n).unwrap_or(u32::MAX),
+            nritems: leaf_u32(self.n),
             data,
         });
         self.n = 0;
@@ -159,8 +171,8 @@ impl LeafStream {
         let data_off = self.data_end - data.len();
         let ioff = self.n * ITEM_SIZE;
         key.put(&mut self.cur, ioff);
-        put_u32(&mut self.cur, ioff + 17, u32::try_from(data_off).unwrap_or(0));
-        put_u32(&mut self.cur, ioff + 21, u32::try_from(data.len()).unwrap_or(0));
+        put_u32(&mut self.cur, ioff + 17, leaf_u32(data_off));
+        put_u32(&mut self.cur, ioff + 21, leaf_u32(data.len()));
         self.cur[data_off..self.data_end].copy_from_slice(data);
         self.data_end = data_off;
         if self.n == 0 {
@@ -276,7 +288,7 @@ impl PackedTree {
 
     /// Level of the root block.
     pub(crate) fn root_level(&self) -> u8 {
-        u8::try_from(self.levels.len().saturating_sub(1)).unwrap_or(u8::MAX)
+        level_u8(self.levels.len().saturating_sub(1))
     }
 
     /// Logical address of the root block.
@@ -286,7 +298,7 @@ impl PackedTree {
 
     /// Every block as (logical address, level), leaves first.
     pub(crate) fn blocks(&self) -> impl Iterator<Item = (u64, u8)> + '_ {
-        self.addrs.iter().enumerate().flat_map(|(l, a)| a.iter().map(move |&x| (x, u8::try_from(l).unwrap_or(u8::MAX))))
+        self.addrs.iter().enumerate().flat_map(|(l, a)| a.iter().map(move |&x| (x, level_u8(l))))
     }
 
     /// First key of block `idx` at `level`.
@@ -320,7 +332,7 @@ pub(crate) struct HeaderCtx<'a> {
 
 /// Serialise block `idx` of `level` into a `NODESIZE` buffer, checksum included.
 pub(crate) fn serialize(tree: &PackedTree, level: usize, idx: usize, ctx: &HeaderCtx<'_>) -> Result<Vec<u8>, String> {
-    let mut b = vec![0u8; NODESIZE as usize];
+    let mut b = vec![0u8; NODESIZE_USIZE];
     let bytenr = tree.addrs[level][idx];
     let range = tree.levels[level][idx].clone();
     // btrfs_header
@@ -346,8 +358,8 @@ pub(crate) fn serialize(tree: &PackedTree, level: usize, idx: usize, ctx: &Heade
             let data_off = data_end - size;
             let ioff = HEADER_SIZE + n * ITEM_SIZE;
             it.key.put(&mut b, ioff); // btrfs_item.key
-            put_u32(&mut b, ioff + 17, u32::try_from(data_off).unwrap_or(0)); // offset
-            put_u32(&mut b, ioff + 21, u32::try_from(size).unwrap_or(0)); // size
+            put_u32(&mut b, ioff + 17, leaf_u32(data_off)); // offset
+            put_u32(&mut b, ioff + 21, leaf_u32(size)); // size
             let dst = &mut b[HEADER_SIZE + data_off..HEADER_SIZE + data_end];
             match &it.data {
                 Payload::Bytes(v) => dst.copy_from_slice(v),
@@ -378,7 +390,11 @@ mod tests {
     fn leaf_stream_matches_pack() {
         let items: Vec<Item> = (0..5000u64)
             .map(|i| {
-                Item::bytes(Key::new(256 + i / 3, (i % 3) as u8, i), vec![(i % 251) as u8; (i * 37 % 700) as usize])
+                let ty = u8::try_from(i % 3).unwrap();
+                Item::bytes(
+                    Key::new(256 + i / 3, ty, i),
+                    vec![u8::try_from(i % 251).unwrap(); usize::try_from(i * 37 % 700).unwrap()],
+                )
             })
             .collect();
         let packed = PackedTree::pack(5, items.clone(), 1).unwrap();
@@ -394,7 +410,7 @@ mod tests {
             packed.levels.iter().map(Vec::len).collect::<Vec<_>>()
         );
         let mut packed = packed;
-        let addrs: Vec<u64> = (0..packed.block_count() as u64).map(|i| (1 << 30) + i * NODESIZE).collect();
+        let addrs: Vec<u64> = (0..packed.block_count() as u64).map(|i| (1 << 30) + i * crate::NODESIZE).collect();
         packed.assign(&addrs);
         streamed.assign(&addrs);
         let none = |_: u64, _: u64, _: &mut [u8]| -> Result<(), String> { Err("no csums".into()) };

@@ -33,10 +33,12 @@ impl<'a> Reader<'a> {
     /// file shorter than `file_size` is an error (it changed since the scan).
     pub(crate) fn read(&self, file_size: u64, off: u64, buf: &mut [u8]) -> Result<(), BtrfsError> {
         buf.fill(0);
-        let want = usize::try_from(file_size.saturating_sub(off)).unwrap_or(usize::MAX).min(buf.len());
+        let buf_len = u64::try_from(buf.len()).expect("usize is at most 64 bits wide");
+        let want = usize::try_from(file_size.saturating_sub(off).min(buf_len)).expect("at most buf.len()");
         match self {
             Reader::Bytes(b) => {
-                let start = usize::try_from(off).unwrap_or(usize::MAX).min(b.len());
+                let b_len = u64::try_from(b.len()).expect("usize is at most 64 bits wide");
+                let start = usize::try_from(off.min(b_len)).expect("at most b.len()");
                 let end = start.saturating_add(want).min(b.len());
                 buf[..end - start].copy_from_slice(&b[start..end]);
             }

@@ -1,7 +1,7 @@
 //! `struct btrfs_super_block` (4096 bytes at 64 KiB, 64 MiB and 256 GiB).
 
 use crate::le::{put_bytes, put_u16, put_u32, put_u64, put_u8};
-use crate::{CsumType, NODESIZE, SECTORSIZE};
+use crate::{CsumType, NODESIZE_U32, SECTORSIZE_U32};
 
 /// `sizeof(struct btrfs_super_block)`.
 pub(crate) const SUPER_INFO_SIZE: usize = 4096;
@@ -56,11 +56,12 @@ impl Super<'_> {
         put_u64(&mut b, 120, self.bytes_used); // bytes_used
         put_u64(&mut b, 128, 6); // root_dir_objectid
         put_u64(&mut b, 136, 1); // num_devices
-        put_u32(&mut b, 144, SECTORSIZE as u32); // sectorsize
-        put_u32(&mut b, 148, NODESIZE as u32); // nodesize
-        put_u32(&mut b, 152, NODESIZE as u32); // __unused_leafsize
-        put_u32(&mut b, 156, SECTORSIZE as u32); // stripesize
-        put_u32(&mut b, 160, u32::try_from(self.sys_chunk_array.len()).unwrap_or(0)); // sys_chunk_array_size
+        put_u32(&mut b, 144, SECTORSIZE_U32); // sectorsize
+        put_u32(&mut b, 148, NODESIZE_U32); // nodesize
+        put_u32(&mut b, 152, NODESIZE_U32); // __unused_leafsize
+        put_u32(&mut b, 156, SECTORSIZE_U32); // stripesize
+        let array_len = u32::try_from(self.sys_chunk_array.len()).expect("the sys_chunk_array holds one chunk item");
+        put_u32(&mut b, 160, array_len); // sys_chunk_array_size
         put_u64(&mut b, 164, self.generation); // chunk_root_generation
         put_u64(&mut b, 172, 0); // compat_flags
         put_u64(&mut b, 180, self.compat_ro_flags); // compat_ro_flags

@@ -8,7 +8,7 @@ use crate::node::{serialize, HeaderCtx};
 use crate::plan::{BtrfsLayout, DataExtent, COMPAT_RO_FLAGS};
 use crate::source::Reader;
 use crate::superblock::{sb_offset, Super, SUPER_INFO_SIZE};
-use crate::{BtrfsError, GENERATION, NODESIZE, SECTORSIZE};
+use crate::{BtrfsError, GENERATION, NODESIZE, SECTORSIZE, SECTORSIZE_USIZE};
 
 const IO_CHUNK: u64 = 1 << 20;
 
@@ -73,7 +73,7 @@ fn write_extent(
     let phys = physical(layout, e.logical, e.disk_len)?;
     let reader = Reader::open(&e.source)?;
     let checksum = |buf: &[u8], first_sector: usize, sums: &mut [u8]| {
-        for (i, s) in buf.chunks(SECTORSIZE as usize).enumerate() {
+        for (i, s) in buf.chunks(SECTORSIZE_USIZE).enumerate() {
             let o = (first_sector + i) * cs;
             layout.csum.compute(s, &mut sums[o..o + cs]);
         }
@@ -81,7 +81,8 @@ fn write_extent(
     match &e.zstd {
         Some(frame) => {
             // The planner's frame, copied into place and padded to whole sectors.
-            let mut buf = vec![0u8; usize::try_from(e.disk_len).unwrap_or(0)];
+            let len = usize::try_from(e.disk_len).expect("a compressed extent is at most 128 KiB");
+            let mut buf = vec![0u8; len];
             crate::frames::load(layout.spill.as_deref(), frame, &mut buf)?;
             checksum(&buf, 0, &mut sums);
             for p in &phys {
@@ -94,9 +95,10 @@ fn write_extent(
             let mut buf = Vec::new();
             while done < e.disk_len {
                 let n = (e.disk_len - done).min(IO_CHUNK);
-                buf.resize(usize::try_from(n).unwrap_or(0), 0);
+                buf.resize(usize::try_from(n).expect("at most IO_CHUNK bytes"), 0);
                 reader.read(e.file_size, e.file_offset + done, &mut buf)?;
-                checksum(&buf, usize::try_from(done / SECTORSIZE).unwrap_or(0), &mut sums);
+                let first = usize::try_from(done / SECTORSIZE).expect("below the extent's sector count, a usize");
+                checksum(&buf, first, &mut sums);
                 for p in &phys {
                     region.write_at(p + done, &buf)?;
                 }
@@ -130,8 +132,9 @@ pub fn write(layout: &BtrfsLayout, region: &Region, progress: &dyn Progress) -> 
         while at < end {
             let i = layout.extents.partition_point(|e| e.logical + e.disk_len <= at);
             let e = layout.extents.get(i).filter(|e| e.logical <= at).ok_or_else(|| format!("no extent at {at}"))?;
-            let first = usize::try_from((at - e.logical) / SECTORSIZE).unwrap_or(0);
-            let take = usize::try_from(((e.logical + e.disk_len).min(end) - at) / SECTORSIZE).unwrap_or(0);
+            let first = usize::try_from((at - e.logical) / SECTORSIZE).expect("a sector index inside one extent");
+            let take = usize::try_from(((e.logical + e.disk_len).min(end) - at) / SECTORSIZE)
+                .expect("a sector count inside one extent");
             dst[out..out + take * cs].copy_from_slice(&sums[i][first * cs..(first + take) * cs]);
             out += take * cs;
             at += take as u64 * SECTORSIZE;

@@ -8,10 +8,19 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mkdisk_btrfs::{plan, write, BtrfsError, BtrfsLayout, BtrfsOptions, Compress, CsumType, SubvolSpec};
+use mkdisk_btrfs::{plan, prepare, write, BtrfsError, BtrfsLayout, BtrfsOptions, Compress, CsumType, SubvolSpec};
 use mkdisk_tree::{scan, DataRun, FileData, Image, InodeId, Kind, NoProgress, ScanOptions, Source, Tree, Xattr};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
+
+/// [`prepare`] then [`plan`]: what the tests build.
+fn prepare_and_plan(
+    top: &mkdisk_tree::Tree,
+    subs: &[mkdisk_btrfs::SubvolSpec<'_>],
+    o: &mkdisk_btrfs::BtrfsOptions,
+) -> Result<mkdisk_btrfs::BtrfsLayout, mkdisk_btrfs::BtrfsError> {
+    prepare(top, subs, o).and_then(|p| plan(&p, o))
+}
 
 use common::{base_tree, bytes, meta, opts, MIB};
 use mkdisk_testkit::{noise, poisoned_file};
@@ -31,7 +40,7 @@ fn heavy() -> bool {
 
 /// Plan and write into a fresh sparse image.
 fn build(top: &Tree, subs: &[SubvolSpec<'_>], o: &BtrfsOptions, path: &Path) -> Result<BtrfsLayout, BtrfsError> {
-    let layout = plan(top, subs, o)?;
+    let layout = prepare_and_plan(top, subs, o)?;
     let image = Image::create(path, o.size_bytes).unwrap();
     write(&layout, &image.whole(), &NoProgress)?;
     image.persist().unwrap();
@@ -394,35 +403,35 @@ fn subvolume_errors() {
     let t = Tree::new(meta(0o755));
     let sub = |p: &str| SubvolSpec { path: p.into(), tree: Cow::Owned(Tree::new(meta(0o755))), compress: None };
     let o = opts(256 * MIB);
-    assert!(matches!(plan(&t, &[sub("a"), sub("/a/")], &o), Err(BtrfsError::DuplicateSubvolume { .. })));
-    assert!(matches!(plan(&t, &[sub("")], &o), Err(BtrfsError::BadSubvolume { .. })));
-    assert!(matches!(plan(&t, &[sub("../x")], &o), Err(BtrfsError::BadSubvolume { .. })));
+    assert!(matches!(prepare_and_plan(&t, &[sub("a"), sub("/a/")], &o), Err(BtrfsError::DuplicateSubvolume { .. })));
+    assert!(matches!(prepare_and_plan(&t, &[sub("")], &o), Err(BtrfsError::BadSubvolume { .. })));
+    assert!(matches!(prepare_and_plan(&t, &[sub("../x")], &o), Err(BtrfsError::BadSubvolume { .. })));
     let f = tree_with(&[("file", b"f"), ("full/x", b"x")]);
-    assert!(matches!(plan(&f, &[sub("file")], &o), Err(BtrfsError::BadSubvolume { .. })));
-    assert!(matches!(plan(&f, &[sub("full")], &o), Err(BtrfsError::BadSubvolume { .. })));
-    assert!(matches!(plan(&f, &[sub("file/x")], &o), Err(BtrfsError::BadSubvolume { .. })));
+    assert!(matches!(prepare_and_plan(&f, &[sub("file")], &o), Err(BtrfsError::BadSubvolume { .. })));
+    assert!(matches!(prepare_and_plan(&f, &[sub("full")], &o), Err(BtrfsError::BadSubvolume { .. })));
+    assert!(matches!(prepare_and_plan(&f, &[sub("file/x")], &o), Err(BtrfsError::BadSubvolume { .. })));
     let mut m = Tree::new(meta(0o755));
     m.add_dir(InodeId::ROOT, b"mnt", meta(0o700)).unwrap();
-    assert!(plan(&m, &[sub("mnt")], &o).is_ok(), "an empty mount-point directory becomes the subvolume");
+    assert!(prepare_and_plan(&m, &[sub("mnt")], &o).is_ok(), "an empty mount-point directory becomes the subvolume");
     let long = "n".repeat(256);
-    assert!(matches!(plan(&t, &[sub(&long)], &o), Err(BtrfsError::NameTooLong { .. })));
+    assert!(matches!(prepare_and_plan(&t, &[sub(&long)], &o), Err(BtrfsError::NameTooLong { .. })));
     let mut o2 = opts(256 * MIB);
     o2.default_subvolume = Some("nope".into());
-    assert!(matches!(plan(&t, &[sub("a")], &o2), Err(BtrfsError::BadSubvolume { .. })));
+    assert!(matches!(prepare_and_plan(&t, &[sub("a")], &o2), Err(BtrfsError::BadSubvolume { .. })));
 }
 
 #[test]
 fn errors_are_named() {
     // Content over the partition, with sizes.
     let t = tree_with(&[("big", &bytes(60 * 1024 * 1024, 1))]);
-    match plan(&t, &[], &opts(64 * MIB)).map(|_| ()) {
-        Err(BtrfsError::ContentTooLarge { needed, available }) => assert!(needed > available && available == 64 * MIB),
-        other => panic!("expected ContentTooLarge, got {other:?}"),
+    match prepare_and_plan(&t, &[], &opts(64 * MIB)).map(|_| ()) {
+        Err(BtrfsError::DoesNotFit { needed, available }) => assert!(needed > available && available == 64 * MIB),
+        other => panic!("expected DoesNotFit, got {other:?}"),
     }
     // Names over 255 bytes.
     let mut t = Tree::new(meta(0o755));
     t.add_file(InodeId::ROOT, &[b'a'; 256], FileData::from_bytes(b"x".to_vec()), meta(0o644)).unwrap();
-    match plan(&t, &[], &opts(256 * MIB)).map(|_| ()) {
+    match prepare_and_plan(&t, &[], &opts(256 * MIB)).map(|_| ()) {
         Err(e @ BtrfsError::NameTooLong { .. }) => assert!(e.to_string().contains("256 bytes")),
         other => panic!("expected NameTooLong, got {other:?}"),
     }
@@ -575,7 +584,8 @@ fn poisoned_target_is_check_clean() {
     let mut o = opts(size);
     o.compress = Some(Compress::Zstd { level: 3, force: true });
     let layout =
-        plan(&t, &[SubvolSpec { path: "sub".into(), tree: Cow::Owned(small_tree()), compress: None }], &o).unwrap();
+        prepare_and_plan(&t, &[SubvolSpec { path: "sub".into(), tree: Cow::Owned(small_tree()), compress: None }], &o)
+            .unwrap();
     let image = Image::open_existing(&img).unwrap();
     write(&layout, &image.whole(), &NoProgress).unwrap();
     drop(image);
@@ -825,7 +835,7 @@ mod props {
         #[test]
         fn plan_never_panics(ops in prop::collection::vec(op(), 0..30), size in 0u64..(1 << 32)) {
             let t = build_tree(&ops);
-            let _ = plan(&t, &[], &opts(size));
+            let _ = prepare_and_plan(&t, &[], &opts(size));
         }
     }
 }
@@ -844,7 +854,7 @@ fn plan_sweep_sizes() {
                 } else {
                     vec![]
                 };
-                match plan(t, &subs, &opts(size + 12_345)) {
+                match prepare_and_plan(t, &subs, &opts(size + 12_345)) {
                     Ok(l) => {
                         assert!(l.total_bytes() <= size + 12_345 && l.total_bytes() % 4096 == 0);
                         let mut phys: Vec<(u64, u64)> = Vec::new();
@@ -861,7 +871,7 @@ fn plan_sweep_sizes() {
                         assert!(phys.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0), "{l:?}");
                         assert!(l.chunks().windows(2).all(|w| w[0].logical + w[0].length <= w[1].logical));
                     }
-                    Err(BtrfsError::ContentTooLarge { needed, available }) => {
+                    Err(BtrfsError::DoesNotFit { needed, available }) => {
                         assert!(needed > available && available <= size + 12_345);
                         assert!(size < 256 * MIB, "{size} bytes should fit");
                     }
@@ -1079,7 +1089,7 @@ fn time_plan_write() {
     if std::env::var_os("MKDISK_BTRFS_ZSTD").is_some() {
         o.compress = Some(Compress::Zstd { level: 3, force: true });
     }
-    let layout = plan(&t, &[], &o).unwrap();
+    let layout = prepare_and_plan(&t, &[], &o).unwrap();
     let t2 = std::time::Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let image = Image::create(&tmp.path().join("t.img"), o.size_bytes).unwrap();
@@ -1144,7 +1154,7 @@ fn compressed_inline_extents_and_scratch_file() {
     check_clean(&b);
     // An unusable scratch directory is a named error.
     o2.scratch_dir = Some(tmp.path().join("missing"));
-    let e = plan(&big, &[], &o2).unwrap_err().to_string();
+    let e = prepare_and_plan(&big, &[], &o2).unwrap_err().to_string();
     assert!(e.contains("scratch") && e.contains("missing"), "{e}");
 }
 
@@ -1182,7 +1192,7 @@ fn compress_no_overrides_and_other_algorithms_are_refused() {
     // compress=no as the filesystem default.
     o.compress = mount(&["compress=zstd", "compress=none"]).unwrap();
     assert_eq!(o.compress, Some(Compress::None));
-    assert_eq!(plan(&top, &subs[..1], &o).unwrap().compressed_extents(), 0);
+    assert_eq!(prepare_and_plan(&top, &subs[..1], &o).unwrap().compressed_extents(), 0);
     // Algorithms mkdisk does not write are errors naming the option, not raw images.
     for opt in ["compress=lzo", "compress=zlib:3", "compress-force=lz4", "compress=bogus", "compress"] {
         let e = mount(&["noatime", &format!("ssd,{opt}")]).unwrap_err().to_string();

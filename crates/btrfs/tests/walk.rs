@@ -10,10 +10,19 @@ use std::io::Write as _;
 use std::sync::Arc;
 
 use common::{base_tree, bytes, meta, opts, MIB};
-use mkdisk_btrfs::{plan, write, BtrfsLayout, BtrfsOptions, Compress, CsumType, SubvolSpec};
+use mkdisk_btrfs::{plan, prepare, write, BtrfsLayout, BtrfsOptions, Compress, CsumType, SubvolSpec};
 use mkdisk_btrfs_walk::Walk;
 use mkdisk_tree::{DataRun, FileData, Image, InodeId, Kind, NoProgress, Source, Tree, Xattr};
 use sha2::Digest as _;
+
+/// [`prepare`] then [`plan`]: what the tests build.
+fn prepare_and_plan(
+    top: &mkdisk_tree::Tree,
+    subs: &[mkdisk_btrfs::SubvolSpec<'_>],
+    o: &mkdisk_btrfs::BtrfsOptions,
+) -> Result<mkdisk_btrfs::BtrfsLayout, mkdisk_btrfs::BtrfsError> {
+    prepare(top, subs, o).and_then(|p| plan(&p, o))
+}
 
 /// Every inode kind, hard links, xattrs, a sparse file, inline/regular boundaries, symlinks of
 /// 59/60/3000 bytes, a host-file source and a 2,000-entry directory.
@@ -66,7 +75,7 @@ fn tree(host: &std::path::Path) -> Tree {
 fn build(top: &Tree, subs: &[SubvolSpec<'_>], o: &BtrfsOptions) -> (BtrfsLayout, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("img");
-    let layout = plan(top, subs, o).unwrap();
+    let layout = prepare_and_plan(top, subs, o).unwrap();
     let image = Image::create(&path, o.size_bytes).unwrap();
     write(&layout, &image.whole(), &NoProgress).unwrap();
     let path = image.persist().unwrap();
