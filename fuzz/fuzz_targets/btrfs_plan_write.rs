@@ -28,7 +28,8 @@ fuzz_target!(|input: (Vec<Node>, u8, bool, bool)| {
     } else {
         (tree, Vec::new())
     };
-    let Ok(layout) = mkdisk_btrfs::plan(&top, &subvols, &opts) else { return };
+    let Ok(prepared) = mkdisk_btrfs::prepare(&top, &subvols, &opts) else { return };
+    let Ok(layout) = mkdisk_btrfs::plan(&prepared, &opts) else { return };
     let mut chunks: Vec<(u64, u64)> =
         layout.chunks().iter().flat_map(|c| c.stripes.iter().map(move |&s| (s, c.length))).collect();
     chunks.sort_unstable();

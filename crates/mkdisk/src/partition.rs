@@ -240,43 +240,12 @@ fn plan_btrfs(
             compress,
         })
         .collect();
-    let layout = mkdisk_btrfs::plan(&trees[0], &subvols, o)?;
+    let prepared = mkdisk_btrfs::prepare(&trees[0], &subvols, o)?;
+    let layout = mkdisk_btrfs::plan(&prepared, o)?;
     let all: Vec<&Tree> = trees.iter().map(|t| &**t).collect();
     let bytes = all.iter().map(|t| t.data_bytes()).fold(0, u64::saturating_add);
-    let m = if measure {
-        let fits = |size| {
-            let mut o = o.clone();
-            o.size_bytes = size;
-            o.scratch_dir = None;
-            mkdisk_btrfs::plan(&trees[0], &subvols, &o).map(drop)
-        };
-        Some(tree_measure(&all, search_min(fits)?))
-    } else {
-        None
-    };
+    let m = if measure { Some(tree_measure(&all, mkdisk_btrfs::min_size(&prepared, o)?)) } else { None };
     Ok((ContentPlan::Btrfs(Box::new(layout), bytes), m))
-}
-
-/// The smallest whole-MiB size that `fits` (doubling, then bisecting), or the error at
-/// 1 TiB. For btrfs, whose writer has no search of its own.
-fn search_min<E>(fits: impl Fn(u64) -> Result<(), E>) -> Result<u64, E> {
-    let (mut lo, mut hi) = (1u64, 64u64);
-    while let Err(e) = fits(hi * MIB) {
-        if hi >= 1 << 20 {
-            return Err(e);
-        }
-        lo = hi + 1;
-        hi *= 2;
-    }
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        if fits(mid * MIB).is_ok() {
-            hi = mid;
-        } else {
-            lo = mid + 1;
-        }
-    }
-    Ok(lo * MIB)
 }
 
 /// One warning per ext4 entry whose time lay outside ext4's range and was clamped.
