@@ -13,7 +13,7 @@ packages fetched with `apt-get download` and unpacked with `dpkg-deb -x` into a 
                                         ovmf = UEFI firmware boots the disk's ESP,
                                         bios = SeaBIOS boots the disk (GRUB in MBR + EF02)
   harness.py grub-dir OUT --prefix P MODULES...
-                                        GRUB inputs for mkdisk build --grub-bios-dir
+                                        GRUB i386-pc inputs (boot.img, a grub-mkimage core.img)
   harness.py alter IMG OUT MARKER...     sparse copy of IMG with one byte changed inside each
                                         MARKER (which must occur exactly once)
   harness.py host-list DIR              the host-side listing format (for manual diffs)
@@ -262,11 +262,16 @@ def fetch():
         parts["grub_mkimage"] = gbin
         parts["grub_env"] = {"LD_LIBRARY_PATH": ":".join(unpack_with_libs(groot, ["grub-common", "grub-pc-bin"], gbin, debs))}
         parts["grub_i386_pc"] = os.path.join(groot, "usr/lib/grub/i386-pc")
+        # GRUB for EFI beside it (x86_64-efi/, same grub-mkimage): `mkdisk build --grub-efi`.
+        extract(apt_download("grub-efi-amd64-bin", debs), groot)
+        parts["grub_lib"] = os.path.join(groot, "usr/lib/grub")
+        parts["grub_x86_64_efi"] = os.path.join(groot, "usr/lib/grub/x86_64-efi")
         q, env, extra = fetch_qemu(cache, debs)
         parts["qemu"] = q
         parts["qemu_env"] = env
         parts["qemu_args"] = extra
-        for k in ("kernel", "busybox", "systemd_boot", "ovmf_code", "ovmf_vars", "qemu", "grub_mkimage"):
+        for k in ("kernel", "busybox", "systemd_boot", "ovmf_code", "ovmf_vars", "qemu", "grub_mkimage",
+                  "grub_x86_64_efi"):
             if not os.path.exists(parts[k]):
                 raise Unavailable(f"{k}: {parts[k]} missing after unpacking")
         return parts
@@ -452,7 +457,7 @@ def boot(parts, a):
 
 
 # ---------------------------------------------------------------------------------------------
-# GRUB (i386-pc) inputs for `mkdisk build --grub-bios-dir`
+# GRUB (i386-pc) inputs: boot.img and a core.img from grub-mkimage (an oracle for mkdisk's own)
 
 
 def grub_dir(parts, out, prefix, modules):
@@ -561,7 +566,7 @@ def main():
     p.add_argument("--initrd")
     p.add_argument("--mount", action="append", default=[])
     p.add_argument("--timeout", type=float, default=300)
-    p = sub.add_parser("grub-dir", help="GRUB i386-pc inputs (boot.img, core.img, i386-pc/) for --grub-bios-dir")
+    p = sub.add_parser("grub-dir", help="GRUB i386-pc inputs (boot.img, a grub-mkimage core.img, i386-pc/)")
     p.add_argument("out")
     p.add_argument("--prefix", required=True, help="e.g. (,gpt2)/grub")
     p.add_argument("modules", nargs="+", help="e.g. biosdisk part_gpt fat")

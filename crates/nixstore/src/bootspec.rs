@@ -22,6 +22,11 @@ pub struct Bootspec {
     pub toplevel: String,
     /// `org.nixos.systemd-boot.sortKey` (default `nixos`).
     pub sort_key: String,
+    /// Whether the `org.nixos.systemd-boot` extension is there (NixOS adds it when
+    /// `boot.loader.systemd-boot.enable`).
+    pub systemd_boot: bool,
+    /// `system`, e.g. `x86_64-linux` (empty when absent).
+    pub system: String,
 }
 
 impl Bootspec {
@@ -50,6 +55,8 @@ impl Bootspec {
                 .map(|p| p.as_str().map(str::to_string).ok_or_else(|| bad("a kernel parameter is not a string".into())))
                 .collect::<Result<_, _>>()?,
         };
+        let systemd_boot = v.get("org.nixos.systemd-boot").is_some();
+        let system = b.get("system").and_then(|x| x.as_str()).unwrap_or_default().to_string();
         let sort_key = v
             .get("org.nixos.systemd-boot")
             .and_then(|x| x.get("sortKey"))
@@ -64,6 +71,8 @@ impl Bootspec {
             label: s("label")?,
             toplevel: s("toplevel")?,
             sort_key,
+            systemd_boot,
+            system,
         })
     }
 

@@ -78,11 +78,23 @@ pub struct SystemdBootOptions {
     pub epoch: i64,
     /// Generation number (1 for a fresh install).
     pub generation: u32,
+    /// `console-mode` (`boot.loader.systemd-boot.consoleMode`, NixOS default `keep`).
+    pub console_mode: String,
+    /// The boot entry editor (`boot.loader.systemd-boot.editor`, NixOS default on); off
+    /// writes `editor 0`.
+    pub editor: bool,
 }
 
 impl Default for SystemdBootOptions {
     fn default() -> Self {
-        SystemdBootOptions { efi: None, timeout: Some(5), epoch: 0, generation: 1 }
+        SystemdBootOptions {
+            efi: None,
+            timeout: Some(5),
+            epoch: 0,
+            generation: 1,
+            console_mode: "keep".into(),
+            editor: true,
+        }
     }
 }
 
@@ -146,7 +158,12 @@ pub fn systemd_boot_files(spec: &Bootspec, store_dir: &Path, opts: &SystemdBootO
     if let Some(t) = opts.timeout {
         conf.push_str(&format!("timeout {t}\n"));
     }
-    conf.push_str(&format!("default {entry_name}\nconsole-mode keep\n"));
+    conf.push_str(&format!("default {entry_name}\n"));
+    // systemd-boot-builder.py: `editor 0` only when the editor is off, then console-mode.
+    if !opts.editor {
+        conf.push_str("editor 0\n");
+    }
+    conf.push_str(&format!("console-mode {}\n", opts.console_mode));
     out.add_bytes("loader/loader.conf", conf);
     let mut entry = format!(
         "title NixOS\nsort-key {}\nversion Generation {} {}, built on {}\nlinux /{kernel_efi}\n",

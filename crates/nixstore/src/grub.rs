@@ -42,6 +42,10 @@ pub struct GrubCfgOptions {
     pub serial: bool,
     /// Build time (menu date, UTC).
     pub epoch: i64,
+    /// `boot.loader.grub.extraConfig`: after the settings, before the entries.
+    pub extra_config: Option<String>,
+    /// `boot.loader.grub.extraEntries`: after the default entry, before the submenu.
+    pub extra_entries: Option<String>,
 }
 
 /// `grub.cfg` for one generation, shaped like `install-grub.pl`'s output: a default entry and
@@ -57,6 +61,9 @@ pub fn grub_cfg(spec: &Bootspec, o: &GrubCfgOptions) -> String {
     if o.serial {
         s.push_str("serial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial console\n");
     }
+    if let Some(extra) = &o.extra_config {
+        s.push_str(&format!("\n{}\n", extra.trim_end_matches('\n')));
+    }
     let body = |indent: &str| {
         let mut b = format!("{indent}{search}\n");
         b.push_str(&format!("{indent}  linux ($drive1){} {}\n", o.kernel, spec.cmdline()));
@@ -68,6 +75,9 @@ pub fn grub_cfg(spec: &Bootspec, o: &GrubCfgOptions) -> String {
     s.push_str("\nmenuentry \"NixOS - Default\" --class nixos --unrestricted {\n");
     s.push_str(&body(""));
     s.push_str("}\n\n");
+    if let Some(extra) = &o.extra_entries {
+        s.push_str(&format!("{}\n\n", extra.trim_end_matches('\n')));
+    }
     s.push_str("submenu \"NixOS - All configurations\" --class submenu {\n");
     s.push_str(&format!(
         "  menuentry \"NixOS - Configuration 1 ({} - {})\" --class nixos {{\n",

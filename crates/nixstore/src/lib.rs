@@ -12,7 +12,8 @@
 //! - [`Bootspec`]: `boot.json` (bootspec v1);
 //! - [`systemd_boot_files`]: the ESP of a systemd-boot install;
 //! - [`grub_cfg`] and [`grub_embed`]: GRUB i386-pc in an EF02 partition, as
-//!   `grub-bios-setup --no-rs-codes` does.
+//!   `grub-bios-setup --no-rs-codes` does;
+//! - [`grub_image`]: core.img assembled from GRUB's files, and the EFI image.
 //!
 //! It depends only on `mkdisk-tree`; the `mkdisk` crate calls it from its build orchestration.
 //! Formats: `docs/nix-store.md` and `docs/boot.md`.
@@ -22,6 +23,7 @@ mod closure;
 mod db;
 mod esp;
 mod grub;
+pub mod grub_image;
 mod hash;
 mod profiles;
 
@@ -105,7 +107,10 @@ pub enum NixError {
     #[error("nix database: {0}")]
     Db(String),
     /// The toplevel has no `boot.json`.
-    #[error("system {toplevel} has no boot.json (looked for {})", host.display())]
+    #[error(
+        "--system {toplevel} has no boot.json (the bootspec NixOS writes with boot.bootspec.enable; looked for {})",
+        host.display()
+    )]
     NoBootJson {
         /// The toplevel store path.
         toplevel: String,
@@ -133,6 +138,22 @@ pub enum NixError {
     /// `boot.img` is not one sector, or `core.img` is malformed.
     #[error("GRUB: {0}")]
     BadGrubImage(String),
+    /// A file of GRUB's package directory is not shaped like GRUB's own.
+    #[error("GRUB: {}: {message}", path.display())]
+    BadGrubInput {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// grub-mkimage failed.
+    #[error("GRUB: {} failed: {message}", program.display())]
+    GrubMkimage {
+        /// The program.
+        program: PathBuf,
+        /// Its exit status and message.
+        message: String,
+    },
     /// The layout has no BIOS boot (EF02) partition to embed core.img into.
     #[error("GRUB BIOS install needs a BIOS boot partition (type EF02) on the disk, found none")]
     NoBiosBootPartition,

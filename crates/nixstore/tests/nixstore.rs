@@ -328,6 +328,13 @@ fn bootspec_and_systemd_boot_files() {
     let text = |i: usize| String::from_utf8(mkdisk_tree::read_file(&files.files[i].1).unwrap()).unwrap();
     assert_eq!(text(0), "E");
     assert_eq!(text(4), "timeout 5\ndefault nixos-generation-1.conf\nconsole-mode keep\n");
+    let so = SystemdBootOptions { console_mode: "max".into(), editor: false, ..Default::default() };
+    let conf = systemd_boot_files(&b, &store, &so).unwrap();
+    let conf = conf.files.iter().find(|(p, _)| p == "loader/loader.conf").unwrap();
+    assert_eq!(
+        mkdisk_tree::read_file(&conf.1).unwrap(),
+        b"timeout 5\ndefault nixos-generation-1.conf\neditor 0\nconsole-mode max\n"
+    );
     assert_eq!(
         text(5),
         "title NixOS\nsort-key nixos\nversion Generation 1 NixOS 24.05 (Linux 6.1), built on 2026-01-01\n\
@@ -346,9 +353,17 @@ fn bootspec_and_systemd_boot_files() {
             timeout: 5,
             serial: true,
             epoch: 0,
+            extra_config: Some("set menu_color_normal=white/blue\n".into()),
+            extra_entries: Some("menuentry \"Other\" {\n  halt\n}".into()),
         },
     );
     assert!(cfg.contains("search --set=drive1 --fs-uuid AD69-BA1F\n"));
+    // extraConfig after the settings, extraEntries between the default entry and the submenu.
+    let at = |needle: &str| cfg.find(needle).unwrap_or_else(|| panic!("{needle:?} not in {cfg}"));
+    assert!(at("terminal_output serial") < at("set menu_color_normal=white/blue\n"));
+    assert!(at("set menu_color_normal") < at("menuentry \"NixOS - Default\""));
+    assert!(at("menuentry \"NixOS - Default\"") < at("menuentry \"Other\" {\n  halt\n}\n"));
+    assert!(at("menuentry \"Other\"") < at("submenu \"NixOS - All configurations\""));
     assert!(cfg.contains(
         "  linux ($drive1)/kernels/k init=/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-x/init quiet console=ttyS0\n"
     ));

@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 
-use mkdisk_testkit::grub::{fake_core, fake_grub_dir};
+use mkdisk_testkit::grub::{fake_core, fake_grub_lib};
 use mkdisk_testkit::nar::{closure_info, nar};
 use mkdisk_testkit::{have_nix, noise, poisoned_file, POISON};
 
@@ -40,9 +40,14 @@ fn fake_grub_inputs_are_shaped_like_grubs() {
     assert_eq!(c.len(), 53 * 512 - 100);
     assert_eq!(&c[0x1f4..0x200], &[2, 0, 0, 0, 0, 0, 0, 0, 52, 0, 0x20, 0x08]);
     let tmp = tempfile::tempdir().unwrap();
-    let g = fake_grub_dir(tmp.path());
-    assert_eq!(std::fs::read(g.join("core.img")).unwrap(), c);
-    assert_eq!(&std::fs::read(g.join("boot.img")).unwrap()[0x1fe..], &[0x55, 0xAA]);
+    let pc = fake_grub_lib(tmp.path()).join("i386-pc");
+    assert_eq!(&std::fs::read(pc.join("boot.img")).unwrap()[0x1fe..], &[0x55, 0xAA]);
+    let diskboot = std::fs::read(pc.join("diskboot.img")).unwrap();
+    assert_eq!(&diskboot[0x1f4..0x200], &[2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20, 0x08]);
+    let kernel = std::fs::read(pc.join("kernel.img")).unwrap();
+    assert_eq!(&kernel[..6], b"\x7fELF\x01\x01");
+    assert_eq!(&kernel[16..20], &[2, 0, 3, 0], "ET_EXEC, EM_386");
+    assert!(pc.join("btrfs.mod").is_file() && pc.join("moddep.lst").is_file());
 }
 
 /// Our NAR of a directory with every entry kind is byte for byte what `nix-store --dump` writes.
