@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::nixos::NixosError;
+use crate::boot::NixosError;
 use crate::sources::SourceError;
 use crate::swap::SwapError;
 

@@ -38,8 +38,10 @@
 
 #![deny(clippy::too_many_lines, clippy::cast_possible_truncation)]
 
+pub mod boot;
 pub mod error;
 pub mod fsopts;
+pub mod grub;
 pub mod nixos;
 pub mod options;
 pub mod partition;
@@ -56,7 +58,7 @@ use std::path::PathBuf;
 pub use error::{BuildError, FsError};
 pub use mkdisk_tree::{NoProgress, Progress};
 pub use nixos::NixosError;
-pub use options::{BuildOptions, NixosOptions};
+pub use options::{BuildOptions, NixosOptions, SystemdBoot};
 pub use place::{place_all, PlacedDisk};
 pub use plan::{plan, ImagePlan};
 pub use report::Report;

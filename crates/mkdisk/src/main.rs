@@ -78,7 +78,7 @@ impl ContentArgs {
         opts.keep_owner = self.keep_owner;
         opts.compress = self.compress;
         opts.source_date_epoch = source_date_epoch()?;
-        opts.nixos = self.nixos.into_options();
+        opts.nixos = self.nixos.into_options()?;
         Ok(opts)
     }
 }
@@ -95,16 +95,42 @@ struct NixosArgs {
     #[arg(long, value_name = "DIR")]
     store_dir: Option<PathBuf>,
     /// NixOS system toplevel (a /nix/store path with boot.json): system profile,
-    /// /etc/NIXOS and boot loaders (systemd-boot on an ESP, GRUB on an EF02 partition).
+    /// /etc/NIXOS and boot loaders. Without --systemd-boot, --grub or --grub-efi, systemd-boot
+    /// goes on the ESP when the bootspec carries org.nixos.systemd-boot, and nothing else.
     #[arg(long, value_name = "TOPLEVEL")]
     system: Option<String>,
-    /// systemd-bootx64.efi to install (default: from the toplevel's systemd).
-    #[arg(long, value_name = "FILE")]
-    systemd_boot: Option<PathBuf>,
-    /// Directory with GRUB's boot.img, a core.img built for this disk (grub-mkimage -O
-    /// i386-pc with the prefix of /boot/grub) and i386-pc/ (*.mod, *.lst).
+    /// Install systemd-boot on the ESP: FILE (systemd-bootx64.efi), or without FILE the
+    /// toplevel's systemd's.
+    #[arg(long, value_name = "FILE", num_args = 0..=1)]
+    #[allow(clippy::option_option)] // absent, given without FILE, given with FILE
+    systemd_boot: Option<Option<PathBuf>>,
+    /// systemd-boot's console-mode (default keep).
+    #[arg(long, value_name = "MODE")]
+    systemd_boot_console_mode: Option<String>,
+    /// Turn systemd-boot's boot entry editor off (`editor 0`).
+    #[arg(long)]
+    no_systemd_boot_editor: bool,
+    /// GRUB's lib/grub directory (e.g. ${grub2}/lib/grub, /usr/lib/grub), holding i386-pc/
+    /// and/or x86_64-efi/; may be given twice. With i386-pc/: GRUB for BIOS on every disk
+    /// with a BIOS boot partition (EF02), or those of --grub-disk; mkdisk assembles core.img.
     #[arg(long, value_name = "DIR")]
-    grub_bios_dir: Option<PathBuf>,
+    grub: Vec<PathBuf>,
+    /// Disk (layout name) that gets GRUB for BIOS; may be repeated.
+    #[arg(long, value_name = "NAME")]
+    grub_disk: Vec<String>,
+    /// Install GRUB for EFI on the ESP (EFI/BOOT/BOOTX64.EFI), made by the grub-mkimage
+    /// of the --grub package that holds x86_64-efi/.
+    #[arg(long)]
+    grub_efi: bool,
+    /// Install GRUB for EFI as EFI/ID/grubx64.efi instead (needs a firmware boot entry).
+    #[arg(long, value_name = "ID")]
+    grub_efi_id: Option<String>,
+    /// File whose text goes into grub.cfg after its settings (boot.loader.grub.extraConfig).
+    #[arg(long, value_name = "FILE")]
+    grub_extra_config: Option<PathBuf>,
+    /// File of menu entries for grub.cfg (boot.loader.grub.extraEntries).
+    #[arg(long, value_name = "FILE")]
+    grub_extra_entries: Option<PathBuf>,
     /// Install no boot loader.
     #[arg(long)]
     no_bootloader: bool,
@@ -117,17 +143,28 @@ struct NixosArgs {
 }
 
 impl NixosArgs {
-    fn into_options(self) -> mkdisk::NixosOptions {
+    fn into_options(self) -> anyhow::Result<mkdisk::NixosOptions> {
+        let text = |p: Option<PathBuf>| {
+            p.map(|p| std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))).transpose()
+        };
         let mut o = mkdisk::NixosOptions::default();
         o.closure = self.closure;
         o.store_dir = self.store_dir;
         o.system = self.system;
-        o.systemd_boot = self.systemd_boot;
-        o.grub_bios_dir = self.grub_bios_dir;
+        o.systemd_boot =
+            self.systemd_boot.map(|f| f.map_or(mkdisk::SystemdBoot::FromToplevel, mkdisk::SystemdBoot::File));
+        o.systemd_boot_console_mode = self.systemd_boot_console_mode;
+        o.systemd_boot_no_editor = self.no_systemd_boot_editor;
+        o.grub = self.grub;
+        o.grub_disks = self.grub_disk;
+        o.grub_efi = self.grub_efi || self.grub_efi_id.is_some();
+        o.grub_efi_id = self.grub_efi_id;
+        o.grub_extra_config = text(self.grub_extra_config).context("--grub-extra-config")?;
+        o.grub_extra_entries = text(self.grub_extra_entries).context("--grub-extra-entries")?;
         o.no_bootloader = self.no_bootloader;
         o.boot_timeout = self.boot_timeout;
         o.grub_serial = self.grub_serial;
-        o
+        Ok(o)
     }
 }
 

@@ -73,7 +73,22 @@ impl BuildOptions {
     }
 }
 
+/// Which systemd-boot binary to install.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SystemdBoot {
+    /// `<toplevel>/systemd/lib/systemd/boot/efi/systemd-bootx64.efi`.
+    FromToplevel,
+    /// This file.
+    File(PathBuf),
+}
+
 /// NixOS inputs of a build.
+///
+/// Boot loaders: when any of [`systemd_boot`](Self::systemd_boot), [`grub`](Self::grub) or
+/// [`grub_efi`](Self::grub_efi) is set, exactly those are installed; otherwise, with a
+/// [`system`](Self::system), systemd-boot is installed when the toplevel's bootspec carries
+/// NixOS's `org.nixos.systemd-boot` extension (NixOS adds it only when
+/// `boot.loader.systemd-boot.enable`) and the layout has a mounted vfat ESP, and nothing else.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct NixosOptions {
@@ -84,10 +99,30 @@ pub struct NixosOptions {
     pub store_dir: Option<PathBuf>,
     /// The NixOS system toplevel store path.
     pub system: Option<String>,
-    /// `systemd-bootx64.efi` to install instead of the toplevel's systemd's.
-    pub systemd_boot: Option<PathBuf>,
-    /// A directory with `boot.img`, `core.img` (built for this disk) and `i386-pc/`.
-    pub grub_bios_dir: Option<PathBuf>,
+    /// Install systemd-boot on the ESP.
+    pub systemd_boot: Option<SystemdBoot>,
+    /// systemd-boot's `console-mode` (default `keep`, NixOS's `consoleMode`).
+    pub systemd_boot_console_mode: Option<String>,
+    /// systemd-boot's boot entry editor (NixOS's `editor`, default on); `false` writes
+    /// `editor 0`.
+    pub systemd_boot_no_editor: bool,
+    /// GRUB library directories (`${grub2}/lib/grub`, `${grub2_efi}/lib/grub`) holding the
+    /// platform directories `i386-pc/` and `x86_64-efi/`. With `i386-pc/`, GRUB for BIOS goes
+    /// on [`grub_disks`](Self::grub_disks) (default: every disk with a BIOS boot partition,
+    /// unless only [`grub_efi`](Self::grub_efi) is asked for).
+    pub grub: Vec<PathBuf>,
+    /// Disks (layout names) that get GRUB for BIOS.
+    pub grub_disks: Vec<String>,
+    /// Install GRUB for EFI on the ESP (`EFI/BOOT/BOOTX64.EFI`, or
+    /// `EFI/<grub_efi_id>/grubx64.efi`).
+    pub grub_efi: bool,
+    /// Install GRUB for EFI under `EFI/<ID>/grubx64.efi` (found only through a firmware boot
+    /// entry, which an image cannot create) instead of the removable path.
+    pub grub_efi_id: Option<String>,
+    /// Text added to `grub.cfg` after its settings (`boot.loader.grub.extraConfig`).
+    pub grub_extra_config: Option<String>,
+    /// Menu entries added after the default entry (`boot.loader.grub.extraEntries`).
+    pub grub_extra_entries: Option<String>,
     /// Install no boot loader even when the layout allows one.
     pub no_bootloader: bool,
     /// Boot menu timeout in seconds (default 5, NixOS's `boot.loader.timeout`).
@@ -100,7 +135,13 @@ impl NixosOptions {
     /// True if any NixOS content was asked for.
     #[must_use]
     pub fn any(&self) -> bool {
-        self.closure.is_some() || self.system.is_some() || self.systemd_boot.is_some() || self.grub_bios_dir.is_some()
+        self.closure.is_some() || self.system.is_some() || self.explicit_boot_loaders()
+    }
+
+    /// True if the boot loaders were named (rather than taken from the bootspec).
+    #[must_use]
+    pub fn explicit_boot_loaders(&self) -> bool {
+        self.systemd_boot.is_some() || !self.grub.is_empty() || self.grub_efi || !self.grub_disks.is_empty()
     }
 
     /// The host directory holding the store paths.

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use mkdisk_gpt::Placed;
 use mkdisk_tree::Tree;
 
+use crate::boot::GrubWrites;
 use crate::error::{BuildError, FsError};
 use crate::fsopts::{FsIdent, FsOptions};
-use crate::nixos::GrubWrites;
 use crate::options::BuildOptions;
 use crate::place::PlacedDisk;
 use crate::sources::{default_root_meta, Sources};

@@ -6,7 +6,7 @@
 //! they fail instead.
 //!
 //! - `seabios_boots_grub_from_ef02` and `ovmf_boots_the_systemd_boot_mkdisk_installed`: one
-//!   image (`mkdisk build --system --grub-bios-dir --systemd-boot`) boots through SeaBIOS → GRUB
+//!   image (`mkdisk build --system --grub --systemd-boot`) boots through SeaBIOS → GRUB
 //!   (boot.img in the MBR, core.img in EF02, grub.cfg on the ESP) and through OVMF → the
 //!   systemd-boot mkdisk installed; the guest reads every partition.
 //! - `seabios_boots_grub_from_btrfs_subvolumes`: GRUB reads grub.cfg and the kernel from btrfs
@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use mkdisk_testkit::harness::harness_or_why;
 use mkdisk_testkit::nar::closure_info;
 
 mod common;
@@ -32,7 +31,7 @@ use guest::{
 
 /// An image built with `mkdisk build --system`: a bootspec whose kernel and initrd are the test's,
 /// systemd-boot on the ESP (`--systemd-boot`) and GRUB i386-pc in the EF02 partition with
-/// `/boot/grub` on the ESP (`--grub-bios-dir`, core.img from Debian's grub-mkimage).
+/// `/boot/grub` on the ESP (`--grub` with Debian's GRUB modules, core.img made by mkdisk).
 struct NixosImage {
     /// The image's own directory (spec, source, store, GRUB inputs, the boots' logs).
     dir: PathBuf,
@@ -95,12 +94,10 @@ impl FakeSystem {
     }
 }
 
-/// GRUB i386-pc inputs in `dir/grub` (`harness.py grub-dir`) with the prefix `prefix` and the
-/// modules to read it (`biosdisk`, `part_gpt` and `fs`), or why they cannot be had here.
-fn grub_dir(dir: &Path, prefix: &str, fs: &str) -> Result<PathBuf, String> {
-    let grub = dir.join("grub");
-    harness_or_why(&["grub-dir", grub.to_str().unwrap(), "--prefix", prefix, "biosdisk", "part_gpt", fs])?;
-    Ok(grub)
+/// Debian's GRUB library directory (`usr/lib/grub`, holding `i386-pc/`) from the parts:
+/// `--grub`, from which mkdisk assembles core.img for the filesystem holding `/boot/grub`.
+fn grub_lib(p: &Parts) -> PathBuf {
+    Path::new(p.path("grub_i386_pc")).parent().unwrap().to_path_buf()
 }
 
 /// `mkdisk build` of `spec` with the tree `src` into `dir/out`, `args` adding the system, its
@@ -148,7 +145,6 @@ fn build_nixos_image(p: &Parts) -> Result<NixosImage, String> {
     let spec_path = dir.join("spec.json");
     fs::write(&spec_path, spec.to_string()).unwrap();
     let number = plan_numbers(&spec_path);
-    let esp = number("ESP");
     let mount = |id: &str, part: &str, fs: &str, mp: &str| Mount::new(id, format!("vda{}", number(part)), fs, "ro", mp);
     let mounts = vec![mount("esp", "ESP", "vfat", "/boot"), mount("root", "root", "ext4", "/")];
 
@@ -161,8 +157,8 @@ fn build_nixos_image(p: &Parts) -> Result<NixosImage, String> {
     };
     system.write(p, &store, &mounts, "NixOS 24.05 (Linux 6.1, mkdisk boot test)");
 
-    // GRUB: /boot is the ESP, so the prefix is (,gptN)/grub and core.img needs fat.
-    let grub = grub_dir(&dir, &format!("(,gpt{esp})/grub"), "fat")?;
+    // GRUB: /boot is the ESP; mkdisk makes core.img with fat and the prefix (,gptN)/grub.
+    let grub = grub_lib(p);
     let args =
         ["--system", system.toplevel, "--store-dir", store.to_str().unwrap(), "--systemd-boot", p.path("systemd_boot")];
     let image = build_with_system(&dir, &spec_path, &src, &args, &grub, "mkdisk build --system");
@@ -264,7 +260,8 @@ fn build_btrfs_grub_image(p: &Parts) -> Result<NixosImage, String> {
     let closure = dir.join("closure");
     closure_info(&closure, &store, &[kernel, initrd, toplevel], &[(toplevel, &[kernel, initrd, toplevel])]);
 
-    let grub = grub_dir(&dir, &format!("(,gpt{root})/root/boot/grub"), "btrfs")?;
+    // core.img with btrfs and the prefix (,gptN)/root/boot/grub, made by mkdisk.
+    let grub = grub_lib(p);
     let args = system_args(&closure, &store, toplevel);
     let image = build_with_system(&dir, &spec_path, &src, &args, &grub, "mkdisk build --system (btrfs)");
     // The closure is part of the expected tree: /nix/store as the host store holds it.

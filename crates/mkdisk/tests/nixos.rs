@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use mkdisk_testkit::assert_ok;
-use mkdisk_testkit::grub::fake_grub_dir;
+use mkdisk_testkit::grub::fake_grub_lib;
 use mkdisk_testkit::harness::boot_parts;
 use mkdisk_testkit::nix::{nix, nix_build, nix_ok, scratch_store, toplevel_nix, Scratch};
 
@@ -112,12 +112,53 @@ fn mtype(img: &Path, offset: u64, path: &str) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// Whether `path` exists on the FAT filesystem at `offset` of `img`.
+fn fat_has(img: &Path, offset: u64, path: &str) -> bool {
+    let o = Command::new("mdir")
+        .args(["-b", "-i", &format!("{}@@{offset}", img.display()), &format!("::{path}")])
+        .output()
+        .unwrap();
+    o.status.success()
+}
+
+/// Each boot loader only when asked for: `--system` alone follows the bootspec (the scratch
+/// toplevel's has no `org.nixos.systemd-boot`: no boot loader, a warning); `--grub` alone
+/// gives no systemd-boot; `--systemd-boot` alone no GRUB; both give both.
+#[test]
+fn boot_loaders_each_on_their_own() {
+    let Some((tmp, s, spec)) = ext4_scratch() else { return };
+    let dir = tmp.path();
+    let grub = fake_grub_lib(dir);
+    let g = grub.to_str().unwrap();
+    let parts = partitions(&spec);
+    let (esp, ef02) = (part(&parts, "ESP").1, part(&parts, "boot").1);
+    let out = dir.join("out-alone");
+    std::fs::create_dir_all(&out).unwrap();
+    let store_dir = s.store.join("nix/store");
+    let args = ["build", spec.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let o = mkdisk(&[&args[..], &system_args(&s.closure, &store_dir, &s.toplevel)].concat());
+    assert_ok("mkdisk build --system", &o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("warning: no boot loader installed: the bootspec has no org.nixos.systemd-boot"), "{err}");
+    let img = out.join("main.raw");
+    assert!(!fat_has(&img, esp, "/EFI") && !fat_has(&img, esp, "/grub"));
+    assert!(read_at(&img, ef02, 1024).iter().all(|&b| b == 0), "EF02 written without GRUB");
+
+    let has = |img: &Path| {
+        let core = read_at(img, ef02, 512).iter().any(|&b| b != 0);
+        (fat_has(img, esp, "/EFI/BOOT/BOOTX64.EFI"), fat_has(img, esp, "/grub/grub.cfg"), core)
+    };
+    assert_eq!(has(&build(dir, &spec, &s, &["--grub", g])), (false, true, true), "GRUB only");
+    assert_eq!(has(&build(dir, &spec, &s, &["--systemd-boot"])), (true, false, false), "systemd-boot only");
+    assert_eq!(has(&build(dir, &spec, &s, &["--systemd-boot", "--grub", g])), (true, true, true), "both");
+}
+
 #[test]
 fn extracted_store_verifies_with_nix() {
     let Some((tmp, s, spec)) = ext4_scratch() else { return };
     let dir = tmp.path();
     assert!(s.store_paths.len() >= 6, "{:?}", s.store_paths);
-    let img = build(dir, &spec, &s, &[]);
+    let img = build(dir, &spec, &s, &["--systemd-boot"]);
     let parts = partitions(&spec);
     let root = part(&parts, "root");
     let r = dir.join("extracted");
@@ -203,9 +244,9 @@ fn extracted_store_verifies_with_nix() {
 
     // Reproducible across runs and thread counts, DB included.
     let first = sha256_file(&img);
-    let img1 = build(dir, &spec, &s, &["--threads", "1"]);
+    let img1 = build(dir, &spec, &s, &["--threads", "1", "--systemd-boot"]);
     assert_eq!(sha256_file(&img1), first);
-    let img3 = build(dir, &spec, &s, &["--threads", "3"]);
+    let img3 = build(dir, &spec, &s, &["--threads", "3", "--systemd-boot"]);
     assert_eq!(sha256_file(&img3), first);
 }
 
@@ -264,9 +305,26 @@ fn bad_nixos_inputs_are_named() {
     let e = build_err(
         dir,
         &no_ef02,
-        &["--closure", cl, "--store-dir", sd, "--system", &s.toplevel, "--grub-bios-dir", grub.to_str().unwrap()],
+        &["--closure", cl, "--store-dir", sd, "--system", &s.toplevel, "--grub", grub.to_str().unwrap()],
     );
-    assert!(e.contains("BIOS boot partition (type EF02)"), "{e}");
+    assert!(e.contains("disk \"main\" has no BIOS boot partition (type EF02)"), "{e}");
+    // GRUB for EFI without x86_64-efi/, /boot/grub on tmpfs, an unknown --grub-disk.
+    let sys = ["--closure", cl, "--store-dir", sd, "--system", &s.toplevel];
+    let e = build_err(dir, &spec, &[&sys[..], &["--grub", grub.to_str().unwrap(), "--grub-efi"]].concat());
+    assert!(e.contains("--grub-efi: no --grub directory holds x86_64-efi/"), "{e}");
+    let e = build_err(dir, &spec, &[&sys[..], &["--grub", grub.to_str().unwrap(), "--grub-disk", "other"]].concat());
+    assert!(e.contains("--grub-disk other: the layout has no disk \"other\""), "{e}");
+    let tmpfs_boot = dir.join("tmpfs-boot.json");
+    std::fs::write(
+        &tmpfs_boot,
+        r#"{"disk":{"main":{"imageSize":"64M","content":{"type":"gpt","partitions":{
+  "boot":{"size":"1M","type":"EF02","priority":0},
+  "root":{"size":"100%","content":{"type":"filesystem","format":"ext4","mountpoint":"/"}}}}}},
+  "nodev":{"/boot":{"fsType":"tmpfs"}}}"#,
+    )
+    .unwrap();
+    let e = build_err(dir, &tmpfs_boot, &[&sys[..], &["--grub", grub.to_str().unwrap()]].concat());
+    assert!(e.contains("GRUB: /boot/grub is on tmpfs (mounted at /boot)"), "{e}");
 }
 
 /// The UUID (or FAT serial) `blkid -p` reads from the filesystem at `offset` of `img`.
@@ -290,12 +348,12 @@ fn read_at(img: &Path, offset: u64, len: usize) -> Vec<u8> {
 fn grub_bios_and_systemd_boot_hybrid() {
     let Some((tmp, s, spec)) = ext4_scratch() else { return };
     let dir = tmp.path();
-    let grub = fake_grub_dir(dir);
+    let grub = fake_grub_lib(dir);
     let g = grub.to_str().unwrap();
     let parts = partitions(&spec);
     let plain = build(dir, &spec, &s, &["--no-bootloader"]);
     let plain_mbr = read_at(&plain, 0, 512);
-    let img = build(dir, &spec, &s, &["--grub-bios-dir", g, "--grub-serial"]);
+    let img = build(dir, &spec, &s, &["--systemd-boot", "--grub", g, "--grub-serial"]);
     let ef02 = part(&parts, "boot");
     // Sector 0: boot.img with the kernel sector, boot drive, NOPs; the protective MBR's
     // partition table kept (sgdisk still accepts the disk).
@@ -304,14 +362,17 @@ fn grub_bios_and_systemd_boot_hybrid() {
     assert_eq!(mbr[0x64], 0xff);
     assert_eq!(&mbr[0x66..0x68], &[0x90, 0x90]);
     assert_eq!(&mbr[0x1b8..0x200], &plain_mbr[0x1b8..0x200]);
-    assert!(mbr[0x68..0x1b8].iter().all(|&b| b == 0xB0));
+    let boot_img = std::fs::read(grub.join("i386-pc/boot.img")).unwrap();
+    assert_eq!(&mbr[0x68..0x1b8], &boot_img[0x68..0x1b8]);
     let v = Command::new("sgdisk").arg("-v").arg(&img).output().unwrap();
     assert_ok("sgdisk -v", &v);
     assert!(String::from_utf8_lossy(&v.stdout).contains("No problems found"), "{}", String::from_utf8_lossy(&v.stdout));
-    // core.img in EF02 with its blocklist.
-    let core = read_at(&img, ef02.1, 53 * 512);
+    // core.img (assembled by mkdisk from the synthetic GRUB) in EF02 with its blocklist.
+    let core = read_at(&img, ef02.1, 512);
     assert_eq!(&core[0x1f4..0x1fc], &(ef02.1 / 512 + 1).to_le_bytes());
-    assert_eq!(&core[0x1fc..0x200], &[52, 0, 0x20, 0x08]);
+    assert_eq!(&core[0x1fe..0x200], &[0x20, 0x08]);
+    let rest = u16::from_le_bytes([core[0x1fc], core[0x1fd]]);
+    assert!(rest > 0 && u64::from(rest) < ef02.2 / 512, "{rest} sectors after diskboot");
     // /boot is the ESP: grub.cfg, modules and kernel copies live there, found by FAT serial.
     let esp = part(&parts, "ESP");
     let cfg = mtype(&img, esp.1, "/grub/grub.cfg");
@@ -323,7 +384,10 @@ fn grub_bios_and_systemd_boot_hybrid() {
     assert!(cfg.contains(&format!("linux ($drive1)/kernels/{kname} init={}/init", s.toplevel)), "{cfg}");
     assert!(cfg.contains("terminal_output serial console"), "{cfg}");
     assert_eq!(mtype(&img, esp.1, &format!("/kernels/{kname}")), "fake-kernel\n");
-    assert_eq!(mtype(&img, esp.1, "/grub/i386-pc/moddep.lst"), "normal: \n");
+    assert_eq!(
+        mtype(&img, esp.1, "/grub/i386-pc/moddep.lst"),
+        std::fs::read_to_string(grub.join("i386-pc/moddep.lst")).unwrap()
+    );
     assert_eq!(mtype(&img, esp.1, "/grub/grubenv").len(), 1024);
     // Hybrid: systemd-boot is there too.
     assert_eq!(mtype(&img, esp.1, "/EFI/BOOT/BOOTX64.EFI"), "fake-sd-boot\n");
@@ -337,7 +401,7 @@ fn grub_bios_and_systemd_boot_hybrid() {
   "root":{"size":"100%","content":{"type":"filesystem","format":"ext4","mountpoint":"/"}}}}}}}"#,
     )
     .unwrap();
-    let img2 = build(dir, &spec2, &s, &["--grub-bios-dir", g]);
+    let img2 = build(dir, &spec2, &s, &["--grub", g]);
     let root = part(&partitions(&spec2), "root").clone();
     let cfg = debugfs(&img2, root.1, "cat /boot/grub/grub.cfg");
     let uuid = blkid_uuid(&img2, root.1);
@@ -365,9 +429,11 @@ struct BootLayout {
 
 /// The regular layout (EF02 + vfat ESP at /boot + ext4 /) and the seed's impermanence layout
 /// (tmpfs /, btrfs /nix with compress-force=zstd, vfat /boot, EF02), built from a fake NixOS
-/// toplevel (Debian kernel, the boot harness's initramfs, boot.json), boot both ways: SeaBIOS →
-/// our GRUB (boot.img + core.img in EF02) and OVMF → our systemd-boot, to the test init, which
-/// reads the store filesystem.
+/// toplevel (Debian kernel, the boot harness's initramfs, boot.json) with Debian's GRUB
+/// directory (`--grub`), boot three ways: SeaBIOS → GRUB (boot.img + the core.img mkdisk
+/// assembled, in EF02), OVMF → our systemd-boot, and OVMF → GRUB for EFI
+/// (`EFI/BOOT/BOOTX64.EFI` from the package's grub-mkimage), to the test init, which reads
+/// the store filesystem.
 #[test]
 fn nixos_image_boots_with_grub_and_systemd_boot() {
     if !have_nix() {
@@ -414,7 +480,7 @@ fn boot_layout(l: &BootLayout, parts: &serde_json::Value, initramfs: &Path) -> V
     let spec = dir.join("spec.json");
     std::fs::write(&spec, &l.spec).unwrap();
     let number = plan_numbers(&spec);
-    let (esp_n, root_n) = (number("ESP"), number(l.store_part));
+    let root_n = number(l.store_part);
     let params = format!(
         r#"[ "console=ttyS0" "panic=-1" "loglevel=4" "mkdisk.out=ttyS1" "mkdisk.mount=root:vda{root_n}:{}:ro" ]"#,
         l.fs
@@ -436,76 +502,35 @@ let
     );
     let (toplevel, closure, _) = nix_build(dir, &store, "boot.nix", &expr);
 
-    // GRUB inputs (the harness's grub-pc-bin, unpacked with the libraries it lacks): /boot is
-    // the ESP, so core.img's prefix is (,gptN)/grub on it.
-    let gdir = dir.join("grub");
-    std::fs::create_dir_all(&gdir).unwrap();
-    let moddir = PathBuf::from(parts["grub_i386_pc"].as_str().unwrap());
-    std::fs::copy(moddir.join("boot.img"), gdir.join("boot.img")).unwrap();
-    let mut mkimage = Command::new(parts["grub_mkimage"].as_str().unwrap());
-    for (k, v) in parts["grub_env"].as_object().unwrap() {
-        mkimage.env(k, v.as_str().unwrap());
-    }
-    let o = mkimage
-        .args(["-O", "i386-pc", "-d"])
-        .arg(&moddir)
-        .args(["-p", &format!("(,gpt{esp_n})/grub"), "-o"])
-        .arg(gdir.join("core.img"))
-        .args(["biosdisk", "part_gpt", "fat"])
-        .output()
-        .unwrap();
-    assert_ok("grub-mkimage", &o);
-    std::os::unix::fs::symlink(&moddir, gdir.join("i386-pc")).unwrap();
-
-    let out = dir.join("out");
-    std::fs::create_dir_all(&out).unwrap();
+    // GRUB: Debian's GRUB library directory (grub-pc-bin's i386-pc/ and grub-efi-amd64-bin's
+    // x86_64-efi/ beside it, with grub-mkimage, unpacked by the harness with the libraries it
+    // lacks). mkdisk assembles core.img itself and runs that grub-mkimage for EFI.
+    let glib = Path::new(parts["grub_i386_pc"].as_str().unwrap()).parent().unwrap().to_path_buf();
     let store_dir = store.join("nix/store");
-    let o = mkdisk(
-        &[
-            &build_args(&spec, &out)[..],
-            &system_args(&closure, &store_dir, &toplevel),
-            &["--systemd-boot", parts["systemd_boot"].as_str().unwrap()],
-            &grub_boot_args(&gdir),
-        ]
-        .concat(),
-    );
-    assert_ok("mkdisk build", &o);
-    let img = out.join("main.raw");
+    let build_image = |name: &str, loaders: &[&str]| -> PathBuf {
+        let out = dir.join(name);
+        std::fs::create_dir_all(&out).unwrap();
+        let args = [&build_args(&spec, &out)[..], &system_args(&closure, &store_dir, &toplevel), loaders].concat();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mkdisk"));
+        for (k, v) in parts["grub_env"].as_object().unwrap() {
+            cmd.env(k, v.as_str().unwrap());
+        }
+        assert_ok("mkdisk build", &cmd.args(&args).output().unwrap());
+        out.join("main.raw")
+    };
+    // Hybrid: systemd-boot on the ESP and GRUB for BIOS; then GRUB for BIOS and EFI.
+    let sd_boot = ["--systemd-boot", parts["systemd_boot"].as_str().unwrap()];
+    let hybrid = build_image("out", &[&sd_boot[..], &grub_boot_args(&glib)].concat());
+    let grub_efi = build_image("out-grub-efi", &[&grub_boot_args(&glib)[..], &["--grub-efi"]].concat());
     let boot_json_sha = sha256_file(&store_dir.join(&toplevel[11..]).join("boot.json"));
 
     // A path of the root tree as the guest sees it below the store filesystem's mount.
     let store_view = |p: &str| p.strip_prefix(l.mountpoint.trim_end_matches('/')).unwrap_or(p).to_string();
-    let qemu = parts["qemu"].as_str().unwrap();
     let mut failures = Vec::new();
-    for firmware in ["seabios", "ovmf"] {
-        let console = dir.join(format!("console-{firmware}.log"));
-        let listing = dir.join(format!("listing-{firmware}.txt"));
-        std::fs::write(&console, "").unwrap();
-        std::fs::write(&listing, "").unwrap();
-        let mut cmd = Command::new("timeout");
-        cmd.arg("300").arg(qemu);
-        for a in parts["qemu_args"].as_array().unwrap() {
-            cmd.arg(a.as_str().unwrap());
-        }
-        for (k, v) in parts["qemu_env"].as_object().unwrap() {
-            cmd.env(k, v.as_str().unwrap());
-        }
-        cmd.args(["-machine", "q35,accel=tcg", "-m", "1024", "-smp", "1", "-nodefaults", "-display", "none"]);
-        cmd.args(["-no-reboot", "-serial", &format!("file:{}", console.display())]);
-        cmd.args(["-serial", &format!("file:{}", listing.display())]);
-        cmd.args(["-drive", &format!("file={},format=raw,if=virtio,snapshot=on", img.display())]);
-        if firmware == "ovmf" {
-            let vars = dir.join("OVMF_VARS.fd");
-            std::fs::copy(parts["ovmf_vars"].as_str().unwrap(), &vars).unwrap();
-            cmd.args([
-                "-drive",
-                &format!("if=pflash,format=raw,unit=0,readonly=on,file={}", parts["ovmf_code"].as_str().unwrap()),
-            ]);
-            cmd.args(["-drive", &format!("if=pflash,format=raw,unit=1,file={}", vars.display())]);
-        }
-        let o = cmd.output().unwrap();
-        let cons = std::fs::read_to_string(&console).unwrap_or_default().replace('\r', "");
-        let list = std::fs::read_to_string(&listing).unwrap_or_default();
+    let boots =
+        [("seabios-grub", &hybrid, false), ("ovmf-systemd-boot", &hybrid, true), ("ovmf-grub-efi", &grub_efi, true)];
+    for (what, img, uefi) in boots {
+        let (cons, list) = qemu_boot(parts, dir, what, img, uefi);
         let init_line = cons.lines().find(|l| l.contains("MKDISK-INIT start")).unwrap_or("").to_string();
         let ok = list.contains("MKDISK-END root rc=0")
             && list.contains("MKDISK-DONE")
@@ -514,15 +539,16 @@ let
                 == Some(boot_json_sha.as_str())
             && listing_sha(&list, &store_view("/nix/var/nix/db/db.sqlite")).is_some()
             && (l.mountpoint != "/" || listing_sha(&list, "/etc/NIXOS").is_some());
-        let by_loader = if firmware == "ovmf" {
+        // systemd-boot passes the initrd on the command line; GRUB sets BOOT_IMAGE.
+        let by_loader = if what == "ovmf-systemd-boot" {
             init_line.contains("initrd=\\EFI\\nixos\\")
         } else {
             init_line.contains("BOOT_IMAGE=")
         };
-        eprintln!("boot {} {firmware}: qemu {}, init line: {init_line}", l.name, o.status);
+        eprintln!("boot {} {what}: init line: {init_line}", l.name);
         if !(ok && by_loader) {
             failures.push(format!(
-                "{} {firmware}: ok={ok} by_loader={by_loader}\nconsole tail:\n{}\nlisting tail:\n{}",
+                "{} {what}: ok={ok} by_loader={by_loader}\nconsole tail:\n{}\nlisting tail:\n{}",
                 l.name,
                 &cons[cons.len().saturating_sub(3000)..],
                 &list[list.len().saturating_sub(1000)..]
@@ -530,6 +556,40 @@ let
         }
     }
     failures
+}
+
+/// Boot `img` under QEMU (TCG; `uefi`: OVMF, else SeaBIOS): the console and the listing the
+/// guest writes on the second serial port.
+fn qemu_boot(parts: &serde_json::Value, dir: &Path, what: &str, img: &Path, uefi: bool) -> (String, String) {
+    let console = dir.join(format!("console-{what}.log"));
+    let listing = dir.join(format!("listing-{what}.txt"));
+    std::fs::write(&console, "").unwrap();
+    std::fs::write(&listing, "").unwrap();
+    let mut cmd = Command::new("timeout");
+    cmd.arg("300").arg(parts["qemu"].as_str().unwrap());
+    for a in parts["qemu_args"].as_array().unwrap() {
+        cmd.arg(a.as_str().unwrap());
+    }
+    for (k, v) in parts["qemu_env"].as_object().unwrap() {
+        cmd.env(k, v.as_str().unwrap());
+    }
+    cmd.args(["-machine", "q35,accel=tcg", "-m", "1024", "-smp", "1", "-nodefaults", "-display", "none"]);
+    cmd.args(["-no-reboot", "-serial", &format!("file:{}", console.display())]);
+    cmd.args(["-serial", &format!("file:{}", listing.display())]);
+    cmd.args(["-drive", &format!("file={},format=raw,if=virtio,snapshot=on", img.display())]);
+    if uefi {
+        let vars = dir.join(format!("OVMF_VARS-{what}.fd"));
+        std::fs::copy(parts["ovmf_vars"].as_str().unwrap(), &vars).unwrap();
+        cmd.args([
+            "-drive",
+            &format!("if=pflash,format=raw,unit=0,readonly=on,file={}", parts["ovmf_code"].as_str().unwrap()),
+        ]);
+        cmd.args(["-drive", &format!("if=pflash,format=raw,unit=1,file={}", vars.display())]);
+    }
+    let o = cmd.output().unwrap();
+    eprintln!("qemu {what}: {}", o.status);
+    let cons = std::fs::read_to_string(&console).unwrap_or_default().replace('\r', "");
+    (cons, std::fs::read_to_string(&listing).unwrap_or_default())
 }
 
 /// The seed's impermanence layout (tmpfs /, btrfs /nix with compress-force=zstd, vfat /boot,
@@ -546,7 +606,7 @@ fn impermanence_store_verifies_with_nix() {
     };
     let (tmp, s, spec) = scratch_with_spec(&spec_text);
     let dir = tmp.path();
-    let img = build(dir, &spec, &s, &[]);
+    let img = build(dir, &spec, &s, &["--systemd-boot"]);
     let parts = partitions(&spec);
     let nixp = part(&parts, "nix");
     let pimg = dir.join("nix.img");
@@ -575,7 +635,7 @@ fn impermanence_store_verifies_with_nix() {
     for p in &s.store_paths {
         assert_eq!(nix_ok(&r, &["-q", "--hash", p]), nix_ok(&s.store, &["-q", "--hash", p]), "{p}");
     }
-    // systemd-boot on the ESP, GRUB not asked for (no --grub-bios-dir): the EF02 stays empty.
+    // systemd-boot on the ESP, GRUB not asked for (no --grub): the EF02 stays empty.
     let esp = part(&parts, "ESP");
     assert_eq!(mtype(&img, esp.1, "/EFI/BOOT/BOOTX64.EFI"), "fake-sd-boot\n");
 }

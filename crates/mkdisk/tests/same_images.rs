@@ -14,7 +14,7 @@ use std::process::Command;
 
 mod common;
 use common::{have_nix, repo, sha256_file, system_args};
-use mkdisk_testkit::grub::fake_grub_dir;
+use mkdisk_testkit::grub::fake_grub_lib;
 use mkdisk_testkit::nix::scratch_store;
 
 const EPOCH: &str = "1700000000";
@@ -133,12 +133,13 @@ fn images_equal_the_recorded_set() {
     if nix {
         let s = scratch_store(tmp.path());
         let store_dir = s.store.join("nix/store");
-        let grub = fake_grub_dir(tmp.path());
+        let grub = fake_grub_lib(tmp.path());
         let sys = system_args(&s.closure, &store_dir, &s.toplevel);
         for spec in &layouts()[..2] {
             let n = name(spec);
             let with_grub =
-                [&sys[..], &["--grub-bios-dir", grub.to_str().unwrap(), "--root", gen.to_str().unwrap()]].concat();
+                [&sys[..], &["--systemd-boot", "--grub", grub.to_str().unwrap(), "--root", gen.to_str().unwrap()]]
+                    .concat();
             record(&mut list, &format!("{n}/nixos-grub"), spec, &out, &with_grub);
             record(
                 &mut list,

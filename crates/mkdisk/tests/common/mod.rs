@@ -33,10 +33,10 @@ pub fn system_args<'a>(closure: &'a Path, store_dir: &'a Path, toplevel: &'a str
     ["--closure", closure.to_str().unwrap(), "--store-dir", store_dir.to_str().unwrap(), "--system", toplevel]
 }
 
-/// The options of `mkdisk build` for a GRUB that a test boots: i386-pc inputs from `dir`, output
-/// on the serial console, no menu wait.
+/// The options of `mkdisk build` for a GRUB that a test boots: GRUB's library directory `dir`
+/// (holding `i386-pc/`), output on the serial console, no menu wait.
 pub fn grub_boot_args(dir: &Path) -> [&str; 5] {
-    ["--grub-bios-dir", dir.to_str().unwrap(), "--grub-serial", "--boot-timeout", "0"]
+    ["--grub", dir.to_str().unwrap(), "--grub-serial", "--boot-timeout", "0"]
 }
 
 /// Partition name → number, from `mkdisk plan --json`.
