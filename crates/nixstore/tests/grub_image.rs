@@ -59,8 +59,11 @@ fn core_img_from_a_synthetic_grub() {
     assert!(e.contains("kernel.img") && e.contains("not a 32-bit"), "{e}");
 }
 
+/// Debian's grub-mkimage, its `usr/lib/grub` and the environment it runs in.
+type DebianGrub = (PathBuf, PathBuf, Vec<(String, String)>);
+
 /// Debian's GRUB from the harness, or a skip (a failure under `CI=true`).
-fn debian_grub() -> Option<(PathBuf, PathBuf, Vec<(String, String)>)> {
+fn debian_grub() -> Option<DebianGrub> {
     match boot_parts() {
         Ok((p, _)) => {
             let env = p["grub_env"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().into()));
