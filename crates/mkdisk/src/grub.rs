@@ -67,16 +67,6 @@ fn bios_disks(disks: &[PlacedDisk], o: &NixosOptions) -> Result<Vec<usize>, Nixo
     Ok(out)
 }
 
-/// GRUB's module for the filesystem holding `/boot/grub`.
-fn fs_module(format: &str) -> Option<&'static str> {
-    match format {
-        "vfat" => Some("fat"),
-        "ext4" | "ext3" | "ext2" => Some("ext2"),
-        "btrfs" => Some("btrfs"),
-        _ => None,
-    }
-}
-
 /// Where `/boot/grub` is and how GRUB finds it.
 struct GrubHome<'m, 'a> {
     mount: &'m MountInfo<'a>,
@@ -94,7 +84,8 @@ fn grub_home<'m, 'a>(ms: &'m [MountInfo<'a>]) -> Result<GrubHome<'m, 'a>, NixosE
     if m.partition.is_none() {
         return Err(cannot(format!("on {} (mounted at {})", m.format, m.mountpoint)));
     }
-    let module = fs_module(m.format).ok_or_else(|| cannot(format!("on {} (mounted at {})", m.format, m.mountpoint)))?;
+    let module = nix::grub_image::grub_modules_for(m.format)
+        .map_err(|_| cannot(format!("on {} (mounted at {})", m.format, m.mountpoint)))?;
     let uuid = m.search_id.clone().ok_or_else(|| cannot("on a filesystem without a UUID".into()))?;
     let path = fs_path(m, "/boot/grub");
     let load_cfg = nix::grub_image::load_cfg(&uuid, &path);
@@ -349,14 +340,5 @@ mod tests {
         assert!(matches!(e, NixosError::NoGrubPlatform { platform: BIOS_PLATFORM, .. }), "{e}");
         let e = bios_disks(&ds[1..], &opts(&[&both], &[], false)).unwrap_err();
         assert!(matches!(&e, NixosError::NoBiosBoot { disk } if disk == "b"), "{e}");
-    }
-
-    #[test]
-    fn grub_reads_fat_ext_and_btrfs_only() {
-        assert_eq!(fs_module("vfat"), Some("fat"));
-        assert_eq!(fs_module("ext4"), Some("ext2"));
-        assert_eq!(fs_module("btrfs"), Some("btrfs"));
-        assert_eq!(fs_module("tmpfs"), None);
-        assert_eq!(fs_module("swap"), None);
     }
 }

@@ -34,6 +34,7 @@ pub use closure::{add_closure, ClosureInfo, PathInfo, Registration};
 pub use db::{add_nix_db, nix_db, NIX_SCHEMA_SQL, NIX_SCHEMA_VERSION};
 pub use esp::{add_files, civil_date, systemd_boot_files, BootFiles, SystemdBootOptions};
 pub use grub::{grub_cfg, grub_embed, GrubCfgOptions, GrubEmbed, GRUB_MAX_CORE_SECTORS};
+pub use grub_image::{efi_image, find_grub_mkimage, grub_modules_for, i386_pc_core_img, load_cfg, resolve_modules};
 pub use hash::{nix32_decode, nix32_encode, parse_nar_hash};
 pub use profiles::add_profiles;
 
@@ -145,6 +146,26 @@ pub enum NixError {
         path: PathBuf,
         /// What is wrong.
         message: String,
+    },
+    /// A GRUB module (wanted, or a dependency of one) that `moddep.lst` does not list.
+    #[error(
+        "GRUB: module {module:?}{} is not in {}",
+        needed_by.as_ref().map(|m| format!(" (needed by {m:?})")).unwrap_or_default(),
+        moddep.display()
+    )]
+    UnknownGrubModule {
+        /// The module's name.
+        module: String,
+        /// The module that depends on it, where it is a dependency.
+        needed_by: Option<String>,
+        /// The `moddep.lst` read.
+        moddep: PathBuf,
+    },
+    /// `/boot/grub` is on a filesystem GRUB has no module for here.
+    #[error("GRUB cannot read a {format:?} filesystem: /boot/grub must be on vfat, ext2/ext3/ext4 or btrfs")]
+    GrubCannotReadFs {
+        /// The filesystem format (disko's `format`).
+        format: String,
     },
     /// grub-mkimage failed.
     #[error("GRUB: {} failed: {message}", program.display())]

@@ -8,7 +8,7 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mkdisk_nixstore::grub_image::{efi_image, find_grub_mkimage, i386_pc_core_img, load_cfg};
+use mkdisk_nixstore::{efi_image, find_grub_mkimage, i386_pc_core_img, load_cfg, resolve_modules};
 use mkdisk_testkit::grub::fake_grub_lib;
 use mkdisk_testkit::harness::boot_parts;
 use mkdisk_testkit::{assert_ok, skip_or_fail};
@@ -53,7 +53,7 @@ fn core_img_from_a_synthetic_grub() {
     assert!(at("module btrfs") < at("search.fs_uuid 1234-ABCD root") && at("search.fs_uuid") < at("(,gpt2)/grub"));
     // Bad inputs are named.
     let e = i386_pc_core_img(&pc, &["nosuch"], "/grub", None).unwrap_err().to_string();
-    assert!(e.contains("nosuch.mod") && e.contains("not found"), "{e}");
+    assert!(e.contains("\"nosuch\"") && e.contains("moddep.lst"), "{e}");
     std::fs::write(pc.join("kernel.img"), b"\x7fELF\x02\x01").unwrap();
     let e = i386_pc_core_img(&pc, &["biosdisk"], "/grub", None).unwrap_err().to_string();
     assert!(e.contains("kernel.img") && e.contains("not a 32-bit"), "{e}");
@@ -107,10 +107,20 @@ fn core_img_decompresses_to_grub_mkimages() {
         (&["biosdisk", "part_gpt", "ext2", "search_fs_uuid"], "(,gpt3)/boot/grub", Some(&cfg)),
         (&["biosdisk", "part_gpt", "btrfs", "search_fs_uuid"], "(,gpt3)/@root/boot/grub", Some(&cfg)),
     ];
+    // resolve.c's order on Debian's own moddep.lst (grub-images.md §2.4).
+    let moddep = std::fs::read_to_string(pc.join("moddep.lst")).unwrap();
+    let order = resolve_modules(&moddep, &["biosdisk", "part_gpt", "btrfs", "search_fs_uuid"]).unwrap().join(" ");
+    assert_eq!(order, "biosdisk part_gpt zstd diskfilter raid6rec crypto lzopio gcry_crc gzio btrfs search_fs_uuid");
     for (mods, prefix, cfg) in cases {
         let ours = i386_pc_core_img(&pc, mods, prefix, cfg).unwrap();
         let theirs = grub_mkimage(&mkimage, &env, &pc, prefix, cfg, mods);
+        // diskboot: all but the sector count, which follows each image's own length.
         assert_eq!(&ours[..0x1fc], &theirs[..0x1fc], "{mods:?}: diskboot");
+        assert_eq!(&ours[0x1fe..0x200], &theirs[0x1fe..0x200], "{mods:?}: diskboot segment");
+        for core in [&ours, &theirs] {
+            let sectors = usize::from(u16::from_le_bytes([core[0x1fc], core[0x1fd]]));
+            assert_eq!(sectors, (core.len() - 512).div_ceil(512), "{mods:?}: diskboot sector count");
+        }
         assert_eq!(&ours[0x200..0x208], &theirs[0x200..0x208], "{mods:?}: decompressor");
         assert_eq!(&ours[0x210..512 + decomp], &theirs[0x210..512 + decomp], "{mods:?}: decompressor");
         assert_eq!(&ours[0x20c..0x210], &theirs[0x20c..0x210], "{mods:?}: uncompressed size");
