@@ -32,6 +32,9 @@ done
 # (.ci/run) measures peak memory with GNU time.
 [ -e /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 [ -x /usr/bin/time ] || missing+=(time)
+# The stub pkgs of the Nix tests (tests/nix) run /usr/bin/python3 inside Nix's build chroot,
+# which sees /usr but not a python3 elsewhere on PATH.
+[ -x /usr/bin/python3 ] || missing+=(python3)
 
 # btrfs-progs >= 6.14 (bookworm-backports): the version the docs were measured with and the
 # benchmark's `mkfs.btrfs --compress`; the tests themselves also pass with bookworm's 6.2.

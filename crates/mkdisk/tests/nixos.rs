@@ -19,7 +19,9 @@ use mkdisk_testkit::harness::boot_parts;
 use mkdisk_testkit::nix::{nix, nix_build, nix_ok, scratch_store, toplevel_nix, Scratch};
 
 mod common;
-use common::{build_args, grub_boot_args, plan_numbers, sha256_file, system_args};
+use common::{
+    build_args, fat_has, grub_boot_args, listing_sha, mtype, plan_numbers, qemu_boot, read_at, sha256_file, system_args,
+};
 
 const EPOCH: &str = "1700000000";
 
@@ -101,24 +103,6 @@ fn debugfs(img: &Path, offset: u64, req: &str) -> String {
     let o = Command::new("debugfs").args(["-R", req, &dev]).output().unwrap();
     assert_ok("debugfs", &o);
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn mtype(img: &Path, offset: u64, path: &str) -> String {
-    let o = Command::new("mtype")
-        .args(["-i", &format!("{}@@{offset}", img.display()), &format!("::{path}")])
-        .output()
-        .unwrap();
-    assert_ok("mtype", &o);
-    String::from_utf8(o.stdout).unwrap()
-}
-
-/// Whether `path` exists on the FAT filesystem at `offset` of `img`.
-fn fat_has(img: &Path, offset: u64, path: &str) -> bool {
-    let o = Command::new("mdir")
-        .args(["-b", "-i", &format!("{}@@{offset}", img.display()), &format!("::{path}")])
-        .output()
-        .unwrap();
-    o.status.success()
 }
 
 /// Each boot loader only when asked for: `--system` alone follows the bootspec (the scratch
@@ -337,13 +321,6 @@ fn blkid_uuid(img: &Path, offset: u64) -> String {
     String::from_utf8(blkid.stdout).unwrap().trim().to_string()
 }
 
-fn read_at(img: &Path, offset: u64, len: usize) -> Vec<u8> {
-    use std::os::unix::fs::FileExt;
-    let mut b = vec![0u8; len];
-    std::fs::File::open(img).unwrap().read_exact_at(&mut b, offset).unwrap();
-    b
-}
-
 #[test]
 fn grub_bios_and_systemd_boot_hybrid() {
     let Some((tmp, s, spec)) = ext4_scratch() else { return };
@@ -407,14 +384,6 @@ fn grub_bios_and_systemd_boot_hybrid() {
     let uuid = blkid_uuid(&img2, root.1);
     assert!(cfg.contains(&format!("search --set=drive1 --fs-uuid {uuid}\n")), "{cfg}");
     assert!(cfg.contains(&format!("linux ($drive1){kernel}/bzImage init=")), "{cfg}");
-}
-
-fn listing_sha(listing: &str, path: &str) -> Option<String> {
-    listing.lines().find_map(|l| {
-        let rest = l.strip_prefix("S ")?;
-        let (sha, p) = rest.split_once("  ")?;
-        (p.trim_start_matches('.') == path).then(|| sha.to_string())
-    })
 }
 
 /// A layout to boot: the spec, the partition holding the store, its type, and where it is
@@ -556,40 +525,6 @@ let
         }
     }
     failures
-}
-
-/// Boot `img` under QEMU (TCG; `uefi`: OVMF, else SeaBIOS): the console and the listing the
-/// guest writes on the second serial port.
-fn qemu_boot(parts: &serde_json::Value, dir: &Path, what: &str, img: &Path, uefi: bool) -> (String, String) {
-    let console = dir.join(format!("console-{what}.log"));
-    let listing = dir.join(format!("listing-{what}.txt"));
-    std::fs::write(&console, "").unwrap();
-    std::fs::write(&listing, "").unwrap();
-    let mut cmd = Command::new("timeout");
-    cmd.arg("300").arg(parts["qemu"].as_str().unwrap());
-    for a in parts["qemu_args"].as_array().unwrap() {
-        cmd.arg(a.as_str().unwrap());
-    }
-    for (k, v) in parts["qemu_env"].as_object().unwrap() {
-        cmd.env(k, v.as_str().unwrap());
-    }
-    cmd.args(["-machine", "q35,accel=tcg", "-m", "1024", "-smp", "1", "-nodefaults", "-display", "none"]);
-    cmd.args(["-no-reboot", "-serial", &format!("file:{}", console.display())]);
-    cmd.args(["-serial", &format!("file:{}", listing.display())]);
-    cmd.args(["-drive", &format!("file={},format=raw,if=virtio,snapshot=on", img.display())]);
-    if uefi {
-        let vars = dir.join(format!("OVMF_VARS-{what}.fd"));
-        std::fs::copy(parts["ovmf_vars"].as_str().unwrap(), &vars).unwrap();
-        cmd.args([
-            "-drive",
-            &format!("if=pflash,format=raw,unit=0,readonly=on,file={}", parts["ovmf_code"].as_str().unwrap()),
-        ]);
-        cmd.args(["-drive", &format!("if=pflash,format=raw,unit=1,file={}", vars.display())]);
-    }
-    let o = cmd.output().unwrap();
-    eprintln!("qemu {what}: {}", o.status);
-    let cons = std::fs::read_to_string(&console).unwrap_or_default().replace('\r', "");
-    (cons, std::fs::read_to_string(&listing).unwrap_or_default())
 }
 
 /// The seed's impermanence layout (tmpfs /, btrfs /nix with compress-force=zstd, vfat /boot,

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use mkdisk_testkit::assert_ok;
 use sha2::{Digest, Sha256};
 
 pub fn repo() -> PathBuf {
@@ -66,3 +67,70 @@ pub fn sha256_file(p: &Path) -> String {
 
 #[allow(unused_imports)] // each test crate uses its own subset
 pub use mkdisk_testkit::{have_nix, in_ci, nix_command, skip_or_fail};
+
+pub fn listing_sha(listing: &str, path: &str) -> Option<String> {
+    listing.lines().find_map(|l| {
+        let rest = l.strip_prefix("S ")?;
+        let (sha, p) = rest.split_once("  ")?;
+        (p.trim_start_matches('.') == path).then(|| sha.to_string())
+    })
+}
+
+/// Boot `img` under QEMU (TCG; `uefi`: OVMF, else SeaBIOS): the console and the listing the
+/// guest writes on the second serial port.
+pub fn qemu_boot(parts: &serde_json::Value, dir: &Path, what: &str, img: &Path, uefi: bool) -> (String, String) {
+    let console = dir.join(format!("console-{what}.log"));
+    let listing = dir.join(format!("listing-{what}.txt"));
+    std::fs::write(&console, "").unwrap();
+    std::fs::write(&listing, "").unwrap();
+    let mut cmd = Command::new("timeout");
+    cmd.arg("300").arg(parts["qemu"].as_str().unwrap());
+    for a in parts["qemu_args"].as_array().unwrap() {
+        cmd.arg(a.as_str().unwrap());
+    }
+    for (k, v) in parts["qemu_env"].as_object().unwrap() {
+        cmd.env(k, v.as_str().unwrap());
+    }
+    cmd.args(["-machine", "q35,accel=tcg", "-m", "1024", "-smp", "1", "-nodefaults", "-display", "none"]);
+    cmd.args(["-no-reboot", "-serial", &format!("file:{}", console.display())]);
+    cmd.args(["-serial", &format!("file:{}", listing.display())]);
+    cmd.args(["-drive", &format!("file={},format=raw,if=virtio,snapshot=on", img.display())]);
+    if uefi {
+        let vars = dir.join(format!("OVMF_VARS-{what}.fd"));
+        std::fs::copy(parts["ovmf_vars"].as_str().unwrap(), &vars).unwrap();
+        cmd.args([
+            "-drive",
+            &format!("if=pflash,format=raw,unit=0,readonly=on,file={}", parts["ovmf_code"].as_str().unwrap()),
+        ]);
+        cmd.args(["-drive", &format!("if=pflash,format=raw,unit=1,file={}", vars.display())]);
+    }
+    let o = cmd.output().unwrap();
+    eprintln!("qemu {what}: {}", o.status);
+    let cons = std::fs::read_to_string(&console).unwrap_or_default().replace('\r', "");
+    (cons, std::fs::read_to_string(&listing).unwrap_or_default())
+}
+
+/// Whether `path` exists on the FAT filesystem at `offset` of `img`.
+pub fn fat_has(img: &Path, offset: u64, path: &str) -> bool {
+    let o = Command::new("mdir")
+        .args(["-b", "-i", &format!("{}@@{offset}", img.display()), &format!("::{path}")])
+        .output()
+        .unwrap();
+    o.status.success()
+}
+
+pub fn read_at(img: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut b = vec![0u8; len];
+    std::fs::File::open(img).unwrap().read_exact_at(&mut b, offset).unwrap();
+    b
+}
+
+pub fn mtype(img: &Path, offset: u64, path: &str) -> String {
+    let o = Command::new("mtype")
+        .args(["-i", &format!("{}@@{offset}", img.display()), &format!("::{path}")])
+        .output()
+        .unwrap();
+    assert_ok("mtype", &o);
+    String::from_utf8(o.stdout).unwrap()
+}
