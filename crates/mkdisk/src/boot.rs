@@ -40,7 +40,7 @@ pub enum NixosError {
         what: &'static str,
     },
     /// GRUB's files would not be on a filesystem of the layout GRUB can read.
-    #[error("GRUB: /boot/grub is {what}; GRUB reads it only from a vfat, ext4 or btrfs partition of the layout")]
+    #[error("GRUB (--grub, --grub-efi): /boot/grub is {what}; GRUB reads it only from a vfat, ext4 or btrfs partition of the layout")]
     GrubCannotRead {
         /// Where /boot/grub is instead (e.g. "on tmpfs").
         what: String,

@@ -455,7 +455,7 @@ fn module_and_flake_build_the_same_image() {
 
 /// The images of the seed layouts with systemd-boot and GRUB for BIOS from the configuration
 /// (BOTH) boot under QEMU (TCG): SeaBIOS → GRUB (boot.img, core.img in EF02) and OVMF →
-/// systemd-boot; seed-regular with GRUB for EFI (removable path) also OVMF → GRUB. The toplevel
+/// systemd-boot; with GRUB for EFI (removable path) also OVMF → GRUB. The toplevel
 /// holds the harness's Debian kernel and test initramfs, whose init mounts the store's btrfs
 /// and lists it.
 #[test]
@@ -477,10 +477,12 @@ fn images_boot_under_qemu() {
         };
         let toplevel = built_attr(&store, &e, &case(BOTH), "toplevel");
         let both = built(&store, &e, &case(BOTH)).join("main.raw");
-        let mut boots = vec![("seabios-grub", both.clone(), false), ("ovmf-systemd-boot", both, true)];
-        if layout == "seed-regular" {
-            boots.push(("ovmf-grub-efi", built(&store, &e, &case(GRUB_EFI)).join("main.raw"), true));
-        }
+        let grub_efi = built(&store, &e, &case(GRUB_EFI)).join("main.raw");
+        let boots = [
+            ("seabios-grub", both.clone(), false),
+            ("ovmf-systemd-boot", both, true),
+            ("ovmf-grub-efi", grub_efi, true),
+        ];
         let boot_json_sha = sha256_file(&store.join(toplevel.trim_start_matches('/')).join("boot.json"));
         let store_view = |p: &str| p.strip_prefix(mountpoint.trim_end_matches('/')).unwrap_or(p).to_string();
         for (what, img, uefi) in boots {

@@ -308,7 +308,7 @@ fn bad_nixos_inputs_are_named() {
     )
     .unwrap();
     let e = build_err(dir, &tmpfs_boot, &[&sys[..], &["--grub", grub.to_str().unwrap()]].concat());
-    assert!(e.contains("GRUB: /boot/grub is on tmpfs (mounted at /boot)"), "{e}");
+    assert!(e.contains("GRUB (--grub, --grub-efi): /boot/grub is on tmpfs (mounted at /boot)"), "{e}");
 }
 
 /// The UUID (or FAT serial) `blkid -p` reads from the filesystem at `offset` of `img`.
