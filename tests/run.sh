@@ -18,7 +18,8 @@ tools=(
   e2fsck:e2fsprogs debugfs:e2fsprogs mke2fs:e2fsprogs
   btrfs:btrfs-progs mkfs.btrfs:btrfs-progs
   nix-store:nix-bin nix-build:nix-bin
-  python3:python3 zstd:zstd
+  python3:python3 zstd:zstd gzip:gzip
+  qemu-img:qemu-utils bmaptool:bmap-tools
   kill:procps mount:mount umount:mount
 )
 missing=()

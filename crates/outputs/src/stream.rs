@@ -1,0 +1,180 @@
+//! zstd and gzip streams of the raw image (`shared/docs/outputs.md` §4): the whole image,
+//! holes fed as zeros, so decompressing gives the raw bytes.
+//!
+//! zstd: one frame from libzstd's multithreaded mode with at least one worker, which gives
+//! the same bytes for every worker count (§4); content size and checksum are in the frame.
+//! gzip: the image cut into [`GZIP_MEMBER_SIZE`] pieces, each compressed as an independent
+//! member (RFC 1952 §2.2: MTIME 0, no name, OS 255) in parallel and concatenated in order;
+//! the bytes depend on the level and the member size, not on the thread count. An all-zero
+//! piece is compressed once and its member reused.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::ranges::read_exact_at;
+use crate::{data_ranges, io_err, is_zero, overflow, to_usize, OutputError};
+
+/// Uncompressed bytes per gzip member (and per read for both streams).
+pub const GZIP_MEMBER_SIZE: u64 = 4 << 20;
+
+/// The raw image read front to back in `chunk`-byte windows: a window no data extent
+/// touches is not read and comes back as `None` (all zeros).
+struct Windows<'a> {
+    src: &'a File,
+    raw: &'a Path,
+    size: u64,
+    ranges: &'a [(u64, u64)],
+    next_range: usize,
+    off: u64,
+    chunk: u64,
+}
+
+impl<'a> Windows<'a> {
+    fn open(src: &'a File, raw: &'a Path, ranges: &'a [(u64, u64)], chunk: u64) -> Result<Self, OutputError> {
+        let size = src.metadata().map_err(io_err(raw, "reading the raw image's size"))?.len();
+        Ok(Self { src, raw, size, ranges, next_range: 0, off: 0, chunk })
+    }
+
+    /// The next window: its length and, when any data extent touches it, its bytes in `buf`.
+    fn next(&mut self, buf: &mut Vec<u8>) -> Result<Option<(usize, bool)>, OutputError> {
+        if self.off >= self.size {
+            return Ok(None);
+        }
+        let len = self.chunk.min(self.size - self.off);
+        let end = self.off + len;
+        while self.ranges.get(self.next_range).is_some_and(|&(s, l)| s.saturating_add(l) <= self.off) {
+            self.next_range += 1;
+        }
+        let data = self.ranges.get(self.next_range).is_some_and(|&(s, _)| s < end);
+        let n = to_usize(self.raw, len)?;
+        if data {
+            buf.resize(n, 0);
+            read_exact_at(self.src, buf, self.off).map_err(io_err(self.raw, "reading the raw image"))?;
+        }
+        self.off = end;
+        Ok(Some((n, data)))
+    }
+}
+
+/// Opens `raw` and lists its data extents.
+fn open_raw(raw: &Path) -> Result<(File, Vec<(u64, u64)>), OutputError> {
+    let src = File::open(raw).map_err(io_err(raw, "opening the raw image"))?;
+    let ranges = data_ranges(&src).map_err(io_err(raw, "finding data extents (SEEK_DATA)"))?;
+    Ok((src, ranges))
+}
+
+/// Compresses `raw` into the zstd file `out` (created or truncated) at `level` with
+/// `threads` workers (0 counts as 1). Returns the compressed length.
+///
+/// # Errors
+/// [`OutputError::Io`] for a failed read, write or libzstd call.
+pub fn write_zstd(raw: &Path, out: &Path, level: i32, threads: u32) -> Result<u64, OutputError> {
+    let (src, ranges) = open_raw(raw)?;
+    let mut win = Windows::open(&src, raw, &ranges, GZIP_MEMBER_SIZE)?;
+    let dst = File::create(out).map_err(io_err(out, "creating the zstd file"))?;
+    let zerr = io_err(out, "setting up zstd");
+    let mut enc = zstd::stream::Encoder::new(BufWriter::with_capacity(1 << 20, &dst), level).map_err(zerr)?;
+    let setup = enc
+        .multithread(threads.max(1))
+        .and_then(|()| enc.include_checksum(true))
+        .and_then(|()| enc.include_contentsize(true))
+        .and_then(|()| enc.set_pledged_src_size(Some(win.size)));
+    setup.map_err(io_err(out, "setting up zstd"))?;
+    let zeros = vec![0u8; to_usize(raw, GZIP_MEMBER_SIZE)?];
+    let mut buf = Vec::new();
+    while let Some((n, data)) = win.next(&mut buf)? {
+        let bytes = if data { &buf[..n] } else { &zeros[..n] };
+        enc.write_all(bytes).map_err(io_err(out, "compressing into the zstd file"))?;
+    }
+    let mut w = enc.finish().map_err(io_err(out, "finishing the zstd frame"))?;
+    w.flush().map_err(io_err(out, "writing the zstd file"))?;
+    drop(w);
+    dst.sync_data().map_err(io_err(out, "flushing the zstd file"))?;
+    Ok(dst.metadata().map_err(io_err(out, "reading the zstd file's size"))?.len())
+}
+
+/// One gzip member of `data` at `level` (deterministic header: MTIME 0, no name, OS 255).
+fn gzip_member(data: &[u8], level: u32) -> std::io::Result<Vec<u8>> {
+    let mut enc = flate2::GzBuilder::new()
+        .mtime(0)
+        .operating_system(255)
+        .write(Vec::with_capacity(data.len() / 4), flate2::Compression::new(level));
+    enc.write_all(data)?;
+    enc.finish()
+}
+
+/// Compresses `raw` into the gzip file `out` (created or truncated): independent members of
+/// [`GZIP_MEMBER_SIZE`] input bytes each, compressed on `threads` threads (0 counts as 1) at
+/// `level` (0–9, clamped). Returns the compressed length.
+///
+/// # Errors
+/// [`OutputError::Io`] for a failed read or write, or a thread pool that cannot start.
+pub fn write_gzip(raw: &Path, out: &Path, level: u32, threads: u32) -> Result<u64, OutputError> {
+    let level = level.min(9);
+    let threads = usize::try_from(threads.max(1)).map_err(|_| overflow(raw, "thread count"))?;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| OutputError::Io {
+        path: out.to_path_buf(),
+        what: "starting threads",
+        source: std::io::Error::other(e),
+    })?;
+    let (src, ranges) = open_raw(raw)?;
+    let mut win = Windows::open(&src, raw, &ranges, GZIP_MEMBER_SIZE)?;
+    let dst = File::create(out).map_err(io_err(out, "creating the gzip file"))?;
+    let mut w = BufWriter::with_capacity(1 << 20, &dst);
+    let zero_member =
+        gzip_member(&vec![0u8; to_usize(raw, GZIP_MEMBER_SIZE)?], level).map_err(io_err(out, "compressing"))?;
+    if win.size == 0 {
+        // One empty member: a valid gzip file (zero members is an empty file gzip rejects).
+        w.write_all(&gzip_member(&[], level).map_err(io_err(out, "compressing"))?)
+            .map_err(io_err(out, "writing the gzip file"))?;
+    }
+    let batch = threads.saturating_mul(2);
+    let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); batch];
+    loop {
+        // Read up to `batch` windows in order; all-zero full windows reuse `zero_member`.
+        let mut jobs: Vec<(usize, bool)> = Vec::with_capacity(batch);
+        for buf in &mut bufs {
+            match win.next(buf)? {
+                Some((n, data)) => jobs.push((n, data)),
+                None => break,
+            }
+        }
+        if jobs.is_empty() {
+            break;
+        }
+        let members: Vec<std::io::Result<Option<Vec<u8>>>> = pool.install(|| {
+            jobs.par_iter()
+                .zip(bufs.par_iter_mut())
+                .map(|(&(n, data), buf)| compress_window(n, data, buf, level))
+                .collect()
+        });
+        for m in members {
+            let m = m.map_err(io_err(out, "compressing"))?;
+            w.write_all(m.as_deref().unwrap_or(&zero_member)).map_err(io_err(out, "writing the gzip file"))?;
+        }
+    }
+    w.flush().map_err(io_err(out, "writing the gzip file"))?;
+    drop(w);
+    dst.sync_data().map_err(io_err(out, "flushing the gzip file"))?;
+    Ok(dst.metadata().map_err(io_err(out, "reading the gzip file's size"))?.len())
+}
+
+/// The member for one window of `n` bytes (`data`: its bytes are in `buf`), or `None` where
+/// it is a full-size window of zeros whose member is the shared one.
+fn compress_window(n: usize, data: bool, buf: &mut Vec<u8>, level: u32) -> std::io::Result<Option<Vec<u8>>> {
+    let full = n as u64 == GZIP_MEMBER_SIZE;
+    if full && !data {
+        return Ok(None);
+    }
+    if !data {
+        buf.clear();
+        buf.resize(n, 0);
+    }
+    if full && is_zero(&buf[..n]) {
+        return Ok(None);
+    }
+    gzip_member(&buf[..n], level).map(Some)
+}
