@@ -8,21 +8,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mkdisk_btrfs::{plan, prepare, write, BtrfsError, BtrfsLayout, BtrfsOptions, Compress, CsumType, SubvolSpec};
+use mkdisk_btrfs::{write, BtrfsError, BtrfsLayout, BtrfsOptions, Compress, CsumType, SubvolSpec};
 use mkdisk_tree::{scan, DataRun, FileData, Image, InodeId, Kind, NoProgress, ScanOptions, Source, Tree, Xattr};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-/// [`prepare`] then [`plan`]: what the tests build.
-fn prepare_and_plan(
-    top: &mkdisk_tree::Tree,
-    subs: &[mkdisk_btrfs::SubvolSpec<'_>],
-    o: &mkdisk_btrfs::BtrfsOptions,
-) -> Result<mkdisk_btrfs::BtrfsLayout, mkdisk_btrfs::BtrfsError> {
-    prepare(top, subs, o).and_then(|p| plan(&p, o))
-}
-
-use common::{base_tree, bytes, meta, opts, MIB};
+use common::{base_tree, bytes, meta, opts, prepare_and_plan, MIB};
 use mkdisk_testkit::{noise, poisoned_file};
 
 fn tools() -> PathBuf {

@@ -9,20 +9,11 @@ use std::borrow::Cow;
 use std::io::Write as _;
 use std::sync::Arc;
 
-use common::{base_tree, bytes, meta, opts, MIB};
-use mkdisk_btrfs::{plan, prepare, write, BtrfsLayout, BtrfsOptions, Compress, CsumType, SubvolSpec};
+use common::{base_tree, bytes, meta, opts, prepare_and_plan, MIB};
+use mkdisk_btrfs::{write, BtrfsLayout, BtrfsOptions, Compress, CsumType, SubvolSpec};
 use mkdisk_btrfs_walk::Walk;
 use mkdisk_tree::{DataRun, FileData, Image, InodeId, Kind, NoProgress, Source, Tree, Xattr};
 use sha2::Digest as _;
-
-/// [`prepare`] then [`plan`]: what the tests build.
-fn prepare_and_plan(
-    top: &mkdisk_tree::Tree,
-    subs: &[mkdisk_btrfs::SubvolSpec<'_>],
-    o: &mkdisk_btrfs::BtrfsOptions,
-) -> Result<mkdisk_btrfs::BtrfsLayout, mkdisk_btrfs::BtrfsError> {
-    prepare(top, subs, o).and_then(|p| plan(&p, o))
-}
 
 /// Every inode kind, hard links, xattrs, a sparse file, inline/regular boundaries, symlinks of
 /// 59/60/3000 bytes, a host-file source and a 2,000-entry directory.

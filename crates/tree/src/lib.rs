@@ -11,6 +11,7 @@ mod image;
 pub mod le;
 mod model;
 mod scan;
+mod search;
 mod split;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ pub use model::{
     civil_from_days, DataRun, DirData, Entry, FileData, Inode, InodeId, Kind, Meta, Source, Timestamp, Tree, Xattr,
 };
 pub use scan::{scan, scan_entry_into, scan_into, ScanOptions};
+pub use search::smallest_fitting;
 pub use split::{is_under, normalize_mountpoint, split, Split};
 
 /// Errors from building or scanning a tree.

@@ -31,25 +31,11 @@ fn fits(prepared: &Prepared<'_>, opts: &BtrfsOptions, mib: u64) -> Result<bool, 
 /// subvolume, a symlink too long, ...), and [`BtrfsError::DoesNotFit`] from planning at
 /// 2^50 bytes when the content does not fit even there.
 pub fn min_size(prepared: &Prepared<'_>, opts: &BtrfsOptions) -> Result<u64, BtrfsError> {
-    let (mut lo, mut hi) = (MIN_MIB, MIN_MIB);
-    while !fits(prepared, opts, hi)? {
-        if hi >= MAX_MIB {
-            let o = BtrfsOptions { size_bytes: MAX_MIB * MIB, ..opts.clone() };
-            return plan(prepared, &o).map(|_| MAX_MIB * MIB);
-        }
-        lo = hi + 1;
-        hi = (hi * 2).min(MAX_MIB);
+    match mkdisk_tree::smallest_fitting(MIN_MIB, MAX_MIB, |mib| fits(prepared, opts, mib))? {
+        Some(mib) => Ok(mib * MIB),
+        // Planning at the largest size gives the error that says why.
+        None => plan(prepared, &BtrfsOptions { size_bytes: MAX_MIB * MIB, ..opts.clone() }).map(|_| MAX_MIB * MIB),
     }
-    // fits(hi), and every size below lo has been found too small.
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        if fits(prepared, opts, mid)? {
-            hi = mid;
-        } else {
-            lo = mid + 1;
-        }
-    }
-    Ok(hi * MIB)
 }
 
 #[cfg(test)]

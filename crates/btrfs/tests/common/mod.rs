@@ -1,7 +1,7 @@
 //! Helpers shared by the btrfs integration tests (`btrfs.rs`, checked by btrfs-progs and the
 //! kernel, and `walk.rs`, checked by the self-contained walker).
 
-use mkdisk_btrfs::BtrfsOptions;
+use mkdisk_btrfs::{plan, prepare, BtrfsError, BtrfsLayout, BtrfsOptions, SubvolSpec};
 use mkdisk_tree::{FileData, InodeId, Meta, Timestamp, Tree};
 use uuid::Uuid;
 
@@ -37,4 +37,9 @@ pub fn base_tree() -> (Tree, InodeId, InodeId) {
     t.add_file(r, b"inline-max", FileData::from_bytes(bytes(2048, 1)), meta(0o644)).unwrap();
     t.add_file(r, b"just-over", FileData::from_bytes(bytes(2049, 2)), meta(0o600)).unwrap();
     (t, d, sub)
+}
+
+/// [`prepare`] then [`plan`]: what the tests build.
+pub fn prepare_and_plan(top: &Tree, subs: &[SubvolSpec<'_>], o: &BtrfsOptions) -> Result<BtrfsLayout, BtrfsError> {
+    prepare(top, subs, o).and_then(|p| plan(&p, o))
 }

@@ -36,25 +36,11 @@ pub fn min_size(tree: &Tree, opts: &Ext4Options) -> Result<u64, Ext4Error> {
     // Errors that do not depend on the size, before planning at many sizes.
     Ident::new(opts)?;
     geometry::check_inode_count(opts, numbering::number(tree)?.max_ino())?;
-    let (mut lo, mut hi) = (1u64, 1u64);
-    while !fits(tree, opts, hi)? {
-        if hi >= MAX_MIB {
-            let o = Ext4Options { size_bytes: MAX_MIB * MIB, ..opts.clone() };
-            return plan(tree, &o).map(|_| MAX_MIB * MIB);
-        }
-        lo = hi + 1;
-        hi = (hi * 2).min(MAX_MIB);
+    match mkdisk_tree::smallest_fitting(1, MAX_MIB, |mib| fits(tree, opts, mib))? {
+        Some(mib) => Ok(mib * MIB),
+        // Planning at the largest size gives the error that says why.
+        None => plan(tree, &Ext4Options { size_bytes: MAX_MIB * MIB, ..opts.clone() }).map(|_| MAX_MIB * MIB),
     }
-    // fits(hi), and every size below lo has been found too small.
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        if fits(tree, opts, mid)? {
-            hi = mid;
-        } else {
-            lo = mid + 1;
-        }
-    }
-    Ok(hi * MIB)
 }
 
 #[cfg(test)]
