@@ -74,6 +74,14 @@ pub enum BuildError {
         /// What is wrong.
         message: String,
     },
+    /// Converting a disk's raw image into the output format (or its bmap) failed.
+    #[error("disk {disk}: {source}")]
+    Output {
+        /// Disk name.
+        disk: String,
+        /// Cause, naming the file.
+        source: mkdisk_outputs::OutputError,
+    },
     /// The thread pool could not be built.
     #[error("thread pool: {0}")]
     Threads(String),

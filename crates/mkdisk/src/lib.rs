@@ -58,7 +58,7 @@ use std::path::PathBuf;
 pub use error::{BuildError, FsError};
 pub use mkdisk_tree::{NoProgress, Progress};
 pub use nixos::NixosError;
-pub use options::{BuildOptions, NixosOptions, SystemdBoot};
+pub use options::{BuildOptions, NixosOptions, OutputFormat, SystemdBoot};
 pub use place::{place_all, PlacedDisk};
 pub use plan::{plan, ImagePlan};
 pub use report::Report;

@@ -32,13 +32,20 @@ enum Command {
         #[command(flatten)]
         content: Box<ContentArgs>,
     },
-    /// Write `<imageName>.raw` for every disk of the layout into --out.
+    /// Write `<imageName>.raw` (or --format's file) for every disk of the layout into --out.
     Build {
         /// The layout: disko.devices JSON, or the minimal JSON/TOML form.
         spec: PathBuf,
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
+        /// What each disk becomes: raw (sparse), raw.zst, raw.gz (parallel streams that
+        /// decompress to the raw image), qcow2 (v3), vhd (fixed, MiB-aligned, for Azure).
+        #[arg(long, value_name = "FORMAT", default_value = "raw", value_parser = parse_format)]
+        format: mkdisk::OutputFormat,
+        /// Also write `<imageName>.raw.bmap` (bmaptool 2.0) for `bmaptool copy`.
+        #[arg(long)]
+        bmap: bool,
         /// No progress bar or warnings.
         #[arg(long, short)]
         quiet: bool,
@@ -222,6 +229,10 @@ fn read_spec(path: &PathBuf) -> anyhow::Result<Spec> {
     Spec::parse(&text).with_context(|| format!("{}", path.display()))
 }
 
+fn parse_format(s: &str) -> Result<mkdisk::OutputFormat, String> {
+    s.parse()
+}
+
 fn seed_of(s: Option<&str>) -> uuid::Uuid {
     s.map_or(mkdisk_tree::ids::DEFAULT_SEED, mkdisk::parse_seed)
 }
@@ -316,7 +327,12 @@ fn build(spec: &PathBuf, opts: &BuildOptions, quiet: bool) -> anyhow::Result<()>
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Plan { spec, json, content } => plan(&spec, json, *content),
-        Command::Build { spec, out, quiet, content } => build(&spec, &content.options(out)?, quiet),
+        Command::Build { spec, out, quiet, format, bmap, content } => {
+            let mut opts = content.options(out)?;
+            opts.format = format;
+            opts.bmap = bmap;
+            build(&spec, &opts, quiet)
+        }
     }
 }
 

@@ -31,6 +31,83 @@ pub struct BuildOptions {
     /// Also measure each filesystem's content and the smallest partition that holds it
     /// (for `mkdisk plan`; costs a search over the filesystem plans).
     pub measure: bool,
+    /// What is written per disk: `<imageName>.raw` or a converted form of it.
+    pub format: OutputFormat,
+    /// Also write `<imageName>.raw.bmap` (bmaptool's format 2.0) per disk.
+    pub bmap: bool,
+}
+
+/// The file each disk becomes (`--format`). Every form is made from the finished sparse raw
+/// image in one sequential read that skips its holes; the raw image itself is only kept for
+/// [`OutputFormat::Raw`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OutputFormat {
+    /// `<imageName>.raw`, a sparse file.
+    #[default]
+    Raw,
+    /// `<imageName>.raw.zst`: one zstd frame (level 3, multithreaded, content checksum).
+    RawZst,
+    /// `<imageName>.raw.gz`: gzip members of 4 MiB, compressed in parallel (level 6).
+    RawGz,
+    /// `<imageName>.qcow2`: qcow2 version 3, 64 KiB clusters, only non-zero clusters stored.
+    Qcow2,
+    /// `<imageName>.vhd`: a fixed VHD (the raw image rounded up to a whole MiB, then the
+    /// 512-byte footer), as Azure takes it.
+    Vhd,
+}
+
+impl OutputFormat {
+    /// Every format, in the order `--help` lists them.
+    pub const ALL: [OutputFormat; 5] =
+        [OutputFormat::Raw, OutputFormat::RawZst, OutputFormat::RawGz, OutputFormat::Qcow2, OutputFormat::Vhd];
+
+    /// The file name extension (also the `--format` value).
+    #[must_use]
+    pub fn extension(self) -> &'static str {
+        match self {
+            OutputFormat::Raw => "raw",
+            OutputFormat::RawZst => "raw.zst",
+            OutputFormat::RawGz => "raw.gz",
+            OutputFormat::Qcow2 => "qcow2",
+            OutputFormat::Vhd => "vhd",
+        }
+    }
+}
+
+/// The output part of [`BuildOptions`] that writing needs after planning.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OutputPlan {
+    pub(crate) format: OutputFormat,
+    pub(crate) bmap: bool,
+    /// For the VHD's unique id.
+    pub(crate) seed: Uuid,
+    /// For the VHD's timestamp.
+    pub(crate) source_date_epoch: Option<i64>,
+}
+
+impl OutputPlan {
+    pub(crate) fn new(opts: &BuildOptions) -> Self {
+        OutputPlan { format: opts.format, bmap: opts.bmap, seed: opts.seed, source_date_epoch: opts.source_date_epoch }
+    }
+
+    /// The VHD footer's timestamp: seconds since 2000-01-01 UTC, from `SOURCE_DATE_EPOCH`
+    /// (never the clock), clamped to the field; 0 without an epoch.
+    pub(crate) fn vhd_timestamp(&self) -> u32 {
+        const Y2000: i64 = 946_684_800;
+        self.source_date_epoch.map_or(0, |e| u32::try_from(e.saturating_sub(Y2000).max(0)).unwrap_or(u32::MAX))
+    }
+}
+
+impl std::str::FromStr for OutputFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        OutputFormat::ALL.into_iter().find(|f| f.extension() == s).ok_or_else(|| {
+            let all: Vec<&str> = OutputFormat::ALL.iter().map(|f| f.extension()).collect();
+            format!("unknown image format {s:?} (known: {})", all.join(", "))
+        })
+    }
 }
 
 impl BuildOptions {
@@ -48,6 +125,8 @@ impl BuildOptions {
             compress: None,
             nixos: NixosOptions::default(),
             measure: false,
+            format: OutputFormat::Raw,
+            bmap: false,
         }
     }
 

@@ -1,13 +1,16 @@
 //! Executing an [`ImagePlan`]: create each disk's image as an unnamed temporary file in the
-//! output directory, write the GPT, GRUB's sectors and every partition, and only then name
-//! them all; on any error nothing is left in the output directory.
+//! output directory, write the GPT, GRUB's sectors and every partition, convert it into the
+//! output format (and its bmap) from unnamed files too, and only then name the outputs all
+//! together; on any error, or when the process dies, nothing is left in the output directory.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use mkdisk_outputs::Named;
 use mkdisk_tree::{Image, Progress, Region};
 
 use crate::error::BuildError;
+use crate::options::OutputFormat;
 use crate::partition::{ContentPlan, DiskImagePlan};
 use crate::plan::ImagePlan;
 
@@ -15,9 +18,10 @@ use crate::plan::ImagePlan;
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct Written {
-    /// The images, one per disk, in layout order.
+    /// The files written, per disk in layout order: the image (`<imageName>.<ext>`), then
+    /// its bmap when asked for.
     pub images: Vec<PathBuf>,
-    /// How long writing each disk took.
+    /// How long writing (and converting) each disk took.
     pub timings: Vec<(String, Duration)>,
 }
 
@@ -50,14 +54,37 @@ fn write_disk(d: &DiskImagePlan, image: &Image, progress: &dyn Progress) -> Resu
     Ok(())
 }
 
+/// What a copy onto a disk with old data must write as zeros although the raw image leaves
+/// it a hole, as disk byte ranges: the first and last MiB of the disk and of every partition
+/// (where old partition tables and filesystem signatures live, as mkfs tools wipe them) and
+/// each filesystem's own (the ext4 journal). Everything else that must read as zero is written
+/// (GPT entry arrays, FAT tables and directory clusters, inode tables in use, btrfs nodes)
+/// or made irrelevant by the metadata (never-used ext4 inode tables are flagged uninitialised).
+pub(crate) fn zero_ranges(d: &DiskImagePlan) -> Vec<(u64, u64)> {
+    const WIPE: u64 = 1 << 20;
+    let ends = |off: u64, len: u64| [(off, len.min(WIPE)), (off + len.saturating_sub(WIPE), len.min(WIPE))];
+    let layout = &d.placed.layout;
+    let mut v: Vec<(u64, u64)> = ends(0, layout.sectors * mkdisk_gpt::SECTOR_SIZE).to_vec();
+    for p in &d.partitions {
+        let placed = &layout.partitions[p.index];
+        let off = placed.offset_bytes();
+        v.extend(ends(off, placed.size_bytes()));
+        if let ContentPlan::Ext4(l, _) = &p.content {
+            v.extend(l.zero_ranges().into_iter().map(|(o, n)| (off + o, n)));
+        }
+    }
+    v.sort_unstable();
+    v
+}
+
 impl ImagePlan {
-    /// Write every disk of the plan into the output directory.
+    /// Write every disk of the plan into the output directory, in the output format.
     ///
     /// # Errors
     /// The output cannot be created or written; no image is left behind on error.
     pub fn write(&self, progress: &dyn Progress) -> Result<Written, BuildError> {
         progress.set_total(self.data_bytes());
-        let mut images = Vec::new();
+        let mut outputs = Vec::new();
         let mut timings = Vec::new();
         for d in &self.disks {
             let start = Instant::now();
@@ -65,12 +92,85 @@ impl ImagePlan {
             progress.phase(&file);
             let path = self.out_dir.join(&file);
             let size = d.placed.layout.sectors * mkdisk_gpt::SECTOR_SIZE;
-            let image = Image::create(&path, size)
-                .map_err(|e| BuildError::Out { path: self.out_dir.clone(), message: e.to_string() })?;
+            let image = self.create(&path, size)?;
             self.pool.install(|| write_disk(d, &image, progress))?;
-            images.push(image);
             timings.push((format!("write {}", d.placed.disk.name), start.elapsed()));
+            let start = Instant::now();
+            outputs.extend(self.pool.install(|| self.convert(d, image, progress))?);
+            if self.output.bmap || self.output.format != OutputFormat::Raw {
+                timings.push((format!("convert {}", d.placed.disk.name), start.elapsed()));
+            }
         }
-        Ok(Written { images: mkdisk_tree::persist_all(images)?, timings })
+        Ok(Written { images: mkdisk_tree::persist_all(outputs)?, timings })
+    }
+
+    /// An unnamed file in the output directory that becomes `path` when the build succeeds.
+    fn create(&self, path: &std::path::Path, size: u64) -> Result<Image, BuildError> {
+        Image::create(path, size).map_err(|e| BuildError::Out { path: self.out_dir.clone(), message: e.to_string() })
+    }
+
+    /// The disk's output files, made from its finished raw image: the image in the output
+    /// format (the raw image itself for `raw`; it is dropped, unnamed, otherwise), then the bmap.
+    fn convert(&self, d: &DiskImagePlan, raw: Image, progress: &dyn Progress) -> Result<Vec<Image>, BuildError> {
+        let name = &d.placed.disk.image_name;
+        let err = |source| BuildError::Output { disk: d.placed.disk.name.clone(), source };
+        let src = Named::new(raw.file(), raw.path());
+        let bmap = if self.output.bmap {
+            progress.phase(&format!("{name}.raw.bmap"));
+            let out = self.create(&self.out_dir.join(format!("{name}.raw.bmap")), 0)?;
+            let ranges = zero_ranges(d);
+            mkdisk_outputs::bmap_into(src, &format!("{name}.raw"), &ranges, Named::new(out.file(), out.path()))
+                .map_err(err)?;
+            Some(out)
+        } else {
+            None
+        };
+        let format = self.output.format;
+        let image = if format == OutputFormat::Raw {
+            raw
+        } else {
+            let file = format!("{name}.{}", format.extension());
+            progress.phase(&file);
+            let out = self.create(&self.out_dir.join(file), 0)?;
+            self.encode(format, src, Named::new(out.file(), out.path()), &d.placed.disk.name).map_err(err)?;
+            out
+        };
+        Ok(std::iter::once(image).chain(bmap).collect())
+    }
+
+    /// Encode the raw image `src` as `format` into `out` on the build's threads.
+    fn encode(
+        &self,
+        format: OutputFormat,
+        src: Named<'_>,
+        out: Named<'_>,
+        disk: &str,
+    ) -> Result<(), mkdisk_outputs::OutputError> {
+        let threads = u32::try_from(self.pool.current_num_threads()).unwrap_or(u32::MAX);
+        match format {
+            OutputFormat::Raw => {}
+            OutputFormat::RawZst => {
+                mkdisk_outputs::zstd_into(src, out, ZSTD_LEVEL, threads)?;
+            }
+            OutputFormat::RawGz => {
+                mkdisk_outputs::gzip_into(src, out, GZIP_LEVEL, threads)?;
+            }
+            OutputFormat::Qcow2 => {
+                mkdisk_outputs::qcow2_into(src, out)?;
+            }
+            OutputFormat::Vhd => {
+                // One id per disk of the build, from the seed.
+                let mut key = self.output.seed.as_bytes().to_vec();
+                key.extend_from_slice(disk.as_bytes());
+                let uuid = mkdisk_outputs::vhd_uuid(&key);
+                mkdisk_outputs::vhd_into(src, out, uuid, self.output.vhd_timestamp())?;
+            }
+        }
+        Ok(())
     }
 }
+
+/// zstd's own default level (`zstd -3`): about gzip -6's ratio at many times its speed.
+const ZSTD_LEVEL: i32 = 3;
+/// gzip's default level.
+const GZIP_LEVEL: u32 = 6;

@@ -8,12 +8,13 @@
 
 use std::fmt::Write as _;
 use std::fs::File;
+use std::io::Write as _;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
 use crate::ranges::{read_exact_at, touched_units};
-use crate::{data_ranges, io_err, overflow, to_usize, OutputError};
+use crate::{data_ranges, io_err, overflow, to_usize, Named, OutputError};
 
 /// The block size written (`BlockSize`).
 pub const BMAP_BLOCK_SIZE: u64 = 4096;
@@ -104,14 +105,29 @@ fn xml_escape(s: &str) -> String {
 /// [`OutputError::Io`] for a failed read or write.
 pub fn write_bmap(raw: &Path, image_name: &str, out: &Path) -> Result<(), OutputError> {
     let src = File::open(raw).map_err(io_err(raw, "opening the raw image"))?;
-    let size = src.metadata().map_err(io_err(raw, "reading the raw image's size"))?.len();
-    let ranges = data_ranges(&src).map_err(io_err(raw, "finding data extents (SEEK_DATA)"))?;
+    let dst = File::create(out).map_err(io_err(out, "creating the bmap file"))?;
+    bmap_into(Named::new(&src, raw), image_name, &[], Named::new(&dst, out))
+}
+
+/// [`write_bmap`] between open files (`dst` empty), mapping `extra` byte ranges
+/// `(offset, len)` besides the data extents: holes whose zeros matter (a zeroed journal,
+/// say), which `bmaptool copy` then writes as zeros onto a disk with old data.
+///
+/// # Errors
+/// As [`write_bmap`].
+pub fn bmap_into(raw: Named<'_>, image_name: &str, extra: &[(u64, u64)], out: Named<'_>) -> Result<(), OutputError> {
+    let (src, path) = (raw.file, raw.path);
+    let size = src.metadata().map_err(io_err(path, "reading the raw image's size"))?.len();
+    let mut ranges = data_ranges(src).map_err(io_err(path, "finding data extents (SEEK_DATA)"))?;
+    ranges.extend(extra.iter().map(|&(o, l)| (o.min(size), l.min(size.saturating_sub(o)))).filter(|r| r.1 > 0));
+    ranges.sort_unstable();
     let mut hashed = Vec::new();
     for r in block_ranges(&ranges) {
-        hashed.push((r, range_sha256(&src, raw, size, r)?));
+        hashed.push((r, range_sha256(src, path, size, r)?));
     }
     let text = bmap_text(image_name, size, &hashed);
-    std::fs::write(out, text).map_err(io_err(out, "writing the bmap file"))
+    let mut w = out.file;
+    w.write_all(text.as_bytes()).map_err(io_err(out.path, "writing the bmap file"))
 }
 
 #[cfg(test)]

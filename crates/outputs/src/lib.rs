@@ -17,11 +17,31 @@ mod vhd;
 
 use std::path::{Path, PathBuf};
 
-pub use bmap::{write_bmap, BMAP_BLOCK_SIZE};
-pub use qcow2::{write_qcow2, Qcow2Layout, QCOW2_CLUSTER_SIZE};
+pub use bmap::{bmap_into, write_bmap, BMAP_BLOCK_SIZE};
+pub use qcow2::{qcow2_into, write_qcow2, Qcow2Layout, QCOW2_CLUSTER_SIZE};
 pub use ranges::data_ranges;
-pub use stream::{write_gzip, write_zstd, GZIP_MEMBER_SIZE};
-pub use vhd::{footer as vhd_footer, vhd_checksum, vhd_geometry, vhd_uuid, write_vhd, Geometry, VHD_FOOTER_SIZE};
+pub use stream::{gzip_into, write_gzip, write_zstd, zstd_into, GZIP_MEMBER_SIZE};
+pub use vhd::{
+    footer as vhd_footer, vhd_checksum, vhd_geometry, vhd_into, vhd_uuid, write_vhd, Geometry, VHD_FOOTER_SIZE,
+};
+
+/// An open file and the path its errors name (the `*_into` functions take these, so that a
+/// caller can write into an unnamed file that gets its name only when the build succeeds).
+#[derive(Clone, Copy, Debug)]
+pub struct Named<'a> {
+    /// The open file.
+    pub file: &'a std::fs::File,
+    /// Its (final) path, for error messages.
+    pub path: &'a Path,
+}
+
+impl<'a> Named<'a> {
+    /// `file`, named `path` in errors.
+    #[must_use]
+    pub fn new(file: &'a std::fs::File, path: &'a Path) -> Self {
+        Named { file, path }
+    }
+}
 
 /// What went wrong writing an output format, naming the file.
 #[derive(Debug, thiserror::Error)]

@@ -23,7 +23,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::ranges::{read_exact_at, touched_units};
-use crate::{data_ranges, io_err, is_zero, overflow, to_usize, OutputError};
+use crate::{data_ranges, io_err, is_zero, overflow, to_usize, Named, OutputError};
 
 /// The cluster size written (`cluster_bits` 16, QEMU's default).
 pub const QCOW2_CLUSTER_SIZE: u64 = 1 << CLUSTER_BITS;
@@ -151,6 +151,17 @@ impl Qcow2Layout {
 /// QEMU's qcow2 limits.
 pub fn write_qcow2(raw: &Path, out: &Path) -> Result<u64, OutputError> {
     let src = File::open(raw).map_err(io_err(raw, "opening the raw image"))?;
+    let dst = File::create(out).map_err(io_err(out, "creating the qcow2 image"))?;
+    qcow2_into(Named::new(&src, raw), Named::new(&dst, out))
+}
+
+/// [`write_qcow2`] between open files: `dst` must be empty.
+///
+/// # Errors
+/// As [`write_qcow2`].
+pub fn qcow2_into(raw: Named<'_>, out: Named<'_>) -> Result<u64, OutputError> {
+    let (src, dst) = (raw.file, out.file);
+    let (raw, out) = (raw.path, out.path);
     let size = src.metadata().map_err(io_err(raw, "reading the raw image's size"))?.len();
     if size % 512 != 0 {
         let what = format!("qcow2 needs a whole number of 512-byte sectors, the image has {size} bytes");
@@ -158,13 +169,12 @@ pub fn write_qcow2(raw: &Path, out: &Path) -> Result<u64, OutputError> {
     }
     // Refuse early what cannot fit even with every cluster stored.
     Qcow2Layout::plan(size, size.div_ceil(QCOW2_CLUSTER_SIZE), 0).ok_or_else(|| overflow(raw, "qcow2 layout"))?;
-    let ranges = data_ranges(&src).map_err(io_err(raw, "finding data extents (SEEK_DATA)"))?;
-    let dst = File::create(out).map_err(io_err(out, "creating the qcow2 image"))?;
-    let stored = write_data_clusters(&src, raw, size, &ranges, &dst, out)?;
+    let ranges = data_ranges(src).map_err(io_err(raw, "finding data extents (SEEK_DATA)"))?;
+    let stored = write_data_clusters(src, raw, size, &ranges, dst, out)?;
     let n_l2 = count_regions(&stored);
     let n_data = u64::try_from(stored.len()).map_err(|_| overflow(raw, "cluster count"))?;
     let layout = Qcow2Layout::plan(size, n_data, n_l2).ok_or_else(|| overflow(raw, "qcow2 layout"))?;
-    write_tables(&layout, &stored, &dst, out)?;
+    write_tables(&layout, &stored, dst, out)?;
     dst.write_all_at(&layout.header(), 0).map_err(io_err(out, "writing the qcow2 header"))?;
     dst.sync_data().map_err(io_err(out, "flushing the qcow2 image"))?;
     layout.file_size().ok_or_else(|| overflow(raw, "qcow2 file size"))

@@ -15,7 +15,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use crate::ranges::read_exact_at;
-use crate::{data_ranges, io_err, is_zero, overflow, to_usize, OutputError};
+use crate::{data_ranges, io_err, is_zero, overflow, to_usize, Named, OutputError};
 
 /// Uncompressed bytes per gzip member (and per read for both streams).
 pub const GZIP_MEMBER_SIZE: u64 = 4 << 20;
@@ -59,11 +59,9 @@ impl<'a> Windows<'a> {
     }
 }
 
-/// Opens `raw` and lists its data extents.
-fn open_raw(raw: &Path) -> Result<(File, Vec<(u64, u64)>), OutputError> {
-    let src = File::open(raw).map_err(io_err(raw, "opening the raw image"))?;
-    let ranges = data_ranges(&src).map_err(io_err(raw, "finding data extents (SEEK_DATA)"))?;
-    Ok((src, ranges))
+/// Lists the data extents of the raw image.
+fn ranges_of(raw: Named<'_>) -> Result<Vec<(u64, u64)>, OutputError> {
+    data_ranges(raw.file).map_err(io_err(raw.path, "finding data extents (SEEK_DATA)"))
 }
 
 /// Compresses `raw` into the zstd file `out` (created or truncated) at `level` with
@@ -72,11 +70,22 @@ fn open_raw(raw: &Path) -> Result<(File, Vec<(u64, u64)>), OutputError> {
 /// # Errors
 /// [`OutputError::Io`] for a failed read, write or libzstd call.
 pub fn write_zstd(raw: &Path, out: &Path, level: i32, threads: u32) -> Result<u64, OutputError> {
-    let (src, ranges) = open_raw(raw)?;
-    let mut win = Windows::open(&src, raw, &ranges, GZIP_MEMBER_SIZE)?;
+    let src = File::open(raw).map_err(io_err(raw, "opening the raw image"))?;
     let dst = File::create(out).map_err(io_err(out, "creating the zstd file"))?;
+    zstd_into(Named::new(&src, raw), Named::new(&dst, out), level, threads)
+}
+
+/// [`write_zstd`] between open files: `dst` must be empty.
+///
+/// # Errors
+/// As [`write_zstd`].
+pub fn zstd_into(raw: Named<'_>, out: Named<'_>, level: i32, threads: u32) -> Result<u64, OutputError> {
+    let ranges = ranges_of(raw)?;
+    let dst = out.file;
+    let (src, raw, out) = (raw.file, raw.path, out.path);
+    let mut win = Windows::open(src, raw, &ranges, GZIP_MEMBER_SIZE)?;
     let zerr = io_err(out, "setting up zstd");
-    let mut enc = zstd::stream::Encoder::new(BufWriter::with_capacity(1 << 20, &dst), level).map_err(zerr)?;
+    let mut enc = zstd::stream::Encoder::new(BufWriter::with_capacity(1 << 20, dst), level).map_err(zerr)?;
     let setup = enc
         .multithread(threads.max(1))
         .and_then(|()| enc.include_checksum(true))
@@ -113,6 +122,19 @@ fn gzip_member(data: &[u8], level: u32) -> std::io::Result<Vec<u8>> {
 /// # Errors
 /// [`OutputError::Io`] for a failed read or write, or a thread pool that cannot start.
 pub fn write_gzip(raw: &Path, out: &Path, level: u32, threads: u32) -> Result<u64, OutputError> {
+    let src = File::open(raw).map_err(io_err(raw, "opening the raw image"))?;
+    let dst = File::create(out).map_err(io_err(out, "creating the gzip file"))?;
+    gzip_into(Named::new(&src, raw), Named::new(&dst, out), level, threads)
+}
+
+/// [`write_gzip`] between open files: `dst` must be empty.
+///
+/// # Errors
+/// As [`write_gzip`].
+pub fn gzip_into(raw: Named<'_>, out: Named<'_>, level: u32, threads: u32) -> Result<u64, OutputError> {
+    let ranges = ranges_of(raw)?;
+    let dst = out.file;
+    let (src, raw, out) = (raw.file, raw.path, out.path);
     let level = level.min(9);
     let threads = usize::try_from(threads.max(1)).map_err(|_| overflow(raw, "thread count"))?;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| OutputError::Io {
@@ -120,10 +142,8 @@ pub fn write_gzip(raw: &Path, out: &Path, level: u32, threads: u32) -> Result<u6
         what: "starting threads",
         source: std::io::Error::other(e),
     })?;
-    let (src, ranges) = open_raw(raw)?;
-    let mut win = Windows::open(&src, raw, &ranges, GZIP_MEMBER_SIZE)?;
-    let dst = File::create(out).map_err(io_err(out, "creating the gzip file"))?;
-    let mut w = BufWriter::with_capacity(1 << 20, &dst);
+    let mut win = Windows::open(src, raw, &ranges, GZIP_MEMBER_SIZE)?;
+    let mut w = BufWriter::with_capacity(1 << 20, dst);
     let zero_member =
         gzip_member(&vec![0u8; to_usize(raw, GZIP_MEMBER_SIZE)?], level).map_err(io_err(out, "compressing"))?;
     if win.size == 0 {

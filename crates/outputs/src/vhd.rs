@@ -16,7 +16,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::ranges::read_exact_at;
-use crate::{data_ranges, io_err, is_zero, overflow, to_usize, OutputError};
+use crate::{data_ranges, io_err, is_zero, overflow, to_usize, Named, OutputError};
 
 /// Bytes in the footer.
 pub const VHD_FOOTER_SIZE: u64 = 512;
@@ -125,15 +125,25 @@ pub fn footer(size: u64, uuid: [u8; 16], timestamp: u32) -> [u8; 512] {
 /// 2040 GiB.
 pub fn write_vhd(raw: &Path, out: &Path, uuid: [u8; 16], timestamp: u32) -> Result<u64, OutputError> {
     let src = File::open(raw).map_err(io_err(raw, "opening the raw image"))?;
+    let dst = File::create(out).map_err(io_err(out, "creating the VHD"))?;
+    vhd_into(Named::new(&src, raw), Named::new(&dst, out), uuid, timestamp)
+}
+
+/// [`write_vhd`] between open files: `dst` must be empty.
+///
+/// # Errors
+/// As [`write_vhd`].
+pub fn vhd_into(raw: Named<'_>, out: Named<'_>, uuid: [u8; 16], timestamp: u32) -> Result<u64, OutputError> {
+    let (src, dst) = (raw.file, out.file);
+    let (raw, out) = (raw.path, out.path);
     let size = src.metadata().map_err(io_err(raw, "reading the raw image's size"))?.len();
     let disk = size.div_ceil(MIB).checked_mul(MIB).ok_or_else(|| overflow(raw, "VHD size"))?;
     if disk / 512 > VHD_MAX_SECTORS {
         let what = format!("a VHD holds at most 2040 GiB, the image rounds up to {disk} bytes");
         return Err(OutputError::Unsupported { path: raw.to_path_buf(), what });
     }
-    let ranges = data_ranges(&src).map_err(io_err(raw, "finding data extents (SEEK_DATA)"))?;
-    let dst = File::create(out).map_err(io_err(out, "creating the VHD"))?;
-    copy_sparse(&src, raw, &ranges, &dst, out)?;
+    let ranges = data_ranges(src).map_err(io_err(raw, "finding data extents (SEEK_DATA)"))?;
+    copy_sparse(src, raw, &ranges, dst, out)?;
     let e = io_err(out, "writing the VHD footer");
     dst.write_all_at(&footer(disk, uuid, timestamp), disk).map_err(e)?;
     dst.sync_data().map_err(io_err(out, "flushing the VHD"))?;

@@ -149,6 +149,12 @@ impl Image {
         self.size
     }
 
+    /// The open file (to read the finished image back, e.g. to convert it).
+    #[must_use]
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// The final path.
     #[must_use]
     pub fn path(&self) -> &Path {

@@ -160,6 +160,30 @@ impl Ext4Layout {
     pub fn clamped_times(&self) -> &[String] {
         &self.clamped_times
     }
+    /// Byte ranges `(offset, len)` of the filesystem that must read as zero but that
+    /// [`write`](crate::write) leaves unwritten (holes of a fresh file): with
+    /// [`assume_zeroed`](crate::Ext4Options::assume_zeroed), the journal after its superblock.
+    /// A copy onto a disk with old data must write these zeros (a bmap maps them): a stale
+    /// journal block carrying this filesystem's UUID and the next sequence number would be
+    /// replayed after a crash. Sorted.
+    #[must_use]
+    pub fn zero_ranges(&self) -> Vec<(u64, u64)> {
+        let journal = self.inodes.get(JOURNAL_INO as usize - 1).map(|p| &p.body);
+        match journal {
+            Some(Body::Journal { extents }) if self.assume_zeroed => {
+                // The journal superblock (logical block 0) itself is written.
+                let skip = |e: &Extent| u64::from(e.lblk == 0);
+                let mut v: Vec<(u64, u64)> = extents
+                    .iter()
+                    .map(|e| ((e.pblk + skip(e)) * BS, (u64::from(e.len) - skip(e).min(u64::from(e.len))) * BS))
+                    .filter(|r| r.1 > 0)
+                    .collect();
+                v.sort_unstable();
+                v
+            }
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// What the options fix besides the size, checked once and shared by the stages.
