@@ -5,7 +5,8 @@
 # - only `builtins`, no nixpkgs `lib`;
 # - of `pkgs` only: runCommand, writeText, closureInfo, callPackage, grub2, grub2_efi, systemd,
 #   zstd, stdenv.hostPlatform.system;
-# - of the configuration only: disko.devices, disko.imageBuilder.{imageFormat,name,
+# - of the configuration only: disko.devices, disko.imageBuilder.{imageFormat (raw, qcow2, and
+#   mkdisk's raw.zst, raw.gz, vhd; the `format` argument overrides it),name,
 #   copyNixStore,extraPostVM}, system.build.toplevel, systemd.package and
 #   boot.loader.{timeout,efi,grub,systemd-boot}.
 #
@@ -108,6 +109,7 @@ let
     , config ? nixosConfiguration.config
     , seed ? null
     , format ? null
+    , bmap ? false
     , extraArgs ? [ ]
     }:
     let
@@ -117,11 +119,13 @@ let
       toplevel = config.system.build.toplevel;
       layout = pkgs.writeText "disko-layout.json" (layoutJSON config.disko.devices);
       nixos = flag copy ([ "--closure" (pkgs.closureInfo { rootPaths = [ toplevel ]; }) "--system" toplevel ] ++ bootArgs config);
-      args = [ "--seed" (if seed != null then seed else defaultSeed) ] ++ nixos ++ extraArgs;
+      formats = [ "raw" "raw.zst" "raw.gz" "qcow2" "vhd" ];
+      args = [ "--seed" (if seed != null then seed else defaultSeed) "--format" imageFormat ]
+        ++ flag bmap [ "--bmap" ] ++ nixos ++ extraArgs;
     in
-    if imageFormat != "raw" then
-      throw ("mkdisk: disko.imageBuilder.imageFormat = \"${toString imageFormat}\" is not supported yet: "
-        + "mkdisk's diskImages writes raw images only (set disko.imageBuilder.imageFormat = \"raw\")")
+    if !(builtins.elem imageFormat formats) then
+      throw ("mkdisk: disko.imageBuilder.imageFormat = \"${toString imageFormat}\" is not a format mkdisk "
+        + "writes (${builtins.concatStringsSep ", " formats})")
     else
       pkgs.runCommand (ib.name or "mkdisk-images") { } ''
         export SOURCE_DATE_EPOCH=''${SOURCE_DATE_EPOCH:-1}

@@ -307,9 +307,10 @@ fn a_failed_rename_of_the_second_disk_leaves_neither() {
     assert_eq!(listing(&out.join("second.raw")), ["keep"]);
 }
 
-/// Start a build whose file data takes a while to write, wait until its image exists (an
-/// open file in `--out`), and send it `signal`; `--out` must then be empty.
-fn kill_during_write(signal: &str) {
+/// Start a build whose file data takes a while to write, wait until `files` of its outputs
+/// exist (open files in `--out`: the raw image, then the converted one), and send it
+/// `signal`; `--out` must then be empty.
+fn kill_during_write(signal: &str, extra: &[&str], files: usize) {
     let t = tempfile::tempdir().unwrap();
     let out = t.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
@@ -328,6 +329,7 @@ fn kill_during_write(signal: &str) {
     );
     let mut child = Command::new(env!("CARGO_BIN_EXE_mkdisk"))
         .args(["build", s(&spec), "--out", s(&out), "--root", s(&root), "--threads", "1", "--quiet"])
+        .args(extra)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -339,8 +341,9 @@ fn kill_during_write(signal: &str) {
             .into_iter()
             .flatten()
             .flatten()
-            .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.starts_with(&out_canon) && !l.ends_with("out")));
-        if writing {
+            .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.starts_with(&out_canon) && !l.ends_with("out")))
+            .count();
+        if writing >= files {
             break;
         }
         assert!(child.try_wait().unwrap().is_none(), "the build ended before it was killed");
@@ -357,8 +360,11 @@ fn kill_during_write(signal: &str) {
 #[test]
 fn a_killed_build_leaves_nothing() {
     for signal in ["KILL", "TERM", "INT"] {
-        kill_during_write(signal);
+        kill_during_write(signal, &[], 1);
     }
+    // While the raw image is being compressed into the output format.
+    kill_during_write("KILL", &["--format", "raw.zst", "--bmap"], 2);
+    kill_during_write("TERM", &["--format", "qcow2"], 2);
 }
 
 #[test]

@@ -315,6 +315,17 @@ fn options_reach_the_image() {
     assert!(!fat_has(&bare, esp, "/EFI") && !fat_has(&bare, esp, "/grub"), "copyNixStore = false: no boot loader");
     assert!(read_at(&bare, partition(layout, "boot").0, 512).iter().all(|&b| b == 0));
 
+    // disko's imageFormat = "qcow2": only main.qcow2, the same disk as the raw build.
+    let q = built(&store, &e, &Case::new(layout, BOTH).arg("imageBuilder", r#"{ imageFormat = "qcow2"; }"#));
+    let names: Vec<_> = std::fs::read_dir(&q).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["main.qcow2"], "imageFormat = qcow2");
+    let (r, qc) = (both.to_str().unwrap(), q.join("main.qcow2"));
+    let o = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "qcow2", r, qc.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_ok("qemu-img compare raw qcow2", &o);
+
     let seeded = built(&store, &e, &Case::new(layout, BOTH).arg("seed", r#""another-seed""#)).join("main.raw");
     assert_ne!(sha256_file(&seeded), sha256_file(&both), "the seed argument reaches mkdisk");
 }
@@ -341,8 +352,8 @@ fn bad_configurations_name_the_option() {
         assert!(!o.status.success(), "{} {} built", case.layout, case.loader);
         String::from_utf8_lossy(&o.stderr).into_owned()
     };
-    let s = err(Case::new("seed-regular", GRUB_BIOS).arg("imageBuilder", r#"{ imageFormat = "qcow2"; }"#));
-    assert!(s.contains("disko.imageBuilder.imageFormat = \"qcow2\" is not supported yet"), "{s}");
+    let s = err(Case::new("seed-regular", GRUB_BIOS).arg("imageBuilder", r#"{ imageFormat = "vmdk"; }"#));
+    assert!(s.contains("disko.imageBuilder.imageFormat = \"vmdk\" is not a format mkdisk writes (raw, "), "{s}");
     let s = err(Case::new("ext4-swap", r#"{ grub = { enable = true; devices = [ "/dev/vdb" ]; }; }"#));
     assert!(s.contains("disk \"vdb\" has no BIOS boot partition (type EF02)"), "{s}");
     let s = err(Case::new("seed-regular", r#"{ grub = { enable = true; devices = [ "/dev/sdz" ]; }; }"#));
