@@ -176,7 +176,6 @@ pub fn qcow2_into(raw: Named<'_>, out: Named<'_>) -> Result<u64, OutputError> {
     let layout = Qcow2Layout::plan(size, n_data, n_l2).ok_or_else(|| overflow(raw, "qcow2 layout"))?;
     write_tables(&layout, &stored, dst, out)?;
     dst.write_all_at(&layout.header(), 0).map_err(io_err(out, "writing the qcow2 header"))?;
-    dst.sync_data().map_err(io_err(out, "flushing the qcow2 image"))?;
     layout.file_size().ok_or_else(|| overflow(raw, "qcow2 file size"))
 }
 

@@ -101,7 +101,6 @@ pub fn zstd_into(raw: Named<'_>, out: Named<'_>, level: i32, threads: u32) -> Re
     let mut w = enc.finish().map_err(io_err(out, "finishing the zstd frame"))?;
     w.flush().map_err(io_err(out, "writing the zstd file"))?;
     drop(w);
-    dst.sync_data().map_err(io_err(out, "flushing the zstd file"))?;
     Ok(dst.metadata().map_err(io_err(out, "reading the zstd file's size"))?.len())
 }
 
@@ -178,7 +177,6 @@ pub fn gzip_into(raw: Named<'_>, out: Named<'_>, level: u32, threads: u32) -> Re
     }
     w.flush().map_err(io_err(out, "writing the gzip file"))?;
     drop(w);
-    dst.sync_data().map_err(io_err(out, "flushing the gzip file"))?;
     Ok(dst.metadata().map_err(io_err(out, "reading the gzip file's size"))?.len())
 }
 

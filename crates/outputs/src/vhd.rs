@@ -146,7 +146,6 @@ pub fn vhd_into(raw: Named<'_>, out: Named<'_>, uuid: [u8; 16], timestamp: u32) 
     copy_sparse(src, raw, &ranges, dst, out)?;
     let e = io_err(out, "writing the VHD footer");
     dst.write_all_at(&footer(disk, uuid, timestamp), disk).map_err(e)?;
-    dst.sync_data().map_err(io_err(out, "flushing the VHD"))?;
     disk.checked_add(VHD_FOOTER_SIZE).ok_or_else(|| overflow(raw, "VHD size"))
 }
 
