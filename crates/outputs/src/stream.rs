@@ -1,8 +1,12 @@
 //! zstd and gzip streams of the raw image (`shared/docs/outputs.md` §4): the whole image,
 //! holes fed as zeros, so decompressing gives the raw bytes.
 //!
-//! zstd: one frame from libzstd's multithreaded mode with at least one worker, which gives
-//! the same bytes for every worker count (§4); content size and checksum are in the frame.
+//! zstd: concatenated frames (RFC 8878 §3.1, which every decoder reads as one stream): each
+//! run of 4 MiB windows holding a non-zero byte is one frame from libzstd's multithreaded
+//! mode with at least one worker, which gives the same bytes for every worker count (§4), with
+//! a content checksum; each run of all-zero windows (holes above all) is one frame of RLE
+//! blocks written directly. The cut depends on the bytes only, never on how the host file
+//! system reports holes.
 //! gzip: the image cut into [`GZIP_MEMBER_SIZE`] pieces, each compressed as an independent
 //! member (RFC 1952 §2.2: MTIME 0, no name, OS 255) in parallel and concatenated in order;
 //! the bytes depend on the level and the member size, not on the thread count. An all-zero
@@ -84,24 +88,98 @@ pub fn zstd_into(raw: Named<'_>, out: Named<'_>, level: i32, threads: u32) -> Re
     let dst = out.file;
     let (src, raw, out) = (raw.file, raw.path, out.path);
     let mut win = Windows::open(src, raw, &ranges, GZIP_MEMBER_SIZE)?;
-    let zerr = io_err(out, "setting up zstd");
-    let mut enc = zstd::stream::Encoder::new(BufWriter::with_capacity(1 << 20, dst), level).map_err(zerr)?;
-    let setup = enc
-        .multithread(threads.max(1))
-        .and_then(|()| enc.include_checksum(true))
-        .and_then(|()| enc.include_contentsize(true))
-        .and_then(|()| enc.set_pledged_src_size(Some(win.size)));
-    setup.map_err(io_err(out, "setting up zstd"))?;
-    let zeros = vec![0u8; to_usize(raw, GZIP_MEMBER_SIZE)?];
+    let mut state = Zstd::Idle(BufWriter::with_capacity(1 << 20, dst));
+    let mut zero_run = 0u64;
     let mut buf = Vec::new();
+    let e = |what| io_err(out, what);
     while let Some((n, data)) = win.next(&mut buf)? {
-        let bytes = if data { &buf[..n] } else { &zeros[..n] };
-        enc.write_all(bytes).map_err(io_err(out, "compressing into the zstd file"))?;
+        if !data || is_zero(&buf[..n]) {
+            state = state.idle().map_err(e("finishing a zstd frame"))?;
+            zero_run += n as u64;
+            continue;
+        }
+        if let Zstd::Idle(w) = &mut state {
+            if zero_run > 0 {
+                w.write_all(&zero_frame(zero_run)).map_err(e("writing the zstd file"))?;
+                zero_run = 0;
+            }
+        }
+        state = state.compressing(level, threads).map_err(e("setting up zstd"))?;
+        if let Zstd::Frame(enc) = &mut state {
+            enc.write_all(&buf[..n]).map_err(e("compressing into the zstd file"))?;
+        }
     }
-    let mut w = enc.finish().map_err(io_err(out, "finishing the zstd frame"))?;
+    let mut w = state.finish().map_err(e("finishing a zstd frame"))?;
+    if zero_run > 0 || win.size == 0 {
+        w.write_all(&zero_frame(zero_run)).map_err(e("writing the zstd file"))?;
+    }
     w.flush().map_err(io_err(out, "writing the zstd file"))?;
     drop(w);
     Ok(dst.metadata().map_err(io_err(out, "reading the zstd file's size"))?.len())
+}
+
+/// The zstd output between frames, or inside a data frame.
+enum Zstd<'a> {
+    Idle(BufWriter<&'a File>),
+    Frame(zstd::stream::Encoder<'static, BufWriter<&'a File>>),
+}
+
+impl<'a> Zstd<'a> {
+    /// Between frames (finishing the data frame if one is open).
+    fn idle(self) -> std::io::Result<Self> {
+        match self {
+            Zstd::Frame(enc) => Ok(Zstd::Idle(enc.finish()?)),
+            idle => Ok(idle),
+        }
+    }
+
+    /// Inside a data frame: a libzstd frame (multithreaded with at least one worker, the same
+    /// bytes for every worker count) with a content checksum.
+    fn compressing(self, level: i32, threads: u32) -> std::io::Result<Self> {
+        match self {
+            Zstd::Idle(w) => {
+                let mut enc = zstd::stream::Encoder::new(w, level)?;
+                enc.multithread(threads.max(1))?;
+                enc.include_checksum(true)?;
+                Ok(Zstd::Frame(enc))
+            }
+            frame => Ok(frame),
+        }
+    }
+
+    /// The writer, after the last frame is finished.
+    fn finish(self) -> std::io::Result<BufWriter<&'a File>> {
+        match self {
+            Zstd::Idle(w) => Ok(w),
+            Zstd::Frame(enc) => enc.finish(),
+        }
+    }
+}
+
+/// A zstd frame of `len` zero bytes made of RLE blocks (RFC 8878 §3.1.1: single segment, the
+/// content size in 8 bytes, blocks of at most 128 KiB, 4 bytes each): 2 GiB of holes cost 64 KiB
+/// and no compression work. `len` 0 gives one empty raw block (a valid, empty frame).
+fn zero_frame(len: u64) -> Vec<u8> {
+    const BLOCK: u64 = 128 << 10;
+    let mut f = Vec::with_capacity(13 + 4 * usize::try_from(len / BLOCK + 1).unwrap_or(0));
+    f.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
+    f.push(0b1110_0000); // Frame_Content_Size_flag 3 (8 bytes), Single_Segment_flag
+    f.extend_from_slice(&len.to_le_bytes());
+    let mut left = len;
+    loop {
+        let size = left.min(BLOCK);
+        left -= size;
+        let last = u64::from(left == 0);
+        let rle = if size == 0 { 0 } else { 1 }; // Block_Type: 0 raw (empty), 1 RLE
+        let header = last | (rle << 1) | (size << 3);
+        f.extend_from_slice(&header.to_le_bytes()[..3]);
+        if size > 0 {
+            f.push(0);
+        }
+        if left == 0 {
+            return f;
+        }
+    }
 }
 
 /// One gzip member of `data` at `level` (deterministic header: MTIME 0, no name, OS 255).

@@ -196,6 +196,23 @@ fn zstd_stream() {
     assert_eq!(sha(&z1), sha(&z2), "zstd output depends on the thread count");
     let list = run("zstd", &["-lv", s(&z1)]);
     eprintln!("{}", String::from_utf8_lossy(&list.stdout));
+    // Zero runs become RLE frames between the data frames: all holes, written zeros (the
+    // same bytes as holes), data only in the last, partial window, and a zero run longer
+    // than one RLE block that is not a whole number of blocks.
+    let cases: [(u64, Vec<(u64, Vec<u8>)>); 4] = [
+        (10 * MIB + 3, vec![]),
+        (9 * MIB, vec![(MIB, vec![0u8; 3 << 20])]),
+        (9 * MIB + 5, vec![(9 * MIB, b"tail!".to_vec())]),
+        (13 * MIB + 4097, vec![(0, vec![1u8; 4097]), (12 * MIB + 7, vec![2u8; 9])]),
+    ];
+    for (i, (size, writes)) in cases.into_iter().enumerate() {
+        let raw = sparse(&d.path().join(format!("c{i}.raw")), size, &writes);
+        let z = d.path().join(format!("c{i}.zst"));
+        write_zstd(&raw, &z, 3, 2).unwrap();
+        decompresses_to("zstd", &z, &raw);
+    }
+    let holes = fs::metadata(d.path().join("c0.zst")).unwrap().len();
+    assert!(holes < 512, "10 MiB of holes take {holes} bytes");
 }
 
 #[test]
