@@ -199,7 +199,8 @@ fn zstd_stream() {
     // Zero runs become RLE frames between the data frames: all holes, written zeros (the
     // same bytes as holes), data only in the last, partial window, and a zero run longer
     // than one RLE block that is not a whole number of blocks.
-    let cases: [(u64, Vec<(u64, Vec<u8>)>); 4] = [
+    type Writes = Vec<(u64, Vec<u8>)>;
+    let cases: [(u64, Writes); 4] = [
         (10 * MIB + 3, vec![]),
         (9 * MIB, vec![(MIB, vec![0u8; 3 << 20])]),
         (9 * MIB + 5, vec![(9 * MIB, b"tail!".to_vec())]),
