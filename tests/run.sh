@@ -16,7 +16,7 @@ tools=(
   sgdisk:gdisk sfdisk:fdisk blkid:util-linux swaplabel:util-linux
   fsck.fat:dosfstools mcopy:mtools mdir:mtools
   e2fsck:e2fsprogs debugfs:e2fsprogs mke2fs:e2fsprogs
-  btrfs:btrfs-progs mkfs.btrfs:btrfs-progs
+  btrfs:btrfs-progs mkfs.btrfs:btrfs-progs growpart:cloud-guest-utils
   nix-store:nix-bin nix-build:nix-bin
   python3:python3 zstd:zstd gzip:gzip
   qemu-img:qemu-utils bmaptool:bmap-tools

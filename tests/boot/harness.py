@@ -6,16 +6,25 @@ packages fetched with `apt-get download` and unpacked with `dpkg-deb -x` into a 
 (default: <repo>/target/boot-cache, or $MKDISK_BOOT_CACHE), reused across runs.
 
   harness.py fetch                      fetch + unpack; print the parts as JSON
-  harness.py initramfs OUT              build the test initramfs (newc cpio, gzip)
+  harness.py initramfs [OUT] [--with BIN ...]
+                                        build the test initramfs (newc cpio, gzip)
   harness.py run --disk IMG [--disk IMG2] --console LOG --listing OUT
                  [--firmware direct|ovmf|bios] [--mount ID:DEV:FS:OPTS ...] [--timeout S]
+                 [--with BIN ...] [--grow DEV:FS ...] [--writable]
                                         boot; direct = -kernel/-initrd (SeaBIOS),
                                         ovmf = UEFI firmware boots the disk's ESP,
-                                        bios = SeaBIOS boots the disk (GRUB in MBR + EF02)
+                                        bios = SeaBIOS boots the disk (GRUB in MBR + EF02);
+                                        --with: host binaries (and the libraries ldd lists)
+                                        in the initramfs, --grow: the guest grows DEV's
+                                        filesystem (mounted, rw) before listing (needs
+                                        --with resize2fs / btrfs), --writable: the guest's
+                                        writes reach the disk files (default: snapshot=on)
   harness.py grub-dir OUT --prefix P MODULES...
                                         GRUB i386-pc inputs (boot.img, a grub-mkimage core.img)
   harness.py alter IMG OUT MARKER...     sparse copy of IMG with one byte changed inside each
                                         MARKER (which must occur exactly once)
+  harness.py extract IMG OFFSET LENGTH OUT
+                                        sparse copy of a byte range of IMG (a partition) into OUT
   harness.py host-list DIR              the host-side listing format (for manual diffs)
 
 Exit status 77 from any command: QEMU (or a part) cannot be had here — the caller decides
@@ -369,11 +378,46 @@ class Cpio:
         return self.buf.getvalue()
 
 
-def build_initramfs(out, parts):
+def host_binaries(binaries):
+    """{path in the initramfs: host file} for `binaries` (absolute host paths), every library
+    `ldd` lists for them and the dynamic loader, each at its host path; `Unavailable` where a
+    binary is missing or a library is not found."""
+    files = {}
+    for b in binaries:
+        if not os.path.isabs(b) or not os.path.isfile(b):
+            raise Unavailable(f"--with {b}: not an absolute path of a file on this host")
+        files[b.lstrip("/")] = os.path.realpath(b)
+        r = run(["ldd", b])
+        if r.returncode != 0:
+            continue  # static ("not a dynamic executable")
+        for line in r.stdout.splitlines():
+            f = line.split()
+            if "not found" in line:
+                raise Unavailable(f"--with {b}: ldd: {line.strip()}")
+            if "=>" in f and len(f) > f.index("=>") + 1 and f[f.index("=>") + 1].startswith("/"):
+                lib = f[f.index("=>") + 1]
+            elif f and f[0].startswith("/"):
+                lib = f[0]  # the dynamic loader
+            else:
+                continue  # linux-vdso
+            files[lib.lstrip("/")] = os.path.realpath(lib)
+    return files
+
+
+def build_initramfs(out, parts, extra=()):
     mods = resolve_modules(parts["modules"], MODULES)
     c = Cpio()
-    for d in ("bin", "dev", "proc", "sys", "mnt", "tmp", "lib", "lib/modules"):
+    dirs = ["bin", "dev", "proc", "sys", "mnt", "tmp", "lib", "lib/modules"]
+    for d in dirs:
         c.dir(d)
+    for name, host in sorted(host_binaries(extra).items()):
+        parts_of = name.split("/")
+        for i in range(1, len(parts_of)):
+            d = "/".join(parts_of[:i])
+            if d not in dirs:
+                dirs.append(d)
+                c.dir(d)
+        c.file(name, open(host, "rb").read(), 0o100755)
     c.chardev("dev/console", 5, 1)
     c.file("bin/busybox", open(parts["busybox"], "rb").read(), 0o100755)
     c.file("init", open(os.path.join(HERE, "init.sh"), "rb").read(), 0o100755)
@@ -386,19 +430,25 @@ def build_initramfs(out, parts):
         with gzip.GzipFile(fileobj=f, mode="wb", mtime=0, filename="") as g:
             g.write(raw)
     os.replace(tmp, out)
-    log(f"initramfs {out}: {len(mods)} modules ({' '.join(n for n, _ in mods)}), {os.path.getsize(out)} bytes")
+    log(f"initramfs {out}: {len(mods)} modules ({' '.join(n for n, _ in mods)}), "
+        f"{len(extra)} host binaries, {os.path.getsize(out)} bytes")
 
 
-def cached_initramfs(parts):
-    """The initramfs for these parts and this init.sh, built once into the cache."""
+def cached_initramfs(parts, extra=()):
+    """The initramfs for these parts, this init.sh and the host binaries `extra` (`--with`),
+    built once into the cache."""
     h = hashlib.sha256()
     h.update(open(os.path.join(HERE, "init.sh"), "rb").read())
     h.update(open(os.path.abspath(__file__), "rb").read())
     h.update(parts["kernel_version"].encode() + parts["busybox"].encode())
+    if extra:
+        # The binaries and their libraries by content: a host upgrade makes a new initramfs.
+        for name, host in sorted(host_binaries(extra).items()):
+            h.update(name.encode() + b"\0" + hashlib.sha256(open(host, "rb").read()).digest())
     path = os.path.join(cache_dir(), f"initramfs-{h.hexdigest()[:16]}.gz")
     with Lock(os.path.join(cache_dir(), ".lock")):
         if not os.path.exists(path):
-            build_initramfs(path, parts)
+            build_initramfs(path, parts, extra)
     return path
 
 
@@ -413,8 +463,10 @@ def boot(parts, a):
            "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
            "-serial", f"file:{a.console}", "-serial", f"file:{a.listing}"]
     for d in a.disk:
-        # snapshot=on: the guest never writes the image (it mounts read-only anyway).
-        cmd += ["-drive", f"file={d},format=raw,if=virtio,snapshot=on"]
+        # snapshot=on: the guest never writes the image (it mounts read-only anyway);
+        # --writable (growth tests): the guest's writes reach the file.
+        snap = "" if a.writable else ",snapshot=on"
+        cmd += ["-drive", f"file={d},format=raw,if=virtio{snap}"]
     if a.firmware == "ovmf":
         vars_copy = os.path.join(work, "OVMF_VARS.fd")
         shutil.copyfile(parts["ovmf_vars"], vars_copy)
@@ -423,8 +475,9 @@ def boot(parts, a):
     elif a.firmware == "bios":
         pass  # SeaBIOS (QEMU's default firmware) boots the disk's MBR → GRUB core.img
     else:
-        initrd = a.initrd or cached_initramfs(parts)
+        initrd = a.initrd or cached_initramfs(parts, a.with_bin)
         append = ["console=ttyS0", "panic=-1", "loglevel=4", "mkdisk.out=ttyS1"]
+        append += [f"mkdisk.grow={g}" for g in a.grow]
         append += [f"mkdisk.mount={m}" for m in a.mount]
         cmd += ["-kernel", parts["kernel"], "-initrd", initrd, "-append", " ".join(append)]
     for f in (a.console, a.listing):
@@ -528,6 +581,28 @@ def alter(src, dst, markers):
     os.replace(dst + ".tmp", dst)
 
 
+def extract_range(src, offset, length, dst):
+    """Copy bytes [offset, offset+length) of `src` into a new file `dst` of `length` bytes,
+    sparse: holes of `src` are skipped (SEEK_DATA), so a partition of a large sparse image is
+    copied in the time its data takes (the growth tests' host checkers take no offset)."""
+    size = os.path.getsize(src)
+    end_all = min(size, offset + length)
+    chunk = 8 << 20
+    with open(src, "rb") as f, open(dst + ".tmp", "wb") as g:
+        g.truncate(length)
+        for start, end in data_extents(f, end_all):
+            start, end = max(start, offset), min(end, end_all)
+            if start >= end:
+                continue
+            f.seek(start)
+            g.seek(start - offset)
+            while start < end:
+                buf = f.read(min(chunk, end - start))
+                g.write(buf)
+                start += len(buf)
+    os.replace(dst + ".tmp", dst)
+
+
 # ---------------------------------------------------------------------------------------------
 # host-side listing (same records as the guest's, for manual diffs)
 
@@ -558,6 +633,8 @@ def main():
     sub.add_parser("fetch")
     p = sub.add_parser("initramfs", help="print the path of the (cached) initramfs; with OUT, copy it there")
     p.add_argument("out", nargs="?")
+    p.add_argument("--with", dest="with_bin", action="append", default=[], metavar="BIN",
+                   help="a host binary (absolute path) to add, with its libraries and loader")
     p = sub.add_parser("run")
     p.add_argument("--disk", action="append", required=True)
     p.add_argument("--console", required=True)
@@ -566,6 +643,12 @@ def main():
     p.add_argument("--initrd")
     p.add_argument("--mount", action="append", default=[])
     p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--with", dest="with_bin", action="append", default=[], metavar="BIN",
+                   help="a host binary for the initramfs (direct boot without --initrd)")
+    p.add_argument("--grow", action="append", default=[], metavar="DEV:FS",
+                   help="mkdisk.grow=DEV:FS: the guest grows DEV's filesystem (ext4, btrfs) first")
+    p.add_argument("--writable", action="store_true",
+                   help="attach the disks without snapshot=on: the guest's writes reach the files")
     p = sub.add_parser("grub-dir", help="GRUB i386-pc inputs (boot.img, a grub-mkimage core.img, i386-pc/)")
     p.add_argument("out")
     p.add_argument("--prefix", required=True, help="e.g. (,gpt2)/grub")
@@ -574,12 +657,20 @@ def main():
     p.add_argument("img")
     p.add_argument("out")
     p.add_argument("marker", nargs="+")
+    p = sub.add_parser("extract", help="sparse copy of LENGTH bytes of IMG from OFFSET into OUT (a partition)")
+    p.add_argument("img")
+    p.add_argument("offset", type=int)
+    p.add_argument("length", type=int)
+    p.add_argument("out")
     p = sub.add_parser("host-list")
     p.add_argument("dir")
     a = ap.parse_args()
     try:
         if a.cmd == "alter":
             alter(a.img, a.out, [m.encode() for m in a.marker])
+            return 0
+        if a.cmd == "extract":
+            extract_range(a.img, a.offset, a.length, a.out)
             return 0
         if a.cmd == "host-list":
             print("\n".join(host_list(os.path.abspath(a.dir))))
@@ -592,7 +683,7 @@ def main():
             grub_dir(parts, a.out, a.prefix, a.modules)
             return 0
         if a.cmd == "initramfs":
-            path = cached_initramfs(parts)
+            path = cached_initramfs(parts, a.with_bin)
             if a.out:
                 shutil.copyfile(path, a.out)
             print(path)
