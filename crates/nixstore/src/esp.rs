@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use mkdisk_tree::{FileData, Meta, Source, Timestamp, Tree};
 
+use crate::arch::{check_efi_arch, Arch};
 use crate::bootspec::{resolve_store_path, store_host_path, Bootspec};
 use crate::NixError;
 
@@ -70,8 +71,11 @@ pub fn civil_date(unix: i64) -> String {
 /// Options of a systemd-boot install.
 #[derive(Clone, Debug)]
 pub struct SystemdBootOptions {
-    /// `systemd-bootx64.efi` on the host; `None`: `<toplevel>/systemd/lib/systemd/boot/efi/`.
+    /// `systemd-boot<efi suffix>.efi` on the host; `None`: the toplevel's, in
+    /// `<toplevel>/systemd/lib/systemd/boot/efi/`.
     pub efi: Option<PathBuf>,
+    /// The image's architecture: the binary's name and its PE machine (default x86_64).
+    pub arch: Arch,
     /// `timeout` in loader.conf (`boot.loader.timeout`, NixOS default 5).
     pub timeout: Option<u32>,
     /// The build time (entry "built on" date, UTC).
@@ -89,6 +93,7 @@ impl Default for SystemdBootOptions {
     fn default() -> Self {
         SystemdBootOptions {
             efi: None,
+            arch: Arch::X86_64,
             timeout: Some(5),
             epoch: 0,
             generation: 1,
@@ -112,19 +117,22 @@ fn efi_name(resolved: &str) -> String {
 }
 
 /// The ESP content of a systemd-boot install of `spec` (paths relative to the ESP root):
-/// `EFI/BOOT/BOOTX64.EFI` and `EFI/systemd/systemd-bootx64.efi`, `loader/loader.conf`,
+/// `EFI/BOOT/BOOTX64.EFI` and `EFI/systemd/systemd-bootx64.efi` (for x86_64; `AA64`/`aa64` for
+/// aarch64, `RISCV64`/`riscv64` for riscv64), `loader/loader.conf`,
 /// `loader/entries/nixos-generation-N.conf`, the kernel and initrd under `EFI/nixos/`, and the
 /// empty `EFI/nixos/.extra-files/`. No random seed, no machine id.
 ///
 /// # Errors
 /// [`NixError::MissingBootFile`] when the kernel, initrd or systemd-boot binary cannot be
-/// found in the host store.
+/// found in the host store; [`NixError::WrongArch`] when systemd-boot is a PE image of another
+/// architecture.
 pub fn systemd_boot_files(spec: &Bootspec, store_dir: &Path, opts: &SystemdBootOptions) -> Result<BootFiles, NixError> {
     let mut out = BootFiles::default();
+    let sfx = opts.arch.efi_suffix();
     let efi = match &opts.efi {
         Some(p) => p.clone(),
         None => {
-            let p = format!("{}/systemd/lib/systemd/boot/efi/systemd-bootx64.efi", spec.toplevel);
+            let p = format!("{}/systemd/lib/systemd/boot/efi/systemd-boot{sfx}.efi", spec.toplevel);
             let r = resolve_store_path(store_dir, &p).map_err(|e| NixError::MissingBootFile {
                 what: "systemd-boot (give --systemd-boot FILE)",
                 path: p.clone(),
@@ -137,8 +145,9 @@ pub fn systemd_boot_files(spec: &Bootspec, store_dir: &Path, opts: &SystemdBootO
         let path = path.to_string();
         move |e| NixError::MissingBootFile { what, path, message: e.to_string() }
     }
-    out.add_host("EFI/BOOT/BOOTX64.EFI", &efi).map_err(missing("systemd-boot", &efi.display().to_string()))?;
-    out.add_host("EFI/systemd/systemd-bootx64.efi", &efi)
+    check_efi_arch("systemd-boot", &efi, opts.arch)?;
+    out.add_host(opts.arch.removable_efi_path(), &efi).map_err(missing("systemd-boot", &efi.display().to_string()))?;
+    out.add_host(format!("EFI/systemd/systemd-boot{sfx}.efi"), &efi)
         .map_err(missing("systemd-boot", &efi.display().to_string()))?;
     let kernel = resolve_store_path(store_dir, &spec.kernel).map_err(missing("kernel", &spec.kernel))?;
     let kernel_efi = efi_name(&kernel);

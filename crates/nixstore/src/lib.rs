@@ -18,6 +18,7 @@
 //! It depends only on `mkdisk-tree`; the `mkdisk` crate calls it from its build orchestration.
 //! Formats: `docs/nix-store.md` and `docs/boot.md`.
 
+mod arch;
 mod bootspec;
 mod closure;
 mod db;
@@ -29,6 +30,7 @@ mod profiles;
 
 use std::path::PathBuf;
 
+pub use arch::{check_efi_arch, pe_machine, Arch};
 pub use bootspec::{resolve_store_path, store_host_path, Bootspec};
 pub use closure::{add_closure, ClosureInfo, PathInfo, Registration};
 pub use db::{add_nix_db, nix_db, NIX_SCHEMA_SQL, NIX_SCHEMA_VERSION};
@@ -135,6 +137,18 @@ pub enum NixError {
         path: String,
         /// What is wrong.
         message: String,
+    },
+    /// An EFI binary handed in is built for another architecture than the image's.
+    #[error("{what} {}: an EFI binary for {found}, but the image is for {arch}", path.display())]
+    WrongArch {
+        /// What it is (systemd-boot, ...).
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Its architecture (or PE machine type).
+        found: String,
+        /// The image's architecture.
+        arch: Arch,
     },
     /// `boot.img` is not one sector, or `core.img` is malformed.
     #[error("GRUB: {0}")]
