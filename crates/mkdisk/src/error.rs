@@ -33,6 +33,20 @@ pub enum FsError {
     /// A format mkdisk does not write yet.
     #[error("{0} is not implemented yet")]
     NotImplemented(String),
+    /// The partition that fills a disk sized by `--image-size` is smaller than its content
+    /// needs (the filesystem's minimal size, measured when planning failed).
+    #[error(
+        "the image is {} MiB too small for this partition's content: the partition has {} MiB, its filesystem needs {} MiB",
+        crate::autosize::mib_ceil(min_size_bytes.saturating_sub(*size_bytes)),
+        size_bytes >> 20,
+        crate::autosize::mib_ceil(*min_size_bytes)
+    )]
+    TooSmall {
+        /// The partition's size.
+        size_bytes: u64,
+        /// The smallest size its filesystem plans the content into.
+        min_size_bytes: u64,
+    },
 }
 
 /// Build errors, each with the disk/partition it concerns.
@@ -88,6 +102,15 @@ pub enum BuildError {
     /// NixOS content (closure, store, boot.json, boot loader inputs).
     #[error("NixOS: {0}")]
     Nixos(#[from] NixosError),
+    /// A disk's size cannot be had: `--image-size` below the fixed partitions, `auto` on a
+    /// disk with no partition to size, or one without content to size it by.
+    #[error("disk {disk}: {message}")]
+    Size {
+        /// Disk name.
+        disk: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl BuildError {

@@ -38,6 +38,7 @@
 
 #![deny(clippy::too_many_lines, clippy::cast_possible_truncation)]
 
+pub mod autosize;
 pub mod boot;
 pub mod error;
 pub mod fsopts;
@@ -55,7 +56,9 @@ pub mod write;
 
 use std::path::PathBuf;
 
+pub use autosize::{Headroom, ImageSize};
 pub use error::{BuildError, FsError};
+pub use mkdisk_nixstore::Arch;
 pub use mkdisk_tree::{NoProgress, Progress};
 pub use nixos::NixosError;
 pub use options::{BuildOptions, NixosOptions, OutputFormat, SystemdBoot};

@@ -72,6 +72,18 @@ struct ContentArgs {
     /// Default btrfs compression, `zstd[:LEVEL]`, where the layout's mount options set none.
     #[arg(long, value_name = "zstd[:LEVEL]")]
     compress: Option<String>,
+    /// Every disk's size, instead of the layout's imageSize: SIZE ([0-9]+[KMGTP], e.g. 25G;
+    /// the partition that fills the disk grows, the file stays sparse), or `auto`: the fixed
+    /// partitions keep their sizes and the one that fills the disk (size 100%) gets the
+    /// smallest size its filesystem holds the content in, plus --headroom, rounded up to its
+    /// alignment (1 MiB); the image ends after it and the backup GPT.
+    #[arg(long, value_name = "auto|SIZE", value_parser = parse_image_size)]
+    image_size: Option<mkdisk::ImageSize>,
+    /// Room an auto-sized partition gets on top of its content's minimal size: a
+    /// percentage of that size, a size, or both (`10%`, `256M`, `10%+256M`). Default
+    /// 10%+64M: room to boot, log and update, in proportion to the content.
+    #[arg(long, value_name = "P%+SIZE", value_parser = parse_headroom)]
+    headroom: Option<mkdisk::Headroom>,
     #[command(flatten)]
     nixos: NixosArgs,
 }
@@ -84,6 +96,8 @@ impl ContentArgs {
         opts.threads = self.threads.or_else(threads_default);
         opts.keep_owner = self.keep_owner;
         opts.compress = self.compress;
+        opts.image_size = self.image_size;
+        opts.headroom = self.headroom.unwrap_or_default();
         opts.source_date_epoch = source_date_epoch()?;
         opts.nixos = self.nixos.into_options()?;
         Ok(opts)
@@ -147,6 +161,11 @@ struct NixosArgs {
     /// GRUB terminal on the serial port too.
     #[arg(long)]
     grub_serial: bool,
+    /// The image's architecture (x86_64, aarch64, riscv64): boot loader names (BOOTAA64.EFI,
+    /// systemd-bootaa64.efi), GRUB's EFI platform (arm64-efi), PE checks. Default: the
+    /// --system toplevel's bootspec `system`, else the host's; a disagreeing bootspec is an error.
+    #[arg(long, value_name = "ARCH", value_parser = parse_arch)]
+    arch: Option<mkdisk::Arch>,
 }
 
 impl NixosArgs {
@@ -171,6 +190,7 @@ impl NixosArgs {
         o.no_bootloader = self.no_bootloader;
         o.boot_timeout = self.boot_timeout;
         o.grub_serial = self.grub_serial;
+        o.arch = self.arch;
         Ok(o)
     }
 }
@@ -229,7 +249,19 @@ fn read_spec(path: &PathBuf) -> anyhow::Result<Spec> {
     Spec::parse(&text).with_context(|| format!("{}", path.display()))
 }
 
+fn parse_arch(s: &str) -> Result<mkdisk::Arch, String> {
+    mkdisk::Arch::parse(s).ok_or_else(|| format!("unknown architecture {s:?} (known: x86_64, aarch64, riscv64)"))
+}
+
 fn parse_format(s: &str) -> Result<mkdisk::OutputFormat, String> {
+    s.parse()
+}
+
+fn parse_image_size(s: &str) -> Result<mkdisk::ImageSize, String> {
+    s.parse()
+}
+
+fn parse_headroom(s: &str) -> Result<mkdisk::Headroom, String> {
     s.parse()
 }
 

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use mkdisk_tree::ids;
 use uuid::Uuid;
 
+use crate::autosize::{Headroom, ImageSize};
+
 /// What `mkdisk build` needs besides the layout.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -35,6 +37,11 @@ pub struct BuildOptions {
     pub format: OutputFormat,
     /// Also write `<imageName>.raw.bmap` (bmaptool's format 2.0) per disk.
     pub bmap: bool,
+    /// Every disk's size (`--image-size`), instead of the layout's `imageSize`.
+    pub image_size: Option<ImageSize>,
+    /// What an auto-sized disk's fill partition gets on top of its content's minimal size
+    /// (`--headroom`, default 10 % + 64 MiB).
+    pub headroom: Headroom,
 }
 
 /// The file each disk becomes (`--format`). Every form is made from the finished sparse raw
@@ -127,6 +134,8 @@ impl BuildOptions {
             measure: false,
             format: OutputFormat::Raw,
             bmap: false,
+            image_size: None,
+            headroom: Headroom::default(),
         }
     }
 
@@ -155,7 +164,7 @@ impl BuildOptions {
 /// Which systemd-boot binary to install.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SystemdBoot {
-    /// `<toplevel>/systemd/lib/systemd/boot/efi/systemd-bootx64.efi`.
+    /// `<toplevel>/systemd/lib/systemd/boot/efi/systemd-boot<x64|aa64|riscv64>.efi`.
     FromToplevel,
     /// This file.
     File(PathBuf),
@@ -208,6 +217,9 @@ pub struct NixosOptions {
     pub boot_timeout: Option<u32>,
     /// Put GRUB's terminal on the serial port as well.
     pub grub_serial: bool,
+    /// The image's architecture (`--arch`): boot loader file names and binaries. `None`: the
+    /// toplevel's bootspec `system`, else the host's. A bootspec that disagrees is an error.
+    pub arch: Option<mkdisk_nixstore::Arch>,
 }
 
 impl NixosOptions {

@@ -33,8 +33,29 @@ pub struct DiskReport {
     pub size_bytes: u64,
     /// The disk GUID.
     pub guid: String,
+    /// The size asked for: `"auto"`, the layout's `imageSize` as written, or `--image-size`
+    /// (in its largest whole binary unit: `64G`).
+    pub image_size: String,
+    /// How an auto size came about (only for `"auto"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_size: Option<AutoSizeReport>,
     /// Partitions in table order.
     pub partitions: Vec<PartitionReport>,
+}
+
+/// How an auto-sized disk got its size: the fill partition's filesystem minimum, plus the
+/// headroom, rounded up to the partition's alignment; the disk ends after it and the backup
+/// GPT.
+#[derive(Debug, Serialize)]
+pub struct AutoSizeReport {
+    /// The partition that fills the disk (the layout's name).
+    pub partition: String,
+    /// The smallest size its filesystem plans the content into.
+    pub min_size_bytes: u64,
+    /// The headroom asked for (`--headroom`, as `10%+64M`).
+    pub headroom: String,
+    /// That headroom in bytes on this content.
+    pub headroom_bytes: u64,
 }
 
 /// A mount point on a partition.
@@ -170,6 +191,13 @@ impl ImagePlan {
                 sectors: d.placed.layout.sectors,
                 size_bytes: d.placed.layout.sectors * mkdisk_gpt::SECTOR_SIZE,
                 guid: d.placed.layout.disk_guid.to_string(),
+                image_size: d.image_size.clone(),
+                auto_size: d.auto.map(|a| AutoSizeReport {
+                    partition: d.placed.layout.partitions[a.partition].name.clone(),
+                    min_size_bytes: a.min_size_bytes,
+                    headroom: a.headroom.to_string(),
+                    headroom_bytes: a.headroom_bytes,
+                }),
                 partitions: d.partitions.iter().map(|p| partition(d, p)).collect(),
             })
             .collect();

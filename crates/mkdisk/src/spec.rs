@@ -11,6 +11,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::autosize::ImageSize;
+
 /// A spec error: where and what.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{}{message}", if path.is_empty() { String::new() } else { format!("{path}: ") })]
@@ -45,8 +47,9 @@ pub struct Disk {
     pub image_name: String,
     /// `imageSize` as written.
     pub image_size: String,
-    /// Image size in bytes.
-    pub size_bytes: u64,
+    /// Image size: bytes, or `"auto"` (the smallest that holds the content, see
+    /// [`autosize`](crate::autosize)).
+    pub size: ImageSize,
     /// Partitions in attribute-name order (placement sorts them).
     pub partitions: Vec<Partition>,
 }
@@ -550,14 +553,18 @@ fn check_type(o: &Obj, path: &str, expected: &str, optional: bool) -> Result<(),
     }
 }
 
-/// disko's `imageSize` syntax check: `[0-9]+[KMGTP]?`.
-fn parse_image_size(s: &str, path: &str) -> Result<u64, SpecError> {
+/// disko's `imageSize` syntax check: `[0-9]+[KMGTP]?`, or mkdisk's `auto`.
+fn parse_image_size(s: &str, path: &str) -> Result<ImageSize, SpecError> {
+    if s == "auto" {
+        return Ok(ImageSize::Auto);
+    }
     match mkdisk_gpt::parse_image_size(s) {
-        Some(b) if b > 0 => Ok(b),
+        Some(b) if b > 0 => Ok(ImageSize::Bytes(b)),
         Some(_) => err(path, format!("{s:?} is an empty image (the size must be greater than zero)")),
-        None => {
-            err(path, format!("malformed size {s:?} (expected [0-9]+[KMGTP]?, e.g. \"2G\"; a bare number is bytes)"))
-        }
+        None => err(
+            path,
+            format!("malformed size {s:?} (expected \"auto\" or [0-9]+[KMGTP]?, e.g. \"2G\"; a bare number is bytes)"),
+        ),
     }
 }
 
@@ -575,7 +582,7 @@ fn parse_disk(key: &str, v: &Value, path: &str) -> Result<Disk, SpecError> {
         return err(&format!("{path}.imageName"), format!("is {} bytes long (at most 240)", image_name.len()));
     }
     let image_size = opt_str(o, path, "imageSize")?.unwrap_or_else(|| "2G".into());
-    let size_bytes = parse_image_size(&image_size, &format!("{path}.imageSize"))?;
+    let size = parse_image_size(&image_size, &format!("{path}.imageSize"))?;
     let cpath = format!("{path}.content");
     let content = match o.get("content") {
         None | Some(Value::Null) => return err(&cpath, "missing (expected a gpt partition table)"),
@@ -596,7 +603,7 @@ fn parse_disk(key: &str, v: &Value, path: &str) -> Result<Disk, SpecError> {
         }
     }
     check_partitions_distinct(&partitions, &ppath)?;
-    Ok(Disk { key: key.to_string(), name, image_name, image_size, size_bytes, partitions })
+    Ok(Disk { key: key.to_string(), name, image_name, image_size, size, partitions })
 }
 
 /// disko's default label: `disk-<disk>-<partition>`, or the first 36 hex characters of its
