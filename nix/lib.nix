@@ -57,6 +57,9 @@ let
     "riscv64-linux" = "riscv64";
   }.${pkgs.stdenv.hostPlatform.system} or (throw "mkdisk: no EFI architecture for ${pkgs.stdenv.hostPlatform.system}");
 
+  # mkdisk's --arch: the architecture of the system double (the toplevel's bootspec must agree).
+  arch = builtins.head (builtins.split "-" pkgs.stdenv.hostPlatform.system);
+
   # The disko disk whose `device` is `dev`.
   diskOf = disks: dev:
     let names = builtins.filter (n: (disks.${n}.device or null) == dev) (builtins.attrNames disks);
@@ -118,7 +121,8 @@ let
       copy = ib.copyNixStore or true;
       toplevel = config.system.build.toplevel;
       layout = pkgs.writeText "disko-layout.json" (layoutJSON config.disko.devices);
-      nixos = flag copy ([ "--closure" (pkgs.closureInfo { rootPaths = [ toplevel ]; }) "--system" toplevel ] ++ bootArgs config);
+      nixos = flag copy ([ "--closure" (pkgs.closureInfo { rootPaths = [ toplevel ]; }) "--system" toplevel "--arch" arch ]
+        ++ bootArgs config);
       formats = [ "raw" "raw.zst" "raw.gz" "qcow2" "vhd" ];
       args = [ "--seed" (if seed != null then seed else defaultSeed) "--format" imageFormat ]
         ++ flag bmap [ "--bmap" ] ++ nixos ++ extraArgs;

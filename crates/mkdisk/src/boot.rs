@@ -50,7 +50,7 @@ pub enum NixosError {
     NoGrubPlatform {
         /// The install that needs it.
         what: &'static str,
-        /// `i386-pc` or `x86_64-efi`.
+        /// `i386-pc`, `x86_64-efi`, `arm64-efi`, ...
         platform: &'static str,
     },
     /// `--grub-disk` names a disk the layout does not have.
@@ -66,10 +66,20 @@ pub enum NixosError {
         disk: String,
     },
     /// systemd-boot and GRUB for EFI both want the removable path.
-    #[error(
-        "systemd-boot and GRUB for EFI both install EFI/BOOT/BOOTX64.EFI; give --grub-efi-id to put GRUB beside it"
-    )]
-    BothOnRemovablePath,
+    #[error("systemd-boot and GRUB for EFI both install {path}; give --grub-efi-id to put GRUB beside it")]
+    BothOnRemovablePath {
+        /// The removable path (`EFI/BOOT/BOOTX64.EFI`, ...).
+        path: String,
+    },
+    /// GRUB for BIOS on an architecture that has no BIOS.
+    #[error("GRUB for BIOS (--grub with i386-pc/, --grub-disk; NixOS: boot.loader.grub.device) on an {arch} image: {arch} machines have no BIOS; use --grub-efi (boot.loader.grub.efiSupport) or --systemd-boot")]
+    NoBios {
+        /// The image's architecture.
+        arch: nix::Arch,
+    },
+    /// `--arch` and the toplevel's bootspec disagree, or the bootspec's system is unknown.
+    #[error("{0}")]
+    Arch(String),
     /// A GRUB input file or directory could not be read.
     #[error("{}: {source}", path.display())]
     Read {

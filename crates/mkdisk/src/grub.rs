@@ -16,8 +16,6 @@ use crate::options::NixosOptions;
 use crate::place::PlacedDisk;
 
 const BIOS_PLATFORM: &str = "i386-pc";
-const EFI_PLATFORM: &str = "x86_64-efi";
-const EFI_REMOVABLE: &str = "EFI/BOOT/BOOTX64.EFI";
 
 /// The first `--grub` directory holding `platform/`.
 fn platform_dir(o: &NixosOptions, platform: &str) -> Option<(PathBuf, PathBuf)> {
@@ -31,9 +29,15 @@ pub(crate) fn wanted(o: &NixosOptions) -> bool {
 
 /// The disks that get GRUB for BIOS: those named by `--grub-disk`; without it, every disk
 /// with a BIOS boot partition when `--grub` has `i386-pc/` and GRUB for EFI is not the only
-/// thing asked for.
-fn bios_disks(disks: &[PlacedDisk], o: &NixosOptions) -> Result<Vec<usize>, NixosError> {
+/// thing asked for. None on an architecture without a BIOS, where asking is an error.
+fn bios_disks(disks: &[PlacedDisk], o: &NixosOptions, arch: nix::Arch) -> Result<Vec<usize>, NixosError> {
     let has_ef02 = |d: &PlacedDisk| d.layout.partitions.iter().any(|p| p.type_guid == types::BIOS_BOOT);
+    if !arch.has_bios() {
+        if !o.grub_disks.is_empty() || (!o.grub_efi && !o.grub.is_empty()) {
+            return Err(NixosError::NoBios { arch });
+        }
+        return Ok(Vec::new());
+    }
     if platform_dir(o, BIOS_PLATFORM).is_none() {
         if !o.grub_disks.is_empty() || (!o.grub_efi && !o.grub.is_empty()) {
             return Err(NixosError::NoGrubPlatform { what: "GRUB for BIOS", platform: BIOS_PLATFORM });
@@ -106,16 +110,17 @@ pub(crate) fn install(
     ms: &[MountInfo<'_>],
     bootspec: &nix::Bootspec,
     o: &NixosOptions,
-    mtime: i64,
+    (mtime, arch): (i64, nix::Arch),
     systemd_boot: bool,
     warn: &mut dyn FnMut(String),
     plan: &mut NixosPlan,
 ) -> Result<(), NixosError> {
-    let bios = bios_disks(disks, o)?;
+    let bios = bios_disks(disks, o, arch)?;
+    let efi_platform = arch.grub_efi_platform();
     let efi = if o.grub_efi {
         Some(
-            platform_dir(o, EFI_PLATFORM)
-                .ok_or(NixosError::NoGrubPlatform { what: "--grub-efi", platform: EFI_PLATFORM })?,
+            platform_dir(o, efi_platform)
+                .ok_or(NixosError::NoGrubPlatform { what: "--grub-efi", platform: efi_platform })?,
         )
     } else {
         None
@@ -134,8 +139,8 @@ pub(crate) fn install(
         }
     }
     if let Some((lib, dir)) = efi {
-        add_platform_files(&mut files, &dir, EFI_PLATFORM)?;
-        install_efi(tree, ms, (&lib, &dir), &home, o, mtime, systemd_boot, warn, plan)?;
+        add_platform_files(&mut files, &dir, efi_platform)?;
+        install_efi(tree, ms, (&lib, &dir), &home, o, (mtime, arch), systemd_boot, warn, plan)?;
     }
     nix::add_files(tree, "/boot", &files, mtime)?;
     Ok(())
@@ -182,21 +187,23 @@ fn install_efi(
     (lib, dir): (&Path, &Path),
     home: &GrubHome<'_, '_>,
     o: &NixosOptions,
-    mtime: i64,
+    (mtime, arch): (i64, nix::Arch),
     systemd_boot: bool,
     warn: &mut dyn FnMut(String),
     plan: &mut NixosPlan,
 ) -> Result<(), NixosError> {
     let esp = esp(ms).ok_or(NixosError::NoEsp { what: "--grub-efi" })?;
+    let removable = arch.removable_efi_path();
     let target = match &o.grub_efi_id {
         Some(id) => {
+            let file = format!("EFI/{id}/grub{}.efi", arch.efi_suffix());
             warn(format!(
-                "GRUB for EFI goes to EFI/{id}/grubx64.efi, which firmware starts only through a boot entry an image cannot carry; without --grub-efi-id (NixOS: boot.loader.grub.efiInstallAsRemovable) it goes to {EFI_REMOVABLE}"
+                "GRUB for EFI goes to {file}, which firmware starts only through a boot entry an image cannot carry; without --grub-efi-id (NixOS: boot.loader.grub.efiInstallAsRemovable) it goes to {removable}"
             ));
-            format!("EFI/{id}/grubx64.efi")
+            file
         }
-        None if systemd_boot => return Err(NixosError::BothOnRemovablePath),
-        None => EFI_REMOVABLE.to_string(),
+        None if systemd_boot => return Err(NixosError::BothOnRemovablePath { path: removable }),
+        None => removable,
     };
     let mkimage = nix::grub_image::find_grub_mkimage(lib).ok_or_else(|| NixosError::Read {
         path: lib.join("../../bin/grub-mkimage"),
@@ -207,7 +214,19 @@ fn install_efi(
         _ => home.path.clone(),
     };
     let modules = ["part_gpt", home.module, "search_fs_uuid"];
-    let image = nix::grub_image::efi_image(&mkimage, dir, EFI_PLATFORM, &modules, &prefix, Some(&home.load_cfg))?;
+    let image =
+        nix::grub_image::efi_image(&mkimage, dir, arch.grub_efi_platform(), &modules, &prefix, Some(&home.load_cfg))?;
+    if let Some(m) = nix::pe_machine(&image) {
+        if m != arch.pe_machine() {
+            return Err(nix::NixError::WrongArch {
+                what: "grub-mkimage's EFI image",
+                path: mkimage.clone(),
+                found: format!("machine {m:#06x}"),
+                arch,
+            }
+            .into());
+        }
+    }
     let mut files = nix::BootFiles::default();
     files.add_bytes(target, image);
     nix::add_files(tree, esp.mountpoint, &files, mtime)?;
@@ -298,6 +317,8 @@ fn grub_files(
 mod tests {
     use super::*;
 
+    const X64: nix::Arch = nix::Arch::X86_64;
+
     fn disks(json: &str) -> Vec<PlacedDisk> {
         let spec = crate::Spec::parse(json).unwrap();
         crate::place_all(&spec, &mkdisk_tree::ids::DEFAULT_SEED).unwrap()
@@ -323,22 +344,26 @@ mod tests {
     fn bios_goes_on_the_disks_with_ef02_or_those_named() {
         let tmp = tempfile::tempdir().unwrap();
         let (both, efi_only) = (tmp.path().join("both"), tmp.path().join("efi"));
-        for d in [both.join(BIOS_PLATFORM), both.join(EFI_PLATFORM), efi_only.join(EFI_PLATFORM)] {
+        for d in [both.join(BIOS_PLATFORM), both.join("x86_64-efi"), efi_only.join("x86_64-efi")] {
             std::fs::create_dir_all(d).unwrap();
         }
         let ds = disks(TWO);
-        assert_eq!(bios_disks(&ds, &opts(&[&both], &[], false)).unwrap(), vec![0]);
+        assert_eq!(bios_disks(&ds, &opts(&[&both], &[], false), X64).unwrap(), vec![0]);
         // EFI alone asked for: no BIOS unless a disk is named.
-        assert!(bios_disks(&ds, &opts(&[&both], &[], true)).unwrap().is_empty());
-        assert_eq!(bios_disks(&ds, &opts(&[&both], &["a", "a"], true)).unwrap(), vec![0]);
-        assert!(bios_disks(&ds, &opts(&[&efi_only], &[], true)).unwrap().is_empty());
-        let e = bios_disks(&ds, &opts(&[&both], &["b"], false)).unwrap_err();
+        assert!(bios_disks(&ds, &opts(&[&both], &[], true), X64).unwrap().is_empty());
+        assert_eq!(bios_disks(&ds, &opts(&[&both], &["a", "a"], true), X64).unwrap(), vec![0]);
+        assert!(bios_disks(&ds, &opts(&[&efi_only], &[], true), X64).unwrap().is_empty());
+        let e = bios_disks(&ds, &opts(&[&both], &["b"], false), X64).unwrap_err();
         assert!(matches!(&e, NixosError::NoBiosBoot { disk } if disk == "b"), "{e}");
-        let e = bios_disks(&ds, &opts(&[&both], &["c"], false)).unwrap_err();
+        let e = bios_disks(&ds, &opts(&[&both], &["c"], false), X64).unwrap_err();
         assert!(matches!(&e, NixosError::NoSuchDisk { disk } if disk == "c"), "{e}");
-        let e = bios_disks(&ds, &opts(&[&efi_only], &["a"], false)).unwrap_err();
+        let e = bios_disks(&ds, &opts(&[&efi_only], &["a"], false), X64).unwrap_err();
         assert!(matches!(e, NixosError::NoGrubPlatform { platform: BIOS_PLATFORM, .. }), "{e}");
-        let e = bios_disks(&ds[1..], &opts(&[&both], &[], false)).unwrap_err();
+        let e = bios_disks(&ds[1..], &opts(&[&both], &[], false), X64).unwrap_err();
+        // No BIOS on aarch64: asking for it is an error; GRUB for EFI alone is not.
+        let e2 = bios_disks(&ds, &opts(&[&both], &[], false), nix::Arch::Aarch64).unwrap_err();
+        assert!(matches!(e2, NixosError::NoBios { .. }), "{e2}");
+        assert!(bios_disks(&ds, &opts(&[&both], &[], true), nix::Arch::Aarch64).unwrap().is_empty());
         assert!(matches!(&e, NixosError::NoBiosBoot { disk } if disk == "b"), "{e}");
     }
 }

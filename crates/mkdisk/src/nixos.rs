@@ -62,6 +62,7 @@ pub fn populate(
         return Ok(NixosPlan::default());
     };
     let bootspec = nix::Bootspec::load(system, &o.store_dir())?;
+    let arch = target_arch(o.arch, &bootspec)?;
     nix::add_profiles(tree, system, mtime, root_is_disk(ms))?;
     if o.no_bootloader {
         return Ok(NixosPlan::default());
@@ -73,12 +74,33 @@ pub fn populate(
         (None, false) => from_bootspec(ms, &bootspec, warn),
     };
     if let Some(sb) = &systemd_boot {
-        add_systemd_boot(tree, ms, &bootspec, sb, o, mtime, &mut plan)?;
+        add_systemd_boot(tree, ms, &bootspec, sb, o, (mtime, arch), &mut plan)?;
     }
     if crate::grub::wanted(o) {
-        crate::grub::install(tree, disks, ms, &bootspec, o, mtime, systemd_boot.is_some(), warn, &mut plan)?;
+        crate::grub::install(tree, disks, ms, &bootspec, o, (mtime, arch), systemd_boot.is_some(), warn, &mut plan)?;
     }
     Ok(plan)
+}
+
+/// The image's architecture: the bootspec's `system` (`aarch64-linux`), which `--arch` must
+/// agree with; without one, `--arch`, else the host's.
+fn target_arch(arch: Option<nix::Arch>, bootspec: &nix::Bootspec) -> Result<nix::Arch, NixosError> {
+    if bootspec.system.is_empty() {
+        return Ok(arch.unwrap_or_else(nix::Arch::host));
+    }
+    let Some(from_spec) = nix::Arch::from_nix_system(&bootspec.system) else {
+        return Err(NixosError::Arch(format!(
+            "--system {}: its bootspec's system {:?} is not an architecture mkdisk installs boot loaders for (x86_64, aarch64, riscv64)",
+            bootspec.toplevel, bootspec.system
+        )));
+    };
+    match arch {
+        Some(a) if a != from_spec => Err(NixosError::Arch(format!(
+            "--arch {a}, but --system {} is built for {}",
+            bootspec.toplevel, bootspec.system
+        ))),
+        _ => Ok(from_spec),
+    }
 }
 
 /// With `--system` alone: systemd-boot where the bootspec says NixOS enabled it
@@ -110,7 +132,7 @@ fn add_systemd_boot(
     bootspec: &nix::Bootspec,
     sb: &SystemdBoot,
     o: &NixosOptions,
-    mtime: i64,
+    (mtime, arch): (i64, nix::Arch),
     plan: &mut NixosPlan,
 ) -> Result<(), NixosError> {
     let esp = esp(ms).ok_or(NixosError::NoEsp { what: "systemd-boot" })?;
@@ -119,6 +141,7 @@ fn add_systemd_boot(
             SystemdBoot::FromToplevel => None,
             SystemdBoot::File(f) => Some(f.clone()),
         },
+        arch,
         timeout: Some(o.boot_timeout.unwrap_or(5)),
         epoch: mtime,
         generation: 1,

@@ -16,7 +16,7 @@ use std::process::{Command, Output};
 use mkdisk_testkit::assert_ok;
 use mkdisk_testkit::grub::fake_grub_lib;
 use mkdisk_testkit::harness::boot_parts;
-use mkdisk_testkit::nix::{nix, nix_build, nix_ok, scratch_store, toplevel_nix, Scratch};
+use mkdisk_testkit::nix::{nix, nix_build, nix_ok, scratch_store, scratch_store_for, toplevel_nix, Scratch};
 
 mod common;
 use common::{
@@ -580,4 +580,55 @@ fn impermanence_store_verifies_with_nix() {
 fn skip_or_fail(why: &str) {
     let test = std::thread::current().name().unwrap_or("?").to_string();
     common::skip_or_fail(&format!("NixOS test {test}"), why);
+}
+
+/// A minimal PE header for `machine` (0x8664 x86_64, 0xAA64 aarch64): what mkdisk checks.
+fn fake_pe(machine: u16) -> Vec<u8> {
+    let mut v = vec![0u8; 512];
+    v[..2].copy_from_slice(b"MZ");
+    v[0x3C..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+    v[0x80..0x84].copy_from_slice(b"PE\0\0");
+    v[0x84..0x86].copy_from_slice(&machine.to_le_bytes());
+    v
+}
+
+/// An aarch64 toplevel (bootspec `system = "aarch64-linux"`) built on this x86_64 host gets
+/// systemd-boot under the aarch64 names, the same bytes with 1 and 2 threads; an x86_64
+/// systemd-boot, GRUB for BIOS and a disagreeing `--arch` are refused with one line.
+#[test]
+fn aarch64_images_get_aarch64_boot_loaders() {
+    if !have_nix() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let s = scratch_store_for(dir, "aarch64-linux");
+    let spec = dir.join("spec.json");
+    std::fs::write(&spec, SPEC_EXT4).unwrap();
+    let (aa64, x64) = (dir.join("systemd-bootaa64.efi"), dir.join("systemd-bootx64.efi"));
+    std::fs::write(&aa64, fake_pe(0xAA64)).unwrap();
+    std::fs::write(&x64, fake_pe(0x8664)).unwrap();
+    let sb = ["--systemd-boot", aa64.to_str().unwrap()];
+    let img = build(dir, &spec, &s, &[&sb[..], &["--threads", "1"]].concat());
+    let esp = part(&partitions(&spec), "ESP").1;
+    assert!(fat_has(&img, esp, "/EFI/BOOT/BOOTAA64.EFI"), "BOOTAA64.EFI");
+    assert!(fat_has(&img, esp, "/EFI/systemd/systemd-bootaa64.efi"), "systemd-bootaa64.efi");
+    assert!(!fat_has(&img, esp, "/EFI/BOOT/BOOTX64.EFI") && !fat_has(&img, esp, "/EFI/systemd/systemd-bootx64.efi"));
+    let one = sha256_file(&img);
+    let img2 = build(dir, &spec, &s, &[&sb[..], &["--threads", "2"]].concat());
+    assert_eq!(sha256_file(&img2), one, "--threads 1 and 2 give the same aarch64 image");
+
+    let store_dir = s.store.join("nix/store");
+    let sys = system_args(&s.closure, &store_dir, &s.toplevel);
+    let one_line = |e: &str| assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    let e = build_err(dir, &spec, &[&sys[..], &["--systemd-boot", x64.to_str().unwrap()]].concat());
+    one_line(&e);
+    assert!(e.contains("systemd-bootx64.efi: an EFI binary for x86_64, but the image is for aarch64"), "{e}");
+    let grub = fake_grub_lib(dir);
+    let e = build_err(dir, &spec, &[&sys[..], &["--grub", grub.to_str().unwrap()]].concat());
+    one_line(&e);
+    assert!(e.contains("aarch64 machines have no BIOS"), "{e}");
+    let e = build_err(dir, &spec, &[&sys[..], &["--arch", "x86_64"]].concat());
+    one_line(&e);
+    assert!(e.contains("--arch x86_64, but --system") && e.contains("is built for aarch64-linux"), "{e}");
 }

@@ -69,6 +69,14 @@ pub struct Scratch {
 /// # Panics
 /// Where Nix fails.
 pub fn scratch_store(dir: &Path) -> Scratch {
+    scratch_store_for(dir, "x86_64-linux")
+}
+
+/// [`scratch_store`] with a toplevel whose bootspec says `system` (`aarch64-linux`).
+///
+/// # Panics
+/// Where Nix fails.
+pub fn scratch_store_for(dir: &Path, system: &str) -> Scratch {
     let store = dir.join("store");
     let src = dir.join("src/a");
     std::fs::create_dir_all(src.join("sub")).unwrap();
@@ -91,7 +99,8 @@ let
   initrd = sh "mkdir $out; echo fake-initrd > $out/initrd" "initrd-linux-6.1.0";
   systemd = sh "mkdir -p $out/lib/systemd/boot/efi; echo fake-sd-boot > $out/lib/systemd/boot/efi/systemd-bootx64.efi" "systemd-252";
 {}"#,
-        toplevel_nix(
+        toplevel_nix_for(
+            system,
             "nixos-system-test-24.05",
             "${kernel}/bzImage",
             "${initrd}/initrd",
@@ -109,6 +118,20 @@ let
 /// and initrd files `kernel` and `initrd` (Nix strings), `params` (a Nix list) and `label`.
 #[must_use]
 pub fn toplevel_nix(name: &str, kernel: &str, initrd: &str, params: &str, label: &str, script: &str) -> String {
+    toplevel_nix_for("x86_64-linux", name, kernel, initrd, params, label, script)
+}
+
+/// [`toplevel_nix`] for a bootspec whose `system` is `system`.
+#[must_use]
+pub fn toplevel_nix_for(
+    system: &str,
+    name: &str,
+    kernel: &str,
+    initrd: &str,
+    params: &str,
+    label: &str,
+    script: &str,
+) -> String {
     format!(
         r#"  bootJson = builtins.toJSON {{
     "org.nixos.bootspec.v1" = {{
@@ -117,7 +140,7 @@ pub fn toplevel_nix(name: &str, kernel: &str, initrd: &str, params: &str, label:
       kernel = "{kernel}";
       kernelParams = {params};
       label = "{label}";
-      system = "x86_64-linux";
+      system = "{system}";
       toplevel = builtins.placeholder "out";
     }};
   }};
