@@ -81,8 +81,10 @@ pub struct Ext4Options {
     /// Inode size (`-I`); only 256 is supported.
     pub inode_size: u16,
     /// The target is known to read as zeros where nothing is written (a fresh sparse file):
-    /// then unused inode tables are flagged `ITABLE_ZEROED` and journal blocks are not written.
-    /// When false, the journal is zeroed explicitly and empty groups are not flagged zeroed.
+    /// then the journal's blocks after its superblock are not written, and
+    /// [`Ext4Layout::zero_ranges`] lists them for a copy onto a disk with old data (a bmap).
+    /// When false, the journal is zeroed explicitly. Never-used inode tables are never written
+    /// nor flagged zeroed, in either mode.
     pub assume_zeroed: bool,
 }
 

@@ -434,10 +434,10 @@ fn reproducible_across_threads_and_runs() {
 }
 
 /// A target pre-filled with 0xD1 proves every must-be-zero byte is written. Both modes are
-/// checked: `assume_zeroed = false` (journal zeroed, empty tables not flagged zeroed) and the
-/// default that `mkdisk build` uses (journal blocks and never-used inode tables left alone:
-/// jbd2 ignores a clean journal's blocks, and INODE_UNINIT + itable_unused tell e2fsck and the
-/// kernel never to read those inodes).
+/// checked: `assume_zeroed = false` (journal zeroed) and the default that `mkdisk build` uses
+/// (journal blocks left alone: jbd2 ignores a clean journal's blocks; the bmap maps them). In
+/// both, never-used inode tables are left alone and not flagged zeroed: INODE_UNINIT +
+/// itable_unused tell e2fsck and the kernel never to read those inodes.
 #[test]
 fn poisoned_target_is_clean() {
     for assume_zeroed in [false, true] {

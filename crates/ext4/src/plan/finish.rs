@@ -60,7 +60,6 @@ pub(super) fn groups(
     mut groups: Vec<GroupDesc>,
     used: &[(u64, u64)],
     inodes: &[PInode],
-    assume_zeroed: bool,
 ) -> (Vec<GroupDesc>, Totals) {
     let bpg = BLOCKS_PER_GROUP;
     let ipg = geo.ipg;
@@ -83,11 +82,11 @@ pub(super) fn groups(
             gd.flags |= BG_BLOCK_UNINIT;
         }
         if used_inodes == 0 {
+            // Never written, so never flagged zeroed: on a disk with old data the table holds
+            // whatever was there. INODE_UNINIT and itable_unused keep every reader out, and the
+            // kernel zeroes the table on the first mount (ext4lazyinit), as after mke2fs.
             gd.flags |= BG_INODE_UNINIT;
             gd.itable_unused = ipg;
-            if assume_zeroed {
-                gd.flags |= BG_INODE_ZEROED;
-            }
         } else {
             gd.itable_unused = ipg - used_inodes;
             gd.flags |= BG_INODE_ZEROED;
@@ -146,14 +145,14 @@ mod tests {
         let mut inodes: Vec<PInode> = (0..20).map(|_| PInode::unused()).collect();
         inodes[1].is_dir = true;
         inodes[17].is_dir = true;
-        let (g, totals) = groups(&geo, vec![GroupDesc::default(); 3], &[(0, 100), (65536, 10)], &inodes, false);
+        let (g, totals) = groups(&geo, vec![GroupDesc::default(); 3], &[(0, 100), (65536, 10)], &inodes);
         assert_eq!(g.iter().map(|g| g.free_blocks).collect::<Vec<_>>(), vec![32668, 32768, 990]);
         assert_eq!(g.iter().map(|g| g.free_inodes).collect::<Vec<_>>(), vec![0, 12, 16]);
         assert_eq!(g.iter().map(|g| g.used_dirs).collect::<Vec<_>>(), vec![1, 1, 0]);
         assert_eq!(g.iter().map(|g| g.itable_unused).collect::<Vec<_>>(), vec![0, 12, 16]);
         assert_eq!(g[0].flags, BG_INODE_ZEROED);
         assert_eq!(g[1].flags, BG_BLOCK_UNINIT | BG_INODE_ZEROED);
-        // The last group is never BLOCK_UNINIT; without a zeroed target its table is not ZEROED.
+        // The last group is never BLOCK_UNINIT; its never-written table is not ZEROED.
         assert_eq!(g[2].flags, BG_INODE_UNINIT);
         assert_eq!(totals, Totals { free_blocks: 32668 + 32768 + 990, free_inodes: 28 });
     }

@@ -267,7 +267,7 @@ pub fn plan(tree: &Tree, opts: &Ext4Options) -> Result<Ext4Layout, Ext4Error> {
         });
     }
     let used = finish::merge_used(std::mem::take(&mut al.used))?;
-    let (groups, totals) = finish::groups(&geo, groups, &used, &inodes, opts.assume_zeroed);
+    let (groups, totals) = finish::groups(&geo, groups, &used, &inodes);
     let sb = finish::superblock(&geo, &totals, &ident, opts.reserved_percent, journal);
     Ok(Ext4Layout {
         seed: ident.seed,
