@@ -27,11 +27,19 @@ packages fetched with `apt-get download` and unpacked with `dpkg-deb -x` into a 
                                         sparse copy of a byte range of IMG (a partition) into OUT
   harness.py host-list DIR              the host-side listing format (for manual diffs)
 
+  --arch aarch64 (fetch, initramfs, run; default x86_64): arm64 parts — Debian's arm64
+  kernel, busybox-static and systemd-boot-efi, AAVMF (qemu-efi-aarch64), qemu-system-aarch64
+  (qemu-system-arm) — fetched through a private apt state under the cache (the system's
+  dpkg/apt configuration is not touched); `run --arch aarch64` boots `-M virt -cpu max`
+  under TCG, --firmware direct (-kernel) or uefi (AAVMF → the disk's ESP); the console is the
+  PL011 (ttyAMA0), the listing goes to a virtio console (hvc0).
+
 Exit status 77 from any command: QEMU (or a part) cannot be had here — the caller decides
 whether that is a skip. Other non-zero: a real failure.
 
 Environment: MKDISK_BOOT_CACHE (cache dir), MKDISK_BOOT_QEMU (a qemu-system-x86_64 to use),
-MKDISK_BOOT_ACCEL (tcg [default] | kvm), MKDISK_BOOT_NO_FETCH=1 (use the cache only).
+MKDISK_BOOT_QEMU_AARCH64 (a qemu-system-aarch64 to use), MKDISK_BOOT_ACCEL (tcg [default] |
+kvm; aarch64 guests use it only on an aarch64 host), MKDISK_BOOT_NO_FETCH=1 (use the cache only).
 """
 import argparse
 import fcntl
@@ -41,6 +49,7 @@ import io
 import json
 import lzma
 import os
+import platform
 import shutil
 import stat
 import subprocess
@@ -65,6 +74,10 @@ MODULES = [
     "nls_utf8",
     "nls_iso8859_1",
 ]
+
+# aarch64 guests: the same, and virtio_console for the listing port (hvc0; `-M virt` has a
+# single PL011, the console).
+MODULES_AARCH64 = MODULES + ["virtio_console"]
 
 
 def log(msg):
@@ -287,6 +300,149 @@ def fetch():
 
 
 # ---------------------------------------------------------------------------------------------
+# aarch64 parts: arm64 packages through a private apt state (no `dpkg --add-architecture`)
+
+
+class ForeignApt:
+    """`apt-get`/`apt-cache` for another Debian architecture with the system's sources but a
+    private state under the cache: its own package lists, cache and an empty dpkg status, so
+    nothing of the system's apt/dpkg configuration changes, and it works as any user (the
+    lists are ours to update)."""
+
+    def __init__(self, cache, debarch):
+        self.debarch = debarch
+        self.root = os.path.join(cache, f"apt-{debarch}")
+        self.lists = os.path.join(self.root, "lists")
+        self.opts = ["-o", f"APT::Architecture={debarch}", "-o", f"APT::Architectures::={debarch}",
+                     "-o", f"Dir::State::Lists={self.lists}",
+                     "-o", f"Dir::Cache={os.path.join(self.root, 'cache')}",
+                     "-o", "Dir::State::Status=/dev/null", "-q"]
+        self.updated = False
+
+    def have_lists(self):
+        return os.path.isdir(self.lists) and any("_Packages" in f for f in os.listdir(self.lists))
+
+    def update(self, why):
+        """`apt-get update` into the private lists, once per run. Returns whether it succeeded."""
+        if self.updated or os.environ.get("MKDISK_BOOT_NO_FETCH") == "1" or shutil.which("apt-get") is None:
+            return False
+        self.updated = True
+        for d in ("lists/partial", "cache/archives/partial"):
+            os.makedirs(os.path.join(self.root, d), exist_ok=True)
+        log(f"{why}; apt-get update for {self.debarch} into {self.root}")
+        r = run(["apt-get", *self.opts, "update"])
+        if r.returncode != 0 or not self.have_lists():
+            log(f"apt-get update ({self.debarch}) failed: {r.stderr.strip()[-500:]}")
+            return False
+        return True
+
+    def ensure_lists(self):
+        if not self.have_lists():
+            self.update(f"no {self.debarch} package lists yet")
+
+    def depends(self, pkg):
+        self.ensure_lists()
+        r = run(["apt-cache", *self.opts, "depends", "--no-recommends", "--no-suggests", pkg])
+        return [l.strip().split(":", 1)[1].strip() for l in r.stdout.splitlines()
+                if l.strip().lstrip("|").startswith("Depends:")]
+
+    def download(self, pkg, debs):
+        """The cached .deb of `pkg` for this architecture (downloaded into `debs` if missing)."""
+        def cached():
+            return sorted(f for f in os.listdir(debs) if f.startswith(pkg + "_") and f.endswith(".deb"))
+        if cached():
+            return os.path.join(debs, cached()[-1])
+        if os.environ.get("MKDISK_BOOT_NO_FETCH") == "1":
+            raise Unavailable(f"{pkg} ({self.debarch}): not in the cache {debs} and MKDISK_BOOT_NO_FETCH=1")
+        if shutil.which("apt-get") is None:
+            raise Unavailable("apt-get not found (the harness fetches Debian packages)")
+        self.ensure_lists()
+        for attempt in range(2):
+            r = run(["apt-get", *self.opts, "download", pkg], cwd=debs)
+            if r.returncode == 0:
+                break
+            if attempt == 0 and self.update(f"apt-get download {pkg} ({self.debarch}) failed"):
+                continue
+            raise Unavailable(f"apt-get download {pkg} ({self.debarch}) failed (network? mirror?): "
+                              f"{r.stderr.strip()[-500:]}")
+        if not cached():
+            raise Unavailable(f"apt-get download {pkg} ({self.debarch}): no .deb appeared")
+        log(f"downloaded {cached()[-1]}")
+        return os.path.join(debs, cached()[-1])
+
+    def kernel_package(self, meta, debs):
+        for d in self.depends(meta):
+            if d.startswith("linux-image-"):
+                return d
+        # Offline (MKDISK_BOOT_NO_FETCH, no network): the newest kernel in the cache.
+        have = sorted(f.split("_")[0] for f in os.listdir(debs)
+                      if f.startswith("linux-image-") and not f.startswith(meta + "_"))
+        if have:
+            return have[-1]
+        raise Unavailable(f"cannot resolve {meta} for {self.debarch}: no package lists in {self.lists} "
+                          "(apt-get update failed: no network? or MKDISK_BOOT_NO_FETCH=1) and no kernel in the cache")
+
+
+def fetch_qemu_aarch64(cache, debs):
+    """(qemu-system-aarch64, env additions, extra args) — the system's, or Debian's
+    qemu-system-arm (a host-architecture package) unpacked with its missing libraries."""
+    q = os.environ.get("MKDISK_BOOT_QEMU_AARCH64") or shutil.which("qemu-system-aarch64")
+    if q:
+        return q, {}, []
+    root = os.path.join(cache, "qemu-aarch64-root")
+    binary = os.path.join(root, "usr/bin/qemu-system-aarch64")
+    pkgs = ["qemu-system-arm", "qemu-system-common", "qemu-system-data"]
+    libdirs = unpack_with_libs(root, pkgs, binary, debs)
+    env = {"LD_LIBRARY_PATH": ":".join(libdirs)}
+    # -L: QEMU's data directory (option ROMs, keymaps) from qemu-system-data.
+    return binary, env, ["-L", os.path.join(root, "usr/share/qemu")]
+
+
+def fetch_aarch64():
+    """The aarch64 parts; the keys of `fetch` where they mean the same (kernel, modules,
+    busybox, qemu*), plus systemd_boot_aa64, aavmf_code, aavmf_vars."""
+    cache = cache_dir()
+    debs = os.path.join(cache, "debs-arm64")  # apart from debs/: same package names, other arch
+    host_debs = os.path.join(cache, "debs")
+    os.makedirs(debs, exist_ok=True)
+    os.makedirs(host_debs, exist_ok=True)
+    with Lock(os.path.join(cache, ".lock")):
+        apt = ForeignApt(cache, "arm64")
+        parts = {"arch": "aarch64"}
+        kpkg = apt.kernel_package("linux-image-arm64", debs)
+        kroot = extract(apt.download(kpkg, debs), os.path.join(cache, "kernel-arm64"))
+        vmlinuz = sorted(f for f in os.listdir(os.path.join(kroot, "boot")) if f.startswith("vmlinuz-"))
+        if not vmlinuz:
+            raise Unavailable(f"{kpkg}: no boot/vmlinuz-*")
+        kver = vmlinuz[-1][len("vmlinuz-"):]
+        parts["kernel_package"] = kpkg
+        parts["kernel_version"] = kver
+        # An uncompressed arm64 Image with the EFI stub (a PE): systemd-boot starts it as is.
+        parts["kernel"] = os.path.join(kroot, "boot", vmlinuz[-1])
+        parts["modules"] = os.path.join(kroot, "lib", "modules", kver)
+        bb = extract(apt.download("busybox-static", debs), os.path.join(cache, "busybox-arm64"))
+        parts["busybox"] = os.path.join(bb, "bin", "busybox")
+        sb = extract(apt.download("systemd-boot-efi", debs), os.path.join(cache, "systemd-boot-arm64"))
+        parts["systemd_boot_aa64"] = os.path.join(sb, "usr/lib/systemd/boot/efi/systemd-bootaa64.efi")
+        av = extract(apt.download("qemu-efi-aarch64", debs), os.path.join(cache, "aavmf"))
+        # 64 MiB each: the size of the virt machine's two pflash banks.
+        parts["aavmf_code"] = os.path.join(av, "usr/share/AAVMF/AAVMF_CODE.fd")
+        parts["aavmf_vars"] = os.path.join(av, "usr/share/AAVMF/AAVMF_VARS.fd")
+        q, env, extra = fetch_qemu_aarch64(cache, host_debs)
+        parts["qemu"] = q
+        parts["qemu_env"] = env
+        parts["qemu_args"] = extra
+        for k in ("kernel", "busybox", "systemd_boot_aa64", "aavmf_code", "aavmf_vars", "qemu"):
+            if not os.path.exists(parts[k]):
+                raise Unavailable(f"{k}: {parts[k]} missing after unpacking")
+        return parts
+
+
+def fetch_arch(arch):
+    return fetch_aarch64() if arch == "aarch64" else fetch()
+
+
+# ---------------------------------------------------------------------------------------------
 # initramfs
 
 
@@ -405,7 +561,11 @@ def host_binaries(binaries):
 
 
 def build_initramfs(out, parts, extra=()):
-    mods = resolve_modules(parts["modules"], MODULES)
+    aarch64 = parts.get("arch") == "aarch64"
+    if aarch64 and extra:
+        # Host binaries are x86_64: they would not run in an arm64 guest.
+        raise SystemExit("--with (host binaries) is for x86_64 guests only")
+    mods = resolve_modules(parts["modules"], MODULES_AARCH64 if aarch64 else MODULES)
     c = Cpio()
     dirs = ["bin", "dev", "proc", "sys", "mnt", "tmp", "lib", "lib/modules"]
     for d in dirs:
@@ -456,8 +616,44 @@ def cached_initramfs(parts, extra=()):
 # QEMU
 
 
+def aarch64_cmd(parts, a, work):
+    """The QEMU command line of an aarch64 boot: `-M virt -cpu max` (TCG), the PL011 as the
+    console (ttyAMA0), the listing on a virtio console (hvc0: virt has a single PL011, and a
+    separate port keeps the listing apart from kernel messages), virtio-blk-pci disks (AAVMF and
+    the kernel's virtio_pci both drive them), AAVMF in the two 64 MiB pflash banks for uefi."""
+    kvm = os.environ.get("MKDISK_BOOT_ACCEL") == "kvm" and platform.machine() == "aarch64"
+    # pauth-impdef: QEMU's cheap pointer-authentication algorithm; the architected QARMA one
+    # costs TCG a large share of the boot time, and nothing here depends on the algorithm.
+    cpu = "host" if kvm else "max,pauth-impdef=on"
+    cmd = [parts["qemu"], *parts["qemu_args"], "-machine", f"virt,accel={'kvm' if kvm else 'tcg'}",
+           "-cpu", cpu, "-m", "1024", "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
+           "-serial", f"file:{a.console}",
+           "-chardev", f"file,id=listing,path={a.listing}",
+           "-device", "virtio-serial-pci", "-device", "virtconsole,chardev=listing"]
+    for i, d in enumerate(a.disk):
+        snap = "" if a.writable else ",snapshot=on"
+        cmd += ["-drive", f"if=none,id=disk{i},file={d},format=raw{snap}",
+                "-device", f"virtio-blk-pci,drive=disk{i}"]
+    if a.firmware in ("uefi", "ovmf"):
+        vars_copy = os.path.join(work, "AAVMF_VARS.fd")
+        shutil.copyfile(parts["aavmf_vars"], vars_copy)
+        cmd += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={parts['aavmf_code']}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
+    elif a.firmware == "bios":
+        raise SystemExit("--firmware bios: there is no BIOS on aarch64 (use uefi or direct)")
+    else:
+        initrd = a.initrd or cached_initramfs(parts, a.with_bin)
+        append = ["console=ttyAMA0", "panic=-1", "loglevel=4", "mkdisk.out=hvc0"]
+        append += [f"mkdisk.grow={g}" for g in a.grow]
+        append += [f"mkdisk.mount={m}" for m in a.mount]
+        cmd += ["-kernel", parts["kernel"], "-initrd", initrd, "-append", " ".join(append)]
+    return cmd
+
+
 def boot(parts, a):
     work = os.path.dirname(os.path.abspath(a.console))
+    if parts.get("arch") == "aarch64":
+        return run_qemu(parts, a, aarch64_cmd(parts, a, work))
     accel = os.environ.get("MKDISK_BOOT_ACCEL", "tcg")
     cmd = [parts["qemu"], *parts["qemu_args"], "-machine", f"q35,accel={accel}", "-m", "1024",
            "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
@@ -467,7 +663,7 @@ def boot(parts, a):
         # --writable (growth tests): the guest's writes reach the file.
         snap = "" if a.writable else ",snapshot=on"
         cmd += ["-drive", f"file={d},format=raw,if=virtio{snap}"]
-    if a.firmware == "ovmf":
+    if a.firmware in ("ovmf", "uefi"):
         vars_copy = os.path.join(work, "OVMF_VARS.fd")
         shutil.copyfile(parts["ovmf_vars"], vars_copy)
         cmd += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={parts['ovmf_code']}",
@@ -480,6 +676,10 @@ def boot(parts, a):
         append += [f"mkdisk.grow={g}" for g in a.grow]
         append += [f"mkdisk.mount={m}" for m in a.mount]
         cmd += ["-kernel", parts["kernel"], "-initrd", initrd, "-append", " ".join(append)]
+    return run_qemu(parts, a, cmd)
+
+
+def run_qemu(parts, a, cmd):
     for f in (a.console, a.listing):
         open(f, "w").close()
     env = dict(os.environ, **parts["qemu_env"])
@@ -630,19 +830,27 @@ def host_list(root):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("fetch")
+    def arch_opt(p):
+        p.add_argument("--arch", choices=["x86_64", "aarch64"], default="x86_64",
+                       help="guest architecture of the parts (default x86_64)")
+
+    arch_opt(sub.add_parser("fetch"))
     p = sub.add_parser("initramfs", help="print the path of the (cached) initramfs; with OUT, copy it there")
+    arch_opt(p)
     p.add_argument("out", nargs="?")
     p.add_argument("--with", dest="with_bin", action="append", default=[], metavar="BIN",
                    help="a host binary (absolute path) to add, with its libraries and loader")
     p = sub.add_parser("run")
+    arch_opt(p)
     p.add_argument("--disk", action="append", required=True)
     p.add_argument("--console", required=True)
     p.add_argument("--listing", required=True)
-    p.add_argument("--firmware", choices=["direct", "ovmf", "bios"], default="direct")
+    p.add_argument("--firmware", choices=["direct", "ovmf", "bios", "uefi"], default="direct",
+                   help="uefi: OVMF (x86_64) or AAVMF (aarch64) boots the disk's ESP")
     p.add_argument("--initrd")
     p.add_argument("--mount", action="append", default=[])
-    p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds (default 300; aarch64 under TCG: 900)")
     p.add_argument("--with", dest="with_bin", action="append", default=[], metavar="BIN",
                    help="a host binary for the initramfs (direct boot without --initrd)")
     p.add_argument("--grow", action="append", default=[], metavar="DEV:FS",
@@ -675,10 +883,16 @@ def main():
         if a.cmd == "host-list":
             print("\n".join(host_list(os.path.abspath(a.dir))))
             return 0
-        parts = fetch()
+        arch = getattr(a, "arch", "x86_64")
+        parts = fetch_arch(arch)
         if a.cmd == "fetch":
+            if arch == "aarch64":
+                # The default initramfs too (cached; `initramfs --arch aarch64` prints the same).
+                parts["initrd"] = cached_initramfs(parts)
             print(json.dumps(parts, indent=1))
             return 0
+        if a.cmd == "run" and a.timeout is None:
+            a.timeout = 900 if arch == "aarch64" else 300
         if a.cmd == "grub-dir":
             grub_dir(parts, a.out, a.prefix, a.modules)
             return 0

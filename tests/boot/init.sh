@@ -7,7 +7,7 @@
 #                                      FSTYPE auto = try ext4, btrfs, vfat)
 #                                      without any, every partition of every /dev/vdX is tried
 #   mkdisk.out=ttyS1                   where the listing goes (default /dev/ttyS1 if present,
-#                                      else the console)
+#                                      else the console; aarch64: hvc0, a virtio console)
 #   mkdisk.grow=DEV:FSTYPE            (repeatable; optional) before the listing: mount DEV
 #                                      read-write, grow its filesystem to the size of DEV
 #                                      (ext4: resize2fs DEV, on-line; btrfs: btrfs filesystem
@@ -47,6 +47,10 @@ for a in $(cat /proc/cmdline); do
     mkdisk.out=*) out="/dev/${a#mkdisk.out=}" ;;
     esac
 done
+# A virtio console (aarch64: mkdisk.out=hvc0) appears once virtio_console has probed; the
+# serial ports of x86 exist from the start, so this loop ends at once there.
+i=0
+while [ ! -c "$out" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 [ -c "$out" ] || out=/dev/console
 stty -F "$out" raw -echo 2>/dev/null
 

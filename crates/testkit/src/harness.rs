@@ -72,3 +72,19 @@ pub fn boot_parts() -> Result<(serde_json::Value, PathBuf), String> {
     let initrd = PathBuf::from(harness_or_why(&["initramfs"])?.trim());
     Ok((parts, initrd))
 }
+
+/// [`boot_parts`] for the guest architecture `arch` (`x86_64`, `aarch64`): `harness.py fetch
+/// --arch ARCH` and `harness.py initramfs --arch ARCH`. The aarch64 parts name the arm64
+/// kernel, busybox and initramfs, `systemd_boot_aa64`, `aavmf_code`/`aavmf_vars` and a
+/// `qemu-system-aarch64`.
+///
+/// # Errors
+/// Why the parts cannot be had here.
+///
+/// # Panics
+/// Where the harness fails otherwise or prints something that is not JSON.
+pub fn boot_parts_for(arch: &str) -> Result<(serde_json::Value, PathBuf), String> {
+    let parts: serde_json::Value = serde_json::from_str(&harness_or_why(&["fetch", "--arch", arch])?).unwrap();
+    let initrd = PathBuf::from(harness_or_why(&["initramfs", "--arch", arch])?.trim());
+    Ok((parts, initrd))
+}

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-use mkdisk_testkit::harness::{boot_parts, run_harness, HarnessError};
+use mkdisk_testkit::harness::{boot_parts, boot_parts_for, run_harness, HarnessError};
 
 use crate::common::sha256_hex;
 
@@ -483,4 +483,95 @@ pub fn tail(s: &str) -> &str {
         i += 1;
     }
     &s[i..]
+}
+
+// ---------------------------------------------------------------------------------------------
+// aarch64 guests (`boot_aarch64.rs`): `-M virt -cpu max` under TCG, AAVMF, the arm64 kernel
+
+/// The aarch64 parts (`harness.py fetch --arch aarch64`: `kernel`, `systemd_boot_aa64`,
+/// `aavmf_code`, `qemu`, ...) and the arm64 test initramfs, fetched once per test binary;
+/// `None` (after a loud [`skip`]) where they cannot be had here.
+pub fn parts_aarch64() -> Option<&'static Parts> {
+    static P: OnceLock<Result<Parts, String>> = OnceLock::new();
+    let r = P.get_or_init(|| {
+        let t0 = Instant::now();
+        let (json, initrd) = boot_parts_for("aarch64")?;
+        eprintln!("boot: aarch64 parts ready in {:.1}s ({})", t0.elapsed().as_secs_f64(), json["kernel_package"]);
+        Ok(Parts { json, initrd })
+    });
+    match r {
+        Ok(p) => Some(p),
+        Err(why) => {
+            skip(why);
+            None
+        }
+    }
+}
+
+/// [`kernel_args`] for an aarch64 guest: the console on the PL011 (`ttyAMA0`), the listing on
+/// the virtio console the harness adds (`hvc0`).
+pub fn kernel_args_aarch64(mounts: &[Mount]) -> String {
+    let mut a = vec!["console=ttyAMA0".to_string(), "panic=-1".into(), "loglevel=4".into(), "mkdisk.out=hvc0".into()];
+    a.extend(mounts.iter().map(|m| format!("mkdisk.mount={}", m.arg())));
+    a.join(" ")
+}
+
+/// [`boot`] for an aarch64 guest (`harness.py run --arch aarch64`): `firmware` = `uefi`
+/// (AAVMF boots the disk's ESP) or `direct` (`-kernel`, the arm64 test initramfs); TCG, so
+/// the timeout is longer. `Err` = QEMU could not run here.
+pub fn boot_aarch64(
+    p: &Parts,
+    dir: &Path,
+    disks: &[&Path],
+    mounts: &[Mount],
+    firmware: &str,
+    tag: &str,
+) -> Result<Boot, String> {
+    let _g = BOOT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let console = dir.join(format!("{tag}.console.log"));
+    let listing = dir.join(format!("{tag}.listing.txt"));
+    let mut args: Vec<String> = vec!["run".into(), "--arch".into(), "aarch64".into()];
+    for d in disks {
+        args.push("--disk".into());
+        args.push(d.to_str().unwrap().into());
+    }
+    for (k, v) in [
+        ("--console", console.to_str().unwrap()),
+        ("--listing", listing.to_str().unwrap()),
+        ("--firmware", firmware),
+        ("--initrd", p.initrd.to_str().unwrap()),
+        ("--timeout", "900"),
+    ] {
+        args.push(k.into());
+        args.push(v.into());
+    }
+    for m in mounts {
+        args.push("--mount".into());
+        args.push(m.arg());
+    }
+    let t0 = Instant::now();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = run_harness(&args);
+    let secs = t0.elapsed().as_secs_f64();
+    match r {
+        Ok(_) => {}
+        Err(HarnessError::Unavailable(why)) => return Err(why),
+        Err(HarnessError::Failed(e)) => panic!("{tag}: aarch64 boot failed after {secs:.1}s:\n{e}"),
+    }
+    eprintln!("boot: {tag} (aarch64, {firmware}) took {secs:.1}s");
+    let b = parse_listing(&fs::read(&listing).unwrap());
+    let console = String::from_utf8_lossy(&fs::read(&console).unwrap()).replace('\r', "");
+    Ok(Boot { console, ..b })
+}
+
+/// [`boot_aarch64`], or `None` after a loud [`skip`] where QEMU could not run here.
+pub fn boot_aarch64_or_skip(
+    p: &Parts,
+    dir: &Path,
+    disks: &[&Path],
+    mounts: &[Mount],
+    firmware: &str,
+    tag: &str,
+) -> Option<Boot> {
+    boot_aarch64(p, dir, disks, mounts, firmware, tag).map_err(|why| skip(&why)).ok()
 }
