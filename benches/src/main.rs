@@ -336,7 +336,12 @@ fn seed_case(a: &Args, store: &Path, esp: &Path, specs: &Path, nproc: usize) -> 
         sh_quote(&spec),
         sh_quote(&root)
     );
-    let mut runs = vec![(format!("mkdisk ({nproc} threads)"), format!("mkdir -p \"$OUT\" && {mk}"))];
+    let mut runs = vec![
+        (format!("mkdisk ({nproc} threads)"), format!("mkdir -p \"$OUT\" && {mk}")),
+        // Auto size: the fill partition's minimal size is searched (ratio = fixed ÷ auto: 0.95
+        // or more is "at most 1.05× the fixed-size build").
+        ("--image-size auto (mkdisk)".into(), format!("mkdir -p \"$OUT\" && {mk} --image-size auto")),
+    ];
     let repart = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("fetch-repart.sh"))
         .arg(a.work.join("repart"))
         .output()
