@@ -8,7 +8,7 @@
     let
       systems = [ "x86_64-linux" "aarch64-linux" ];
       forAll = f: builtins.listToAttrs (map (system: { name = system; value = f system; }) systems);
-      mkLib = pkgs: import ./nix/lib.nix { inherit pkgs; };
+      mkLib = pkgs: buildPkgs: import ./nix/lib.nix { inherit pkgs buildPkgs; };
     in
     {
       packages = forAll (system: rec {
@@ -24,9 +24,13 @@
 
       lib = {
         # `packages.x86_64-linux.image = mkdisk.lib.diskImages { nixosConfiguration = self.nixosConfigurations.HOST; };`
-        diskImages = args: (mkLib args.nixosConfiguration.pkgs).diskImages args;
+        # `buildPkgs` (default: the configuration's pkgs): the build machine's nixpkgs, e.g.
+        # `nixpkgs.legacyPackages.x86_64-linux` for an aarch64 configuration built on x86_64.
+        diskImages = args:
+          let pkgs = args.nixosConfiguration.pkgs;
+          in (mkLib pkgs (args.buildPkgs or pkgs)).diskImages (builtins.removeAttrs args [ "buildPkgs" ]);
         # disko.devices without its `_` attributes, as JSON text (what `mkdisk build` reads).
-        layoutJSON = (mkLib { }).layoutJSON;
+        layoutJSON = (mkLib { } { }).layoutJSON;
       };
 
       nixosModules.default = ./nix/module.nix;

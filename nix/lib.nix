@@ -3,8 +3,9 @@
 #
 # Contract (other code calls this with a small stub `pkgs` and stub configurations):
 # - only `builtins`, no nixpkgs `lib`;
-# - of `pkgs` only: runCommand, writeText, closureInfo, callPackage, grub2, grub2_efi, systemd,
-#   zstd, stdenv.hostPlatform.system;
+# - of `pkgs` (the configuration's) only: grub2, grub2_efi, systemd, stdenv.hostPlatform.system;
+#   of `buildPkgs` (the build machine's, default `pkgs`) only: runCommand, writeText,
+#   closureInfo, callPackage, zstd;
 # - of the configuration only: disko.devices, disko.imageBuilder.{imageFormat (raw, qcow2, and
 #   mkdisk's raw.zst, raw.gz, vhd; the `format` argument overrides it),name,
 #   copyNixStore,extraPostVM}, system.build.toplevel, systemd.package and
@@ -31,7 +32,10 @@
 # enableCryptodisk, forceInstall, mirroredBoots.*.path, extraEntriesBeforeNixOS, memtest86},
 # systemd-boot.{configurationLimit, extraEntries, extraFiles, memtest86, netbootxyz,
 # graceful, installDeviceTree, extraInstallCommands}.
-{ pkgs, mkdisk ? pkgs.callPackage ./package.nix { } }:
+# `pkgs` is the configuration's (the target's: its systemd, GRUB and hostPlatform); `buildPkgs`
+# the build machine's (runCommand, writeText, closureInfo, zstd and mkdisk itself run there), so
+# an aarch64 configuration's image builds on an x86_64 machine with no emulation.
+{ pkgs, buildPkgs ? pkgs, mkdisk ? buildPkgs.callPackage ./package.nix { } }:
 let
   # Every attribute whose name starts with `_` removed, recursively (disko's functions,
   # scripts and parent links).
@@ -89,7 +93,7 @@ let
       # An evaluated configuration always has efiBootloaderId; NixOS's default for an ESP at /boot.
       efiId = grub.efiBootloaderId or "NixOS-boot";
       sdPackage = config.systemd.package or pkgs.systemd;
-      text = name: s: flag (s != "") [ (pkgs.writeText name s) ];
+      text = name: s: flag (s != "") [ (buildPkgs.writeText name s) ];
       timeout = loader.timeout or null;
     in
     if !sdOn && !bios && !efi then [ "--no-bootloader" ]
@@ -120,8 +124,8 @@ let
       imageFormat = if format != null then format else ib.imageFormat or "raw";
       copy = ib.copyNixStore or true;
       toplevel = config.system.build.toplevel;
-      layout = pkgs.writeText "disko-layout.json" (layoutJSON config.disko.devices);
-      nixos = flag copy ([ "--closure" (pkgs.closureInfo { rootPaths = [ toplevel ]; }) "--system" toplevel "--arch" arch ]
+      layout = buildPkgs.writeText "disko-layout.json" (layoutJSON config.disko.devices);
+      nixos = flag copy ([ "--closure" (buildPkgs.closureInfo { rootPaths = [ toplevel ]; }) "--system" toplevel "--arch" arch ]
         ++ bootArgs config);
       formats = [ "raw" "raw.zst" "raw.gz" "qcow2" "vhd" ];
       args = [ "--seed" (if seed != null then seed else defaultSeed) "--format" imageFormat ]
@@ -131,9 +135,9 @@ let
       throw ("mkdisk: disko.imageBuilder.imageFormat = \"${toString imageFormat}\" is not a format mkdisk "
         + "writes (${builtins.concatStringsSep ", " formats})")
     else
-      pkgs.runCommand (ib.name or "mkdisk-images") { } ''
+      buildPkgs.runCommand (ib.name or "mkdisk-images") { } ''
         export SOURCE_DATE_EPOCH=''${SOURCE_DATE_EPOCH:-1}
-        export PATH=${pkgs.zstd}/bin''${PATH:+:$PATH}
+        export PATH=${buildPkgs.zstd}/bin''${PATH:+:$PATH}
         mkdir -p "$out"
         ${mkdisk}/bin/mkdisk build ${layout} --out "$out" --quiet ${builtins.concatStringsSep " " (map quote args)}
         ${ib.extraPostVM or ""}

@@ -22,9 +22,17 @@
 , grubRoot ? null
 , grubLibPath ? ""
 , systemdBootEfi ? null
+  # The platform the packages are for (`stdenv.hostPlatform.system`, systemd-boot's name). A
+  # target stub (`builders = false`) has no runCommand, writeText, closureInfo, callPackage or
+  # zstd: lib.nix must take those from `buildPkgs` (its derivations still build here).
+, hostPlatformSystem ? "x86_64-linux"
+, builders ? true
 }:
 let
   system = "x86_64-linux";
+  efiArch = { "x86_64-linux" = "x64"; "aarch64-linux" = "aa64"; "riscv64-linux" = "riscv64"; }.${hostPlatformSystem};
+  sdName = "systemd-boot${efiArch}.efi";
+  noBuilder = what: throw "stub pkgs for ${hostPlatformSystem}: ${what} belongs to buildPkgs";
   hostPath = name: p: builtins.path { path = /. + toString p; inherit name; };
 
   # nixpkgs' runCommand: NAME, environment ENV, a shell script. /bin/sh here (nixpkgs: bash with
@@ -81,9 +89,13 @@ let
     (builtins.split ":" grubLdLibraryPath);
   ldPath = builtins.concatStringsSep ":" (map (d: "${hostPath "grub-libs" d}") ldDirs);
 
-  pkgs = {
-    inherit runCommand writeText closureInfo callPackage;
-    stdenv.hostPlatform.system = system;
+  pkgs = (if builders then { inherit runCommand writeText closureInfo callPackage; } else {
+    runCommand = noBuilder "runCommand";
+    writeText = noBuilder "writeText";
+    closureInfo = noBuilder "closureInfo";
+    callPackage = noBuilder "callPackage";
+  }) // {
+    stdenv.hostPlatform.system = hostPlatformSystem;
 
     grub2 = copyGrub "grub-2-stub" "i386-pc" "";
     grub2_efi = copyGrub "grub-efi-2-stub" "x86_64-efi" (if grubMkimage == null then "" else ''
@@ -96,13 +108,13 @@ let
     systemd = runCommand "systemd-stub" { } (''
       mkdir -p $out/lib/systemd/boot/efi
     '' + (if systemdBoot == null
-      then "echo fake-sd-boot > $out/lib/systemd/boot/efi/systemd-bootx64.efi"
-      else "cp ${hostPath "systemd-bootx64.efi" systemdBoot} $out/lib/systemd/boot/efi/systemd-bootx64.efi"));
-
+      then "echo fake-sd-boot > $out/lib/systemd/boot/efi/${sdName}"
+      else "cp ${hostPath sdName systemdBoot} $out/lib/systemd/boot/efi/${sdName}"));
+  } // (if builders then {
     zstd = runCommand "zstd-stub" { } ''
       mkdir -p $out/bin
       ln -s /usr/bin/zstd $out/bin/zstd
     '';
-  };
+  } else { zstd = noBuilder "zstd"; });
 in
 pkgs

@@ -2,7 +2,8 @@
 # org.nixos.systemd-boot extension where `systemdBootExt`), init, and links to the kernel,
 # initrd and systemd, so that they are in its closure. `kernel`/`initrd`: host files to boot
 # (the boot harness's), else fake ones.
-{ pkgs, kernel ? null, initrd ? null, params ? [ "console=ttyS0" ], systemdBootExt ? true, noBootJson ? false }:
+{ pkgs, kernel ? null, initrd ? null, params ? [ "console=ttyS0" ], systemdBootExt ? true, noBootJson ? false
+, system ? pkgs.stdenv.hostPlatform.system, systemd ? pkgs.systemd }:
 let
   file = name: host: fake:
     if host != null then "${builtins.path { path = host; inherit name; }}"
@@ -16,7 +17,7 @@ let
       kernel = kernelPath;
       kernelParams = params;
       label = "NixOS 24.05 (Linux 6.1.0)";
-      system = pkgs.stdenv.hostPlatform.system;
+      inherit system;
       toplevel = builtins.placeholder "out";
     };
   } // (if systemdBootExt then { "org.nixos.systemd-boot".sortKey = "nixos"; } else { }));
@@ -28,5 +29,5 @@ pkgs.runCommand "nixos-system-mkdisktest-24.05" { inherit bootJson; } ''
   chmod +x $out/init
   ln -s ${kernelPath} $out/kernel
   ln -s ${initrdPath} $out/initrd
-  ln -s ${pkgs.systemd} $out/systemd
+  ln -s ${systemd} $out/systemd
 ''

@@ -525,3 +525,23 @@ fn images_boot_under_qemu() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// An aarch64 configuration builds here, on x86_64, with no emulation: lib.nix takes only
+/// systemd, GRUB and `stdenv.hostPlatform` from the configuration's pkgs (a target stub whose
+/// runCommand, writeText, closureInfo, callPackage and zstd throw) and every builder from
+/// `buildPkgs`; the image gets the aarch64 boot loader names (`--arch aarch64` from
+/// hostPlatform, agreeing with the toplevel's bootspec), through lib.nix and the flake alike.
+#[test]
+fn an_aarch64_configuration_builds_on_this_machine() {
+    let Some(e) = env("nix lib aarch64") else { return };
+    let store = e.tmp.path().join("store");
+    let case = Case::new("seed-regular", SYSTEMD_BOOT).arg("targetSystem", r#""aarch64-linux""#);
+    let out = built(&store, &e, &case);
+    let img = out.join("main.raw");
+    let esp = partition("seed-regular", "ESP").0;
+    assert!(fat_has(&img, esp, "/EFI/BOOT/BOOTAA64.EFI"), "BOOTAA64.EFI");
+    assert!(fat_has(&img, esp, "/EFI/systemd/systemd-bootaa64.efi"), "systemd-bootaa64.efi");
+    assert!(!fat_has(&img, esp, "/EFI/BOOT/BOOTX64.EFI"), "no x86_64 name");
+    let flake = store.join(built_attr(&store, &e, &case, "viaFlake").trim_start_matches('/'));
+    assert_eq!(sha256_file(&flake.join("main.raw")), sha256_file(&img), "the flake's lib with buildPkgs");
+}
