@@ -2,9 +2,10 @@
 //! holes fed as zeros, so decompressing gives the raw bytes.
 //!
 //! zstd: concatenated frames (RFC 8878 §3.1, which every decoder reads as one stream): each
-//! run of 4 MiB windows holding a non-zero byte is one frame from libzstd's multithreaded
-//! mode with at least one worker, which gives the same bytes for every worker count (§4), with
-//! a content checksum; each run of all-zero windows (holes above all) is one frame of RLE
+//! run of 4 MiB windows holding a non-zero byte (with the zero runs shorter than 64 MiB inside
+//! it) is one frame from libzstd's multithreaded mode with at least one worker, which gives the
+//! same bytes for every worker count (§4), with a content checksum; each run of at least 64 MiB
+//! of all-zero windows (holes above all), and any before the first data, is one frame of RLE
 //! blocks written directly. The cut depends on the bytes only, never on how the host file
 //! system reports holes.
 //! gzip: the image cut into [`GZIP_MEMBER_SIZE`] pieces, each compressed as an independent
@@ -91,22 +92,33 @@ pub fn zstd_into(raw: Named<'_>, out: Named<'_>, level: i32, threads: u32) -> Re
     let mut state = Zstd::Idle(BufWriter::with_capacity(1 << 20, dst));
     let mut zero_run = 0u64;
     let mut buf = Vec::new();
+    let zeros = vec![0u8; to_usize(raw, GZIP_MEMBER_SIZE)?];
     let e = |what| io_err(out, what);
     while let Some((n, data)) = win.next(&mut buf)? {
         if !data || is_zero(&buf[..n]) {
-            state = state.idle().map_err(e("finishing a zstd frame"))?;
             zero_run += n as u64;
             continue;
         }
-        if let Zstd::Idle(w) = &mut state {
+        if zero_run >= ZSTD_ZERO_FRAME_MIN || matches!(state, Zstd::Idle(_)) {
+            // A long zero run (or one before any data) becomes its own RLE frame.
+            let mut w = state.finish().map_err(e("finishing a zstd frame"))?;
             if zero_run > 0 {
                 w.write_all(&zero_frame(zero_run)).map_err(e("writing the zstd file"))?;
-                zero_run = 0;
             }
+            state = Zstd::Idle(w).compressing(level, threads).map_err(e("setting up zstd"))?;
+        } else if let Zstd::Frame(enc) = &mut state {
+            // A short one stays in the data frame (no sync point in the middle of the data).
+            feed_zeros(enc, zero_run, &zeros).map_err(e("compressing into the zstd file"))?;
         }
-        state = state.compressing(level, threads).map_err(e("setting up zstd"))?;
+        zero_run = 0;
         if let Zstd::Frame(enc) = &mut state {
             enc.write_all(&buf[..n]).map_err(e("compressing into the zstd file"))?;
+        }
+    }
+    if zero_run > 0 && zero_run < ZSTD_ZERO_FRAME_MIN {
+        if let Zstd::Frame(enc) = &mut state {
+            feed_zeros(enc, zero_run, &zeros).map_err(e("compressing into the zstd file"))?;
+            zero_run = 0;
         }
     }
     let mut w = state.finish().map_err(e("finishing a zstd frame"))?;
@@ -118,6 +130,21 @@ pub fn zstd_into(raw: Named<'_>, out: Named<'_>, level: i32, threads: u32) -> Re
     Ok(dst.metadata().map_err(io_err(out, "reading the zstd file's size"))?.len())
 }
 
+/// The shortest run of all-zero bytes (whole windows) that ends a data frame and becomes a
+/// frame of RLE blocks; shorter runs are compressed inside the data frame, so that holes
+/// between files do not cut the multithreaded compression into small frames.
+const ZSTD_ZERO_FRAME_MIN: u64 = 64 << 20;
+
+/// `n` zero bytes into the open frame, from the window-sized `zeros`.
+fn feed_zeros<W: Write>(enc: &mut W, mut n: u64, zeros: &[u8]) -> std::io::Result<()> {
+    while n > 0 {
+        let k = usize::try_from(n).map_or(zeros.len(), |n| n.min(zeros.len()));
+        enc.write_all(&zeros[..k])?;
+        n -= k as u64;
+    }
+    Ok(())
+}
+
 /// The zstd output between frames, or inside a data frame.
 enum Zstd<'a> {
     Idle(BufWriter<&'a File>),
@@ -125,14 +152,6 @@ enum Zstd<'a> {
 }
 
 impl<'a> Zstd<'a> {
-    /// Between frames (finishing the data frame if one is open).
-    fn idle(self) -> std::io::Result<Self> {
-        match self {
-            Zstd::Frame(enc) => Ok(Zstd::Idle(enc.finish()?)),
-            idle => Ok(idle),
-        }
-    }
-
     /// Inside a data frame: a libzstd frame (multithreaded with at least one worker, the same
     /// bytes for every worker count) with a content checksum.
     fn compressing(self, level: i32, threads: u32) -> std::io::Result<Self> {
