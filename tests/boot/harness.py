@@ -28,7 +28,8 @@ packages fetched with `apt-get download` and unpacked with `dpkg-deb -x` into a 
   harness.py host-list DIR              the host-side listing format (for manual diffs)
 
   --arch aarch64 (fetch, initramfs, run; default x86_64): arm64 parts — Debian's arm64
-  kernel, busybox-static and systemd-boot-efi, AAVMF (qemu-efi-aarch64), qemu-system-aarch64
+  kernel, busybox-static, systemd-boot-efi and grub-efi-arm64-bin (with the host's
+  grub-mkimage: `grub_arm64_efi_lib`), AAVMF (qemu-efi-aarch64), qemu-system-aarch64
   (qemu-system-arm) — fetched through a private apt state under the cache (the system's
   dpkg/apt configuration is not touched); `run --arch aarch64` boots `-M virt -cpu max`
   under TCG, --firmware direct (-kernel) or uefi (AAVMF → the disk's ESP); the console is the
@@ -50,6 +51,7 @@ import json
 import lzma
 import os
 import platform
+import shlex
 import shutil
 import stat
 import subprocess
@@ -398,9 +400,52 @@ def fetch_qemu_aarch64(cache, debs):
     return binary, env, ["-L", os.path.join(root, "usr/share/qemu")]
 
 
+def fetch_grub_arm64_efi(cache, apt, debs, host_debs):
+    """GRUB for EFI on arm64 (`mkdisk build --grub LIB --grub-efi --arch aarch64`), laid out as
+    a GRUB package: `LIB/arm64-efi/` from Debian's arm64 grub-efi-arm64-bin (modules and
+    kernel.img: data to the host) and `LIB/../../bin/grub-mkimage`, a wrapper running the host's
+    grub-mkimage (grub-common, as `fetch` unpacks it), which writes images for any platform.
+    Returns the parts' keys grub_arm64_efi_lib (LIB) and grub_arm64_efi (LIB/arm64-efi)."""
+    groot = extract(apt.download("grub-efi-arm64-bin", debs), os.path.join(cache, "grub-arm64"))
+    lib = os.path.join(groot, "usr/lib/grub")
+    # The same packages into the same root as `fetch` (its .complete stamp covers both).
+    host = os.path.join(cache, "grub")
+    hbin = os.path.join(host, "usr/bin/grub-mkimage")
+    libdirs = unpack_with_libs(host, ["grub-common", "grub-pc-bin"], hbin, host_debs)
+    wrapper = os.path.join(groot, "usr/bin/grub-mkimage")
+    text = ("#!/bin/sh\n# boot harness: the host's grub-mkimage (grub-common) with the libraries it lacks\n"
+            f"LD_LIBRARY_PATH={shlex.quote(':'.join(libdirs))}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}} "
+            f"exec {shlex.quote(hbin)} \"$@\"\n")
+    if not os.path.exists(wrapper) or open(wrapper).read() != text:
+        os.makedirs(os.path.dirname(wrapper), exist_ok=True)
+        with open(wrapper + ".tmp", "w") as f:
+            f.write(text)
+        os.chmod(wrapper + ".tmp", 0o755)
+        os.replace(wrapper + ".tmp", wrapper)
+    # Once per cache: the wrapper writes an arm64 PE (machine 0xAA64) from arm64-efi/.
+    checked = os.path.join(groot, ".checked-mkimage")
+    if not os.path.exists(checked):
+        out = os.path.join(groot, "check.efi")
+        r = run([wrapper, "-O", "arm64-efi", "-d", os.path.join(lib, "arm64-efi"), "-p", "/grub", "-o", out,
+                 "part_gpt", "fat"])
+        if r.returncode != 0:
+            raise Unavailable(f"grub-mkimage -O arm64-efi failed: {r.stderr.strip()[-500:]}")
+        head = open(out, "rb").read(4096)
+        os.remove(out)
+        pe = int.from_bytes(head[0x3C:0x40], "little")
+        if head[:2] != b"MZ" or head[pe:pe + 4] != b"PE\0\0" or head[pe + 4:pe + 6] != b"\x64\xaa":
+            raise Unavailable("grub-mkimage -O arm64-efi wrote no arm64 PE image")
+        open(checked, "w").close()
+    for p in (os.path.join(lib, "arm64-efi", "kernel.img"), os.path.join(lib, "arm64-efi", "moddep.lst")):
+        if not os.path.exists(p):
+            raise Unavailable(f"{p} missing after unpacking grub-efi-arm64-bin")
+    return {"grub_arm64_efi_lib": lib, "grub_arm64_efi": os.path.join(lib, "arm64-efi")}
+
+
 def fetch_aarch64():
     """The aarch64 parts; the keys of `fetch` where they mean the same (kernel, modules,
-    busybox, qemu*), plus systemd_boot_aa64, aavmf_code, aavmf_vars."""
+    busybox, qemu*), plus systemd_boot_aa64, aavmf_code, aavmf_vars and, where they can be had,
+    grub_arm64_efi_lib and grub_arm64_efi (`fetch_grub_arm64_efi`)."""
     cache = cache_dir()
     debs = os.path.join(cache, "debs-arm64")  # apart from debs/: same package names, other arch
     host_debs = os.path.join(cache, "debs")
@@ -428,6 +473,12 @@ def fetch_aarch64():
         # 64 MiB each: the size of the virt machine's two pflash banks.
         parts["aavmf_code"] = os.path.join(av, "usr/share/AAVMF/AAVMF_CODE.fd")
         parts["aavmf_vars"] = os.path.join(av, "usr/share/AAVMF/AAVMF_VARS.fd")
+        try:
+            parts.update(fetch_grub_arm64_efi(cache, apt, debs, host_debs))
+        except Unavailable as e:
+            # Optional: only the GRUB test needs it (it skips where the keys are missing).
+            log(f"GRUB for arm64 EFI unavailable: {e}")
+            parts["grub_arm64_efi_unavailable"] = str(e)
         q, env, extra = fetch_qemu_aarch64(cache, host_debs)
         parts["qemu"] = q
         parts["qemu_env"] = env

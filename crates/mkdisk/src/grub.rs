@@ -129,7 +129,7 @@ pub(crate) fn install(
         return Ok(());
     }
     let home = grub_home(ms)?;
-    let mut files = grub_files(ms, bootspec, &o.store_dir(), &home, o, mtime)?;
+    let mut files = grub_files(ms, bootspec, &o.store_dir(), &home, o, (mtime, arch))?;
     if !bios.is_empty() {
         let (_, dir) = platform_dir(o, BIOS_PLATFORM)
             .ok_or(NixosError::NoGrubPlatform { what: "GRUB for BIOS", platform: BIOS_PLATFORM })?;
@@ -261,7 +261,7 @@ fn grub_files(
     store_dir: &Path,
     home: &GrubHome<'_, '_>,
     o: &NixosOptions,
-    mtime: i64,
+    (mtime, arch): (i64, nix::Arch),
 ) -> Result<nix::BootFiles, NixosError> {
     let boot_m = home.mount;
     let store_m = mount_of(ms, "/nix/store");
@@ -299,7 +299,11 @@ fn grub_files(
             kernel: kpath,
             initrd: ipath,
             timeout: o.boot_timeout.unwrap_or(5),
-            serial: o.grub_serial,
+            serial: match (o.grub_serial, arch.has_bios()) {
+                (false, _) => nix::GrubSerial::None,
+                (true, true) => nix::GrubSerial::Com0,
+                (true, false) => nix::GrubSerial::Efi0,
+            },
             epoch: mtime,
             extra_config: o.grub_extra_config.clone(),
             extra_entries: o.grub_extra_entries.clone(),

@@ -17,6 +17,11 @@
 //!   --system` with a fake aarch64 NixOS toplevel (bootspec `system = aarch64-linux`, the arm64
 //!   kernel and initramfs): mkdisk installs systemd-boot (`BOOTAA64.EFI`), the loader entry and
 //!   the kernel/initrd copies itself; AAVMF boots them and the guest reads every partition.
+//! - `aavmf_boots_the_grub_efi_aa64_mkdisk_installed`: the same with `--grub LIB --grub-efi`
+//!   (Debian's arm64 `grub-efi-arm64-bin` with the host's `grub-mkimage`, from the harness):
+//!   mkdisk writes GRUB for arm64 EFI (`BOOTAA64.EFI`, a PE for machine 0xAA64), grub.cfg and
+//!   the kernel copies on the ESP; AAVMF → GRUB → the kernel's EFI stub, and the guest reads
+//!   every partition with the bootspec's command line.
 
 use std::fs;
 use std::io::Read;
@@ -355,4 +360,149 @@ fn aavmf_boots_the_systemd_boot_aa64_mkdisk_installed() {
     for k in kernels {
         assert_eq!(sha(k), p.sha256("kernel"), "kernel copy {k}");
     }
+}
+
+/// The PE machine of an EFI image (`None`: no `MZ`/`PE\0\0` header), read here from the
+/// headers rather than through mkdisk's own code.
+fn pe_machine(image: &[u8]) -> Option<u16> {
+    if !image.starts_with(b"MZ") {
+        return None;
+    }
+    let pe = usize::try_from(u32::from_le_bytes(image.get(0x3C..0x40)?.try_into().ok()?)).ok()?;
+    let head = image.get(pe..pe + 6)?;
+    (head[..4] == *b"PE\0\0").then(|| u16::from_le_bytes([head[4], head[5]]))
+}
+
+/// The file `path` of the FAT filesystem of partition `part` of `image` (laid out by `spec`),
+/// read on the host with mtools' `mcopy`.
+fn fat_file(image: &Path, spec: &Path, part: &str, path: &str) -> Vec<u8> {
+    let o = mkdisk(&["plan", spec.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "mkdisk plan: {}", String::from_utf8_lossy(&o.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let p = plan["disks"][0]["partitions"].as_array().unwrap().iter().find(|p| p["name"] == part).unwrap();
+    let offset = p["start"].as_u64().unwrap() * 512;
+    let out = Command::new("mcopy")
+        .args(["-n", "-i", &format!("{}@@{offset}", image.display()), &format!("::{path}"), "-"])
+        .output()
+        .unwrap_or_else(|e| panic!("mcopy (mtools) to read {path} off the ESP: {e}"));
+    assert!(out.status.success(), "mcopy ::{path}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// What `--system --grub --grub-efi` adds beyond the source tree: GRUB for EFI on the ESP's
+/// removable path, `/boot/grub` (grub.cfg, arm64-efi modules) and the kernel copies on the
+/// ESP, the profiles below /nix (the btrfs subvolume), `/etc/NIXOS`.
+const GRUB_ADDED: &[(&str, &str)] =
+    &[("esp", "./EFI"), ("esp", "./grub"), ("esp", "./kernels"), ("root", "./etc/NIXOS"), ("nix", "./var/nix")];
+
+/// An image where mkdisk installs GRUB for EFI on arm64 (`--arch aarch64 --system --grub LIB
+/// --grub-efi`: `EFI/BOOT/BOOTAA64.EFI` made by LIB's grub-mkimage `-O arm64-efi`, grub.cfg and
+/// the arm64-efi modules in `/boot/grub` on the ESP, the kernel and initrd copied to
+/// `/boot/kernels`), from a fake aarch64 NixOS toplevel whose bootspec boots the arm64 kernel
+/// and initramfs; AAVMF → GRUB → the kernel's EFI stub → the guest reads every partition.
+#[test]
+fn aavmf_boots_the_grub_efi_aa64_mkdisk_installed() {
+    let Some(p) = parts_aarch64() else { return };
+    let Some(grub) = p.json["grub_arm64_efi_lib"].as_str() else {
+        let why = p.json["grub_arm64_efi_unavailable"].as_str().unwrap_or("not in the parts");
+        return guest::skip(&format!("GRUB for arm64 EFI (harness.py: grub-efi-arm64-bin): {why}"));
+    };
+    let dir = guest::fresh_dir("boot-aarch64-grub");
+    let src = dir.join("src");
+    write(&src.join("etc/hostname"), b"aarch64-grub\n");
+    write(&src.join("srv/hello.txt"), b"hello from the aarch64 GRUB image\n");
+    symlink("hello.txt", src.join("srv/hello-link")).unwrap();
+    write(&src.join("nix/var/notes/readme.txt"), b"in the btrfs /nix subvolume\n");
+    write(&src.join("boot/notes/readme.txt"), b"ESP content next to GRUB\n");
+
+    let spec = serde_json::json!({"disk": {"main": {"imageSize": "512M", "content": {"type": "gpt", "partitions": {
+        "ESP": {"size": "160M", "type": "EF00",
+                "content": {"type": "filesystem", "format": "vfat", "mountpoint": "/boot"}},
+        "root": {"size": "64M", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/"}},
+        "nix": {"size": "100%", "content": {"type": "btrfs", "subvolumes": {
+            "/nix": {"mountpoint": "/nix", "mountOptions": ["compress-force=zstd"]}}}}}}}}});
+    let spec_path = dir.join("spec.json");
+    fs::write(&spec_path, spec.to_string()).unwrap();
+    let number = plan_numbers(&spec_path);
+    let mount = |id: &str, part: &str, fs: &str, opts: &str, mp: &str| {
+        Mount::new(id, format!("vda{}", number(part)), fs, opts, mp)
+    };
+    let mounts = vec![
+        mount("esp", "ESP", "vfat", "ro", "/boot"),
+        mount("root", "root", "ext4", "ro", "/"),
+        mount("nix", "nix", "btrfs", "ro,subvol=/nix", "/nix"),
+    ];
+
+    // The fake system's store paths: the arm64 kernel (`Image`), the initramfs, the toplevel.
+    let store = dir.join("store/nix/store");
+    let host = |sp: &str| store.join(sp.trim_start_matches("/nix/store/"));
+    let kernel = "/nix/store/g0m1xzf0b4k3j3l7gqk4c6m2qzk7dxy8-linux-6.1";
+    let initrd = "/nix/store/gzk2yq6j6v5w7q0n2r4c1l6p8x9a3b4c-initrd-linux-6.1";
+    let toplevel = "/nix/store/gab2cd3fg4hi5jk6lm7np8qr9sv0wxyz-nixos-system-aarch64grub-24.05";
+    let params = kernel_args_aarch64(&mounts);
+    write(&host(kernel).join("Image"), &fs::read(p.path("kernel")).unwrap());
+    write(&host(initrd).join("initrd"), &fs::read(&p.initrd).unwrap());
+    let bootspec = serde_json::json!({"org.nixos.bootspec.v1": {
+        "init": format!("{toplevel}/init"),
+        "initrd": format!("{initrd}/initrd"),
+        "kernel": format!("{kernel}/Image"),
+        "kernelParams": params.split(' ').collect::<Vec<_>>(),
+        "label": "NixOS 24.05 (Linux 6.1, mkdisk aarch64 GRUB boot test)",
+        "system": "aarch64-linux",
+        "toplevel": toplevel,
+    }});
+    write(&host(toplevel).join("boot.json"), bootspec.to_string().as_bytes());
+    write(&host(toplevel).join("init"), b"#!/bin/sh\n");
+
+    let out = dir.join("out");
+    fs::create_dir_all(&out).unwrap();
+    let args = ["--root", src.to_str().unwrap(), "--arch", "aarch64", "--system", toplevel, "--store-dir"];
+    // --grub-serial on aarch64 is the firmware's serial device (`serial efi0`, terminal
+    // `serial_efi0`), not the PC's COM port, which arm64-efi GRUB does not have: a COM port
+    // here would print `error:` lines, which the check below refuses.
+    let args2 = [store.to_str().unwrap(), "--grub", grub, "--grub-efi", "--grub-serial", "--boot-timeout", "0"];
+    let t0 = Instant::now();
+    let o = mkdisk(&[&build_args(&spec_path, &out)[..], &args, &args2].concat());
+    assert!(o.status.success(), "mkdisk build --arch aarch64 --grub-efi: {}", String::from_utf8_lossy(&o.stderr));
+    eprintln!("boot: mkdisk build (GRUB arm64-efi) took {:.1}s", t0.elapsed().as_secs_f64());
+    let image = out.join("main.raw");
+
+    // GRUB for EFI on the removable path is an arm64 PE image.
+    let bootaa64 = fat_file(&image, &spec_path, "ESP", "/EFI/BOOT/BOOTAA64.EFI");
+    assert_eq!(pe_machine(&bootaa64), Some(0xAA64), "EFI/BOOT/BOOTAA64.EFI is not an arm64 PE image");
+
+    let Some(b) = boot_aarch64_or_skip(p, &dir, &[&image], &mounts, "uefi", "aavmf-grub") else { return };
+    // GRUB started the kernel (BOOT_IMAGE= first, the copy in /boot/kernels on the ESP) with the
+    // bootspec's command line.
+    let init_line = init_line(&b, "AAVMF + GRUB");
+    assert!(init_line.contains("BOOT_IMAGE=") && init_line.contains("/kernels/"), "not started by GRUB: {init_line}");
+    let cmdline = format!("init={toplevel}/init {params}");
+    assert!(init_line.contains(&cmdline), "not the bootspec's command line {cmdline:?}: {init_line}");
+    // GRUB ran grub.cfg (its serial_efi0 terminal and the EFI console) without an error, up to
+    // booting the entry. (With GRUB on serial_efi0 the EFI stub's own line does not reach the
+    // console; the kernel's messages do.)
+    let grub_out = b.console.split_once("Welcome to GRUB!").map(|(_, rest)| rest).unwrap_or_else(|| {
+        panic!("no GRUB banner on the console:\n{}", tail(&b.console));
+    });
+    let grub_out = grub_out.split("Booting `NixOS - Default'").next().unwrap_or_default();
+    assert!(b.console.contains("Booting `NixOS - Default'"), "GRUB booted no entry:\n{}", tail(&b.console));
+    assert!(!grub_out.contains("error:"), "GRUB reported errors:\n{grub_out}");
+    let problems = compare_tree(&src, &mounts, &b, &mounts, GRUB_ADDED, None);
+    assert!(
+        problems.is_empty(),
+        "{}\nconsole tail:\n{}",
+        report("AAVMF → installed GRUB", &problems),
+        tail(&b.console)
+    );
+    let esp = &b.mounts["esp"].1;
+    let sha =
+        |path: &str| esp.get(path).and_then(|e| e.sha256.clone()).unwrap_or_else(|| panic!("no {path} on the ESP"));
+    assert_eq!(sha("./EFI/BOOT/BOOTAA64.EFI"), common::sha256_hex(&bootaa64), "BOOTAA64.EFI as the guest read it");
+    assert!(esp.contains_key("./grub/grub.cfg"), "no grub.cfg: {:?}", esp.keys());
+    assert!(esp.contains_key("./grub/arm64-efi/linux.mod"), "no arm64-efi modules: {:?}", esp.keys());
+    let kernels: Vec<&String> = esp.keys().filter(|k| k.starts_with("./kernels/") && k.ends_with("-Image")).collect();
+    assert_eq!(kernels.len(), 1, "kernel copies in /boot/kernels: {:?}", esp.keys().collect::<Vec<_>>());
+    assert_eq!(sha(kernels[0]), p.sha256("kernel"), "kernel copy {}", kernels[0]);
+    let profile = b.mounts["nix"].1.get("./var/nix/profiles/system-1-link").and_then(|e| e.target.clone());
+    assert_eq!(profile.as_deref(), Some(toplevel), "the system profile in the btrfs /nix");
 }

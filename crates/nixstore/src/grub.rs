@@ -25,6 +25,19 @@ const GRUB_KERNEL_I386_PC_NO_REED_SOLOMON_LENGTH: usize = 0x14;
 /// `GRUB_BOOT_I386_PC_KERNEL_SEG + 0x20`: where diskboot loads the second sector.
 const DISKBOOT_FIRST_SEGMENT: u16 = 0x0820;
 
+/// GRUB's serial console in `grub.cfg` (input and output on it and on the screen).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GrubSerial {
+    /// None.
+    #[default]
+    None,
+    /// The PC's first COM port (`serial --unit=0`, terminal `serial`): x86 BIOS and EFI.
+    Com0,
+    /// The firmware's first serial device (`serial efi0`, terminal `serial_efi0`): EFI
+    /// machines without a PC COM port (arm64-efi, riscv64-efi).
+    Efi0,
+}
+
 /// How the kernel and initrd are referenced from `grub.cfg`.
 #[derive(Clone, Debug)]
 pub struct GrubCfgOptions {
@@ -37,9 +50,8 @@ pub struct GrubCfgOptions {
     pub initrd: Option<String>,
     /// `set timeout=` (NixOS default 5).
     pub timeout: u32,
-    /// Add a serial console (`serial --unit=0 --speed=115200`, input/output on serial and
-    /// console).
-    pub serial: bool,
+    /// A serial console besides the screen, as the platform names it.
+    pub serial: GrubSerial,
     /// Build time (menu date, UTC).
     pub epoch: i64,
     /// `boot.loader.grub.extraConfig`: after the settings, before the entries.
@@ -58,8 +70,14 @@ pub fn grub_cfg(spec: &Bootspec, o: &GrubCfgOptions) -> String {
     s.push_str(&format!("{search}\n"));
     s.push_str("set default=0\n");
     s.push_str(&format!("set timeout={}\n", o.timeout));
-    if o.serial {
-        s.push_str("serial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial console\n");
+    match o.serial {
+        GrubSerial::None => {}
+        GrubSerial::Com0 => s.push_str(
+            "serial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial console\n",
+        ),
+        GrubSerial::Efi0 => s.push_str(
+            "serial efi0 --speed=115200\nterminal_input serial_efi0 console\nterminal_output serial_efi0 console\n",
+        ),
     }
     if let Some(extra) = &o.extra_config {
         s.push_str(&format!("\n{}\n", extra.trim_end_matches('\n')));

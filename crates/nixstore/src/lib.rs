@@ -35,7 +35,7 @@ pub use bootspec::{resolve_store_path, store_host_path, Bootspec};
 pub use closure::{add_closure, ClosureInfo, PathInfo, Registration};
 pub use db::{add_nix_db, nix_db, NIX_SCHEMA_SQL, NIX_SCHEMA_VERSION};
 pub use esp::{add_files, civil_date, systemd_boot_files, BootFiles, SystemdBootOptions};
-pub use grub::{grub_cfg, grub_embed, GrubCfgOptions, GrubEmbed, GRUB_MAX_CORE_SECTORS};
+pub use grub::{grub_cfg, grub_embed, GrubCfgOptions, GrubEmbed, GrubSerial, GRUB_MAX_CORE_SECTORS};
 pub use grub_image::{efi_image, find_grub_mkimage, grub_modules_for, i386_pc_core_img, load_cfg, resolve_modules};
 pub use hash::{nix32_decode, nix32_encode, parse_nar_hash};
 pub use profiles::add_profiles;

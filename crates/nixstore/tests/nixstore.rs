@@ -351,7 +351,7 @@ fn bootspec_and_systemd_boot_files() {
             kernel: "/kernels/k".into(),
             initrd: Some("/kernels/i".into()),
             timeout: 5,
-            serial: true,
+            serial: mkdisk_nixstore::GrubSerial::Com0,
             epoch: 0,
             extra_config: Some("set menu_color_normal=white/blue\n".into()),
             extra_entries: Some("menuentry \"Other\" {\n  halt\n}".into()),
