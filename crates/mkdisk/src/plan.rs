@@ -12,7 +12,9 @@ use crate::autosize::{self, AutoSized, ImageSize};
 use crate::error::BuildError;
 use crate::fsopts::{fs_options, FsOptions};
 use crate::nixos::{self, BootLoader, MountInfo};
-use crate::options::BuildOptions;
+use crate::options::{BuildOptions, OutputFormat};
+
+const MIB: u64 = 1 << 20;
 use crate::partition::{plan_disks, warn_clamped_times, AutoPlace, DiskImagePlan, DiskSizing};
 use crate::place::{self, PlacedDisk};
 use crate::sources::{self, default_root_meta, Sources};
@@ -203,6 +205,15 @@ fn place_disks(spec: &Spec, opts: &BuildOptions, sizes: &[ImageSize]) -> Result<
     for (i, size) in sizes.iter().enumerate() {
         let placed = match *size {
             ImageSize::Auto => place::place_provisional(spec, i, &opts.seed),
+            ImageSize::Bytes(b) if opts.format == OutputFormat::Vhd && b % MIB != 0 => {
+                return Err(BuildError::Size {
+                    disk: spec.disks[i].name.clone(),
+                    message: format!(
+                        "--format vhd needs a disk of a whole number of MiB (Azure's rule), and {b} bytes is not; \
+                         give the size in M or G"
+                    ),
+                })
+            }
             ImageSize::Bytes(b) => place::place_disk(spec, i, b, &opts.seed),
         };
         match (placed, opts.image_size) {
@@ -266,6 +277,14 @@ fn auto_place<'f>(spec: &'f Spec, opts: &'f BuildOptions, prov: PlacedDisk, fill
         let dp = place::place_fill(spec, index, &opts.seed, &prov, fill, want)?.ok_or_else(|| {
             size_err(format!("no disk size gives partition {name} {} MiB", autosize::mib_ceil(bytes)))
         })?;
+        // A VHD's disk is a whole number of MiB (Azure's rule): the fill partition takes the
+        // rest of the last MiB, so that the backup GPT stays at the disk's end.
+        let dp = match dp.layout.sectors.checked_mul(mkdisk_gpt::SECTOR_SIZE) {
+            Some(b) if opts.format == OutputFormat::Vhd && b % MIB != 0 => {
+                place::place_disk(spec, index, b.div_ceil(MIB) * MIB, &opts.seed)?
+            }
+            _ => dp,
+        };
         let fso = all_fs_options(std::slice::from_ref(&dp), opts)?.pop().unwrap_or_default();
         Ok((dp, fso))
     })

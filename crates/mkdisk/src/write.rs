@@ -88,7 +88,10 @@ impl ImagePlan {
         let mut timings = Vec::new();
         for d in &self.disks {
             let start = Instant::now();
-            let file = format!("{}.raw", d.placed.disk.image_name);
+            // raw and vhd are written in place (a VHD is the raw disk and a footer); the other
+            // formats are made from an unnamed raw image that is then dropped.
+            let ext = if self.output.format == OutputFormat::Vhd { "vhd" } else { "raw" };
+            let file = format!("{}.{ext}", d.placed.disk.image_name);
             progress.phase(&file);
             let path = self.out_dir.join(&file);
             let size = d.placed.layout.sectors * mkdisk_gpt::SECTOR_SIZE;
@@ -97,7 +100,7 @@ impl ImagePlan {
             timings.push((format!("write {}", d.placed.disk.name), start.elapsed()));
             let start = Instant::now();
             outputs.extend(self.pool.install(|| self.convert(d, image, progress))?);
-            if self.output.bmap || self.output.format != OutputFormat::Raw {
+            if self.output.bmap || !matches!(self.output.format, OutputFormat::Raw | OutputFormat::Vhd) {
                 timings.push((format!("convert {}", d.placed.disk.name), start.elapsed()));
             }
         }
@@ -110,7 +113,8 @@ impl ImagePlan {
     }
 
     /// The disk's output files, made from its finished raw image: the image in the output
-    /// format (the raw image itself for `raw`; it is dropped, unnamed, otherwise), then the bmap.
+    /// format (the raw image itself for `raw`, with the footer for `vhd`; otherwise it is
+    /// dropped, unnamed), then the bmap.
     fn convert(&self, d: &DiskImagePlan, raw: Image, progress: &dyn Progress) -> Result<Vec<Image>, BuildError> {
         let name = &d.placed.disk.image_name;
         let err = |source| BuildError::Output { disk: d.placed.disk.name.clone(), source };
@@ -119,6 +123,7 @@ impl ImagePlan {
             progress.phase(&format!("{name}.raw.bmap"));
             let out = self.create(&self.out_dir.join(format!("{name}.raw.bmap")), 0)?;
             let ranges = zero_ranges(d);
+            // (A VHD gets its footer only after this, so the bmap sees exactly the raw disk.)
             mkdisk_outputs::bmap_into(src, &format!("{name}.raw"), &ranges, Named::new(out.file(), out.path()))
                 .map_err(err)?;
             Some(out)
@@ -126,29 +131,37 @@ impl ImagePlan {
             None
         };
         let format = self.output.format;
-        let image = if format == OutputFormat::Raw {
-            raw
-        } else {
-            let file = format!("{name}.{}", format.extension());
-            progress.phase(&file);
-            let out = self.create(&self.out_dir.join(file), 0)?;
-            self.encode(format, src, Named::new(out.file(), out.path()), &d.placed.disk.name).map_err(err)?;
-            out
+        let image = match format {
+            OutputFormat::Raw => raw,
+            OutputFormat::Vhd => {
+                let size = d.placed.layout.sectors * mkdisk_gpt::SECTOR_SIZE;
+                let ts = self.output.vhd_timestamp();
+                mkdisk_outputs::vhd_finish(src, size, self.vhd_uuid(&d.placed.disk.name), ts).map_err(err)?;
+                raw
+            }
+            _ => {
+                let file = format!("{name}.{}", format.extension());
+                progress.phase(&file);
+                let out = self.create(&self.out_dir.join(file), 0)?;
+                self.encode(format, src, Named::new(out.file(), out.path())).map_err(err)?;
+                out
+            }
         };
         Ok(std::iter::once(image).chain(bmap).collect())
     }
 
-    /// Encode the raw image `src` as `format` into `out` on the build's threads.
-    fn encode(
-        &self,
-        format: OutputFormat,
-        src: Named<'_>,
-        out: Named<'_>,
-        disk: &str,
-    ) -> Result<(), mkdisk_outputs::OutputError> {
+    /// The VHD footer's unique id: one per disk of the build, from the seed.
+    fn vhd_uuid(&self, disk: &str) -> [u8; 16] {
+        let mut key = self.output.seed.as_bytes().to_vec();
+        key.extend_from_slice(disk.as_bytes());
+        mkdisk_outputs::vhd_uuid(&key)
+    }
+
+    /// Encode the raw image `src` as a compressed stream or qcow2 into `out` on the build's
+    /// threads.
+    fn encode(&self, format: OutputFormat, src: Named<'_>, out: Named<'_>) -> Result<(), mkdisk_outputs::OutputError> {
         let threads = u32::try_from(self.pool.current_num_threads()).unwrap_or(u32::MAX);
         match format {
-            OutputFormat::Raw => {}
             OutputFormat::RawZst => {
                 mkdisk_outputs::zstd_into(src, out, ZSTD_LEVEL, threads)?;
             }
@@ -158,13 +171,7 @@ impl ImagePlan {
             OutputFormat::Qcow2 => {
                 mkdisk_outputs::qcow2_into(src, out)?;
             }
-            OutputFormat::Vhd => {
-                // One id per disk of the build, from the seed.
-                let mut key = self.output.seed.as_bytes().to_vec();
-                key.extend_from_slice(disk.as_bytes());
-                let uuid = mkdisk_outputs::vhd_uuid(&key);
-                mkdisk_outputs::vhd_into(src, out, uuid, self.output.vhd_timestamp())?;
-            }
+            OutputFormat::Raw | OutputFormat::Vhd => {}
         }
         Ok(())
     }

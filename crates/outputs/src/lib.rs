@@ -22,7 +22,8 @@ pub use qcow2::{qcow2_into, write_qcow2, Qcow2Layout, QCOW2_CLUSTER_SIZE};
 pub use ranges::data_ranges;
 pub use stream::{gzip_into, write_gzip, write_zstd, zstd_into, GZIP_MEMBER_SIZE};
 pub use vhd::{
-    footer as vhd_footer, vhd_checksum, vhd_geometry, vhd_into, vhd_uuid, write_vhd, Geometry, VHD_FOOTER_SIZE,
+    footer as vhd_footer, vhd_checksum, vhd_finish, vhd_geometry, vhd_into, vhd_uuid, write_vhd, Geometry,
+    VHD_FOOTER_SIZE,
 };
 
 /// An open file and the path its errors name (the `*_into` functions take these, so that a

@@ -175,14 +175,18 @@ impl<'a> Zstd<'a> {
     }
 }
 
-/// A zstd frame of `len` zero bytes made of RLE blocks (RFC 8878 §3.1.1: single segment, the
+/// A zstd frame of `len` zero bytes made of RLE blocks (RFC 8878 §3.1.1: a 128 KiB window, the
 /// content size in 8 bytes, blocks of at most 128 KiB, 4 bytes each): 2 GiB of holes cost 64 KiB
 /// and no compression work. `len` 0 gives one empty raw block (a valid, empty frame).
 fn zero_frame(len: u64) -> Vec<u8> {
     const BLOCK: u64 = 128 << 10;
     let mut f = Vec::with_capacity(13 + 4 * usize::try_from(len / BLOCK + 1).unwrap_or(0));
     f.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
-    f.push(0b1110_0000); // Frame_Content_Size_flag 3 (8 bytes), Single_Segment_flag
+    // Frame_Content_Size_flag 3 (8 bytes), no Single_Segment_flag: a single segment's window is
+    // the whole content, which decoders refuse above 128 MiB (`zstd -d`: "Window size larger
+    // than maximum"); a 128 KiB window (Exponent 7, Mantissa 0) is all RLE blocks need.
+    f.push(0b1100_0000);
+    f.push(7 << 3);
     f.extend_from_slice(&len.to_le_bytes());
     let mut left = len;
     loop {

@@ -149,6 +149,23 @@ pub fn vhd_into(raw: Named<'_>, out: Named<'_>, uuid: [u8; 16], timestamp: u32) 
     disk.checked_add(VHD_FOOTER_SIZE).ok_or_else(|| overflow(raw, "VHD size"))
 }
 
+/// Turns a raw image written in place into a fixed VHD: appends the footer after its `size`
+/// bytes (the disk, already a whole number of MiB: place the backup GPT there, which a
+/// rounding copy could not). Nothing is copied. Returns the VHD's length.
+///
+/// # Errors
+/// [`OutputError::Unsupported`] when `size` is not a whole number of MiB or exceeds 2040 GiB;
+/// [`OutputError::Io`] when the footer cannot be written.
+pub fn vhd_finish(image: Named<'_>, size: u64, uuid: [u8; 16], timestamp: u32) -> Result<u64, OutputError> {
+    let path = image.path;
+    if size % MIB != 0 || size / 512 > VHD_MAX_SECTORS {
+        let what = format!("a fixed VHD is a whole number of MiB up to 2040 GiB, and this disk has {size} bytes");
+        return Err(OutputError::Unsupported { path: path.to_path_buf(), what });
+    }
+    image.file.write_all_at(&footer(size, uuid, timestamp), size).map_err(io_err(path, "writing the VHD footer"))?;
+    size.checked_add(VHD_FOOTER_SIZE).ok_or_else(|| overflow(path, "VHD size"))
+}
+
 /// Copies the data extents of `src` to the same offsets of `dst`, leaving 4 KiB blocks of
 /// zeros unwritten (`dst` is new, so they read as zero).
 fn copy_sparse(src: &File, raw: &Path, ranges: &[(u64, u64)], dst: &File, out: &Path) -> Result<(), OutputError> {

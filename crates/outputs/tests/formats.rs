@@ -200,8 +200,10 @@ fn zstd_stream() {
     // same bytes as holes), data only in the last, partial window, and a zero run longer
     // than one RLE block that is not a whole number of blocks.
     type Writes = Vec<(u64, Vec<u8>)>;
-    let cases: [(u64, Writes); 4] = [
+    let cases: [(u64, Writes); 5] = [
         (10 * MIB + 3, vec![]),
+        // Longer than a decoder's default window limit (128 MiB), data at both ends.
+        (300 * MIB, vec![(0, vec![3u8; 5000]), (300 * MIB - 4096, vec![4u8; 4096])]),
         (9 * MIB, vec![(MIB, vec![0u8; 3 << 20])]),
         (9 * MIB + 5, vec![(9 * MIB, b"tail!".to_vec())]),
         (13 * MIB + 4097, vec![(0, vec![1u8; 4097]), (12 * MIB + 7, vec![2u8; 9])]),
