@@ -445,6 +445,7 @@ fn outputs_case(a: &Args, name: &str, spec: &Path, corpus: &Path, bytes: u64, np
         ("--format raw.zst (mkdisk)".into(), mk(" --format raw.zst")),
         ("--format qcow2 (mkdisk)".into(), mk(" --format qcow2")),
         ("--format raw.gz (mkdisk)".into(), mk(" --format raw.gz")),
+        ("--format vhd (mkdisk)".into(), mk(" --format vhd")),
     ];
     if have("zstd") {
         runs.push((
