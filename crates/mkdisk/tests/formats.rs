@@ -19,7 +19,7 @@
 
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -361,11 +361,18 @@ fn spec_of(l: &Layout, dir: &Path) -> PathBuf {
 
 /// The kernel lists every file of both copies (`vda`, `vdb`) equal to the source.
 fn kernel_reads(l: &Layout, spec: &Path, src: &Path, dir: &Path, disks: &[&Path]) {
+    let pairs: Vec<(&Path, &Layout, &Path)> = disks.iter().map(|d| (*d, l, spec)).collect();
+    kernel_reads_disks(src, dir, &pairs, l.name);
+}
+
+/// The kernel lists every file of each disk (`vda`, `vdb`, …: image, its layout, its spec)
+/// equal to the source, in one boot.
+fn kernel_reads_disks(src: &Path, dir: &Path, disks: &[(&Path, &Layout, &Path)], tag: &str) {
     let Some(parts) = guest::parts() else { return };
-    let number = plan_numbers(spec);
     let mut all = Vec::new();
     let mut per_disk = Vec::new();
-    for (d, letter) in disks.iter().zip(['a', 'b']) {
+    for (&(d, l, spec), letter) in disks.iter().zip('a'..='z') {
+        let number = plan_numbers(spec);
         let ms: Vec<Mount> = l
             .mounts
             .iter()
@@ -377,11 +384,41 @@ fn kernel_reads(l: &Layout, spec: &Path, src: &Path, dir: &Path, disks: &[&Path]
         all.extend(ms.clone());
         per_disk.push((d, ms));
     }
-    let Some(b) = boot_or_skip(parts, dir, disks, &all, "direct", l.name) else { return };
+    let paths: Vec<&Path> = disks.iter().map(|d| d.0).collect();
+    let Some(b) = boot_or_skip(parts, dir, &paths, &all, "direct", tag) else { return };
     for (d, ms) in &per_disk {
         let problems = compare_tree(src, ms, &b, ms, &[], None);
         assert!(problems.is_empty(), "{}", report(&format!("kernel read-back of {}", d.display()), &problems));
     }
+}
+
+/// Auto-sized images of both layouts and the btrfs seed layout built for a 64 GiB disk: the
+/// kernel reads every file of each, in one boot (the checkers and the sizes are in
+/// `auto_size.rs`); the auto-sized images are smaller than the layouts' 640 MiB and the 64 GiB
+/// one is 64 GiB long, sparse.
+#[test]
+fn auto_and_final_size_images_are_read_by_the_kernel() {
+    let dir = guest::fresh_dir("formats-sizes");
+    let src = source(&dir);
+    let mut built = Vec::new();
+    for (l, size) in [(&BTRFS, "auto"), (&EXT4, "auto"), (&BTRFS, "64G")] {
+        let spec = spec(l, &dir);
+        let (out, _) = build(&spec, &src, &dir, &format!("{}-{size}", l.name), &["--image-size", size]);
+        let img = out.join(format!("{}.raw", l.image));
+        let o = run("sgdisk", &["-v", img.to_str().unwrap()]);
+        assert!(String::from_utf8_lossy(&o.stdout).contains("No problems found"), "{size}: sgdisk -v: {o:?}");
+        let len = fs::metadata(&img).unwrap().len();
+        if size == "auto" {
+            assert!(len < 640 * MIB, "{}: auto size {len} is not below the layout's 640 MiB", l.name);
+        } else {
+            assert_eq!(len, 64 << 30);
+            assert!(fs::metadata(&img).unwrap().blocks() * 512 < 256 * MIB, "64G image not sparse");
+        }
+        built.push((img, l, spec));
+    }
+    let disks: Vec<(&Path, &Layout, &Path)> = built.iter().map(|(i, l, s)| (i.as_path(), *l, s.as_path())).collect();
+    kernel_reads_disks(&src, &dir, &disks, "sizes");
+    let _ = fs::remove_dir_all(&dir);
 }
 
 #[test]
