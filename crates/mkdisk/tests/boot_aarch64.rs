@@ -36,7 +36,7 @@ use mkdisk_testkit::noise;
 mod common;
 mod guest;
 
-use common::{build_args, mkdisk, plan_numbers, repo, sha256_file};
+use common::{build_args, mkdisk, plan_numbers, sha256_file};
 use guest::{
     boot_aarch64_or_skip, chmod, compare_tree, init_line, kernel_args_aarch64, parts_aarch64, report, tail, write,
     Mount, Parts,
@@ -101,27 +101,6 @@ fn posix_edges(d: &Path) {
     write(&d.join("compressible.txt"), &text);
 }
 
-/// A Nix-store-shaped corpus from this machine's packages (`../shared/tools`), or a synthetic
-/// stand-in where that script is not present.
-fn store_corpus(dest: &Path) {
-    let script = repo().join("../shared/tools/make-store-corpus.py");
-    if script.exists() {
-        let st = Command::new("python3").arg(&script).arg(dest).args(["--max-mib", "16"]).status().unwrap();
-        assert!(st.success(), "make-store-corpus.py failed");
-        return;
-    }
-    eprintln!("boot: {} missing; using a synthetic store", script.display());
-    for p in 0..40u64 {
-        let sp = dest.join(format!("nix/store/{:032x}-pkg-{p}", p * 7919));
-        for f in 0..20u64 {
-            let file = sp.join(format!("share/f{f}"));
-            write(&file, &noise(usize::try_from((p * 131 + f * 17) % 9000).unwrap(), p * 100 + f));
-            chmod(&file, 0o444);
-        }
-        symlink("share/f0", sp.join("link")).unwrap();
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The image
 
@@ -154,7 +133,7 @@ fn build_fixture(parts: &'static Parts) -> Fixture {
 
     // Root (ext4) and /nix (btrfs): a store corpus under nix/store, edge cases on both.
     let t0 = Instant::now();
-    store_corpus(&src);
+    guest::store_corpus(&src, 16);
     eprintln!("boot: store corpus in {:.1}s", t0.elapsed().as_secs_f64());
     posix_edges(&src.join("edge"));
     posix_edges(&src.join("nix/var/edge"));

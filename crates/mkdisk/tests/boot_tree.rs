@@ -23,7 +23,6 @@
 use std::fs;
 use std::os::unix::fs::{symlink, FileExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -33,7 +32,7 @@ use mkdisk_testkit::noise;
 mod common;
 mod guest;
 
-use common::{build_args, mkdisk, plan_numbers, repo};
+use common::{build_args, mkdisk, plan_numbers};
 use guest::{
     boot, boot_or_skip, chmod, compare_tree, init_line, kernel_args, parse_listing, parts, report, skip, tail,
     vd_devices, write, Boot, Mount, Parts, S_IFLNK, S_IFMT,
@@ -116,27 +115,6 @@ fn posix_edges(d: &Path, marker: &str) {
     write(&d.join("compressible.txt"), &text);
 }
 
-/// A Nix-store-shaped subset from this machine's packages (`../shared/tools`), or a
-/// synthetic stand-in where that script is not present.
-fn store_corpus(dest: &Path) {
-    let script = repo().join("../shared/tools/make-store-corpus.py");
-    if script.exists() {
-        let st = Command::new("python3").arg(&script).arg(dest).args(["--max-mib", "24"]).status().unwrap();
-        assert!(st.success(), "make-store-corpus.py failed");
-        return;
-    }
-    eprintln!("boot: {} missing; using a synthetic store", script.display());
-    for p in 0..40u64 {
-        let sp = dest.join(format!("nix/store/{:032x}-pkg-{p}", p * 7919));
-        for f in 0..20u64 {
-            let file = sp.join(format!("share/f{f}"));
-            write(&file, &noise(usize::try_from((p * 131 + f * 17) % 9000).unwrap(), p * 100 + f));
-            chmod(&file, 0o444);
-        }
-        symlink("share/f0", sp.join("link")).unwrap();
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The image
 
@@ -190,7 +168,7 @@ fn build_fixture(parts: &'static Parts) -> Fixture {
 
     // Root (ext4): a store subset, edge cases, plain config files.
     let t1 = Instant::now();
-    store_corpus(&src);
+    guest::store_corpus(&src, 24);
     eprintln!("boot: store corpus in {:.1}s", t1.elapsed().as_secs_f64());
     posix_edges(&src.join("edge"), &ext4_marker);
     write(&src.join("etc/hostname"), b"mkdisk-boot-test\n");

@@ -74,9 +74,7 @@ const EXT4: Layout = Layout {
 /// The source: a store subset and a few files on the ESP and in /etc.
 fn source(dir: &Path) -> PathBuf {
     let src = dir.join("src");
-    let script = repo().join("../shared/tools/make-store-corpus.py");
-    let st = Command::new("python3").arg(&script).arg(&src).args(["--max-mib", "16"]).status().unwrap();
-    assert!(st.success(), "make-store-corpus.py failed");
+    guest::store_corpus(&src, 16);
     guest::write(&src.join("etc/hostname"), b"formats\n");
     guest::write(&src.join("boot/loader/loader.conf"), b"timeout 0\n");
     guest::write(&src.join("boot/EFI/nixos/kernel.efi"), &mkdisk_testkit::noise(3 << 20, 5));

@@ -41,7 +41,7 @@ use mkdisk_testkit::{assert_ok, noise};
 mod common;
 mod guest;
 
-use common::{build_args, mkdisk, plan_numbers, repo, skip_or_fail};
+use common::{build_args, mkdisk, plan_numbers, skip_or_fail};
 use guest::{chmod, compare_tree, host_listing, parse_listing, report, tail, write, Boot, Mount, S_IFMT};
 use guest::{S_IFDIR, S_IFLNK};
 
@@ -106,31 +106,10 @@ fn s(p: &Path) -> &str {
 // ---------------------------------------------------------------------------------------------
 // The source tree and the two images
 
-/// A Nix-store-shaped subset from this machine's packages (`../shared/tools`), or a synthetic
-/// stand-in where that script is not present.
-fn store_corpus(dest: &Path) {
-    let script = repo().join("../shared/tools/make-store-corpus.py");
-    if script.exists() {
-        let st = Command::new("python3").arg(&script).arg(dest).args(["--max-mib", "8"]).status().unwrap();
-        assert!(st.success(), "make-store-corpus.py failed");
-        return;
-    }
-    eprintln!("growth: {} missing; using a synthetic store", script.display());
-    for p in 0..30u64 {
-        let sp = dest.join(format!("nix/store/{:032x}-pkg-{p}", p * 7919));
-        for f in 0..20u64 {
-            let file = sp.join(format!("share/f{f}"));
-            write(&file, &noise(usize::try_from((p * 131 + f * 17) % 9000).unwrap(), p * 100 + f));
-            chmod(&file, 0o444);
-        }
-        symlink("share/f0", sp.join("link")).unwrap();
-    }
-}
-
 /// The source of both images: the store corpus (in `/nix`: the btrfs image's `/nix`
 /// subvolume), edge cases in the root, a few files for the ESP.
 fn source(src: &Path) {
-    store_corpus(src);
+    guest::store_corpus(src, 8);
     write(&src.join("etc/hostname"), b"mkdisk-growth-test\n");
     let d = src.join("var/lib/edge");
     write(&d.join("empty"), b"");

@@ -10,14 +10,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use mkdisk_testkit::harness::{boot_parts, boot_parts_for, run_harness, HarnessError};
 
-use crate::common::sha256_hex;
+use crate::common::{repo, sha256_hex};
 
 /// QEMU or a part cannot be had: a loud skip, or a failure under CI
 /// ([`mkdisk_testkit::skip_or_fail`]).
@@ -45,6 +45,34 @@ pub fn write(p: &Path, data: &[u8]) {
 
 pub fn chmod(p: &Path, mode: u32) {
     fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A Nix-store-shaped corpus of at most `max_mib` MiB from this machine's packages
+/// (`../shared/tools/make-store-corpus.py`), or a synthetic stand-in where that script is not
+/// present.
+pub fn store_corpus(dest: &Path, max_mib: u32) {
+    let script = repo().join("../shared/tools/make-store-corpus.py");
+    if script.exists() {
+        let st = std::process::Command::new("python3")
+            .arg(&script)
+            .arg(dest)
+            .args(["--max-mib", &max_mib.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "make-store-corpus.py failed");
+        return;
+    }
+    eprintln!("{} missing; using a synthetic store", script.display());
+    for p in 0..40u64 {
+        let sp = dest.join(format!("nix/store/{:032x}-pkg-{p}", p * 7919));
+        for f in 0..20u64 {
+            let file = sp.join(format!("share/f{f}"));
+            let len = usize::try_from((p * 131 + f * 17) % 9000).unwrap();
+            write(&file, &mkdisk_testkit::noise(len, p * 100 + f));
+            chmod(&file, 0o444);
+        }
+        symlink("share/f0", sp.join("link")).unwrap();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -174,26 +202,41 @@ pub fn boot(
     firmware: &str,
     tag: &str,
 ) -> Result<Boot, String> {
+    boot_on(None, p, dir, disks, mounts, firmware, tag)
+}
+
+/// [`boot`] for `arch` (`None`: the harness's default, x86_64, 400 s; `aarch64`: 900 s).
+fn boot_on(
+    arch: Option<&str>,
+    p: &Parts,
+    dir: &Path,
+    disks: &[&Path],
+    mounts: &[Mount],
+    firmware: &str,
+    tag: &str,
+) -> Result<Boot, String> {
     let _g = BOOT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let console = dir.join(format!("{tag}.console.log"));
     let listing = dir.join(format!("{tag}.listing.txt"));
-    let mut args = vec!["run".to_string()];
+    let mut args: Vec<String> = vec!["run".into()];
+    if let Some(a) = arch {
+        args.extend(["--arch".into(), a.into()]);
+    }
     for d in disks {
         args.push("--disk".into());
         args.push(d.to_str().unwrap().into());
     }
-    args.extend([
-        "--console".into(),
-        console.to_str().unwrap().into(),
-        "--listing".into(),
-        listing.to_str().unwrap().into(),
-        "--firmware".into(),
-        firmware.into(),
-        "--initrd".into(),
-        p.initrd.to_str().unwrap().into(),
-        "--timeout".into(),
-        "400".into(),
-    ]);
+    let timeout = if arch.is_some() { "900" } else { "400" };
+    for (k, v) in [
+        ("--console", console.to_str().unwrap()),
+        ("--listing", listing.to_str().unwrap()),
+        ("--firmware", firmware),
+        ("--initrd", p.initrd.to_str().unwrap()),
+        ("--timeout", timeout),
+    ] {
+        args.push(k.into());
+        args.push(v.into());
+    }
     for m in mounts {
         args.push("--mount".into());
         args.push(m.arg());
@@ -202,12 +245,13 @@ pub fn boot(
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = run_harness(&args);
     let secs = t0.elapsed().as_secs_f64();
+    let on = arch.unwrap_or("x86_64");
     match r {
         Ok(_) => {}
         Err(HarnessError::Unavailable(why)) => return Err(why),
-        Err(HarnessError::Failed(e)) => panic!("{tag}: boot failed after {secs:.1}s:\n{e}"),
+        Err(HarnessError::Failed(e)) => panic!("{tag}: {on} boot failed after {secs:.1}s:\n{e}"),
     }
-    eprintln!("boot: {tag} ({firmware}) took {secs:.1}s");
+    eprintln!("boot: {tag} ({on}, {firmware}) took {secs:.1}s");
     let b = parse_listing(&fs::read(&listing).unwrap());
     let console = String::from_utf8_lossy(&fs::read(&console).unwrap()).replace('\r', "");
     Ok(Boot { console, ..b })
@@ -527,41 +571,7 @@ pub fn boot_aarch64(
     firmware: &str,
     tag: &str,
 ) -> Result<Boot, String> {
-    let _g = BOOT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let console = dir.join(format!("{tag}.console.log"));
-    let listing = dir.join(format!("{tag}.listing.txt"));
-    let mut args: Vec<String> = vec!["run".into(), "--arch".into(), "aarch64".into()];
-    for d in disks {
-        args.push("--disk".into());
-        args.push(d.to_str().unwrap().into());
-    }
-    for (k, v) in [
-        ("--console", console.to_str().unwrap()),
-        ("--listing", listing.to_str().unwrap()),
-        ("--firmware", firmware),
-        ("--initrd", p.initrd.to_str().unwrap()),
-        ("--timeout", "900"),
-    ] {
-        args.push(k.into());
-        args.push(v.into());
-    }
-    for m in mounts {
-        args.push("--mount".into());
-        args.push(m.arg());
-    }
-    let t0 = Instant::now();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let r = run_harness(&args);
-    let secs = t0.elapsed().as_secs_f64();
-    match r {
-        Ok(_) => {}
-        Err(HarnessError::Unavailable(why)) => return Err(why),
-        Err(HarnessError::Failed(e)) => panic!("{tag}: aarch64 boot failed after {secs:.1}s:\n{e}"),
-    }
-    eprintln!("boot: {tag} (aarch64, {firmware}) took {secs:.1}s");
-    let b = parse_listing(&fs::read(&listing).unwrap());
-    let console = String::from_utf8_lossy(&fs::read(&console).unwrap()).replace('\r', "");
-    Ok(Boot { console, ..b })
+    boot_on(Some("aarch64"), p, dir, disks, mounts, firmware, tag)
 }
 
 /// [`boot_aarch64`], or `None` after a loud [`skip`] where QEMU could not run here.
