@@ -57,7 +57,8 @@ pub enum OutputFormat {
     RawZst,
     /// `<imageName>.raw.gz`: gzip members of 4 MiB, compressed in parallel (level 6).
     RawGz,
-    /// `<imageName>.qcow2`: qcow2 version 3, 64 KiB clusters, only non-zero clusters stored.
+    /// `<imageName>.qcow2`: qcow2 version 3, 64 KiB clusters, written in place (the disk
+    /// after the header cluster, each cluster with data mapped to itself, tables appended).
     Qcow2,
     /// `<imageName>.vhd`: a fixed VHD (the raw image rounded up to a whole MiB, then the
     /// 512-byte footer), as Azure takes it.

@@ -88,14 +88,19 @@ impl ImagePlan {
         let mut timings = Vec::new();
         for d in &self.disks {
             let start = Instant::now();
-            // raw and vhd are written in place (a VHD is the raw disk and a footer); the other
-            // formats are made from an unnamed raw image that is then dropped.
-            let ext = if self.output.format == OutputFormat::Vhd { "vhd" } else { "raw" };
+            // raw, vhd and qcow2 are written in place (a VHD is the raw disk and a footer, a
+            // qcow2 a header cluster, the disk and its tables); the compressed streams are made
+            // from an unnamed raw image that is then dropped.
+            let (ext, base) = match self.output.format {
+                OutputFormat::Vhd => ("vhd", 0),
+                OutputFormat::Qcow2 => ("qcow2", mkdisk_outputs::QCOW2_DATA_OFFSET),
+                _ => ("raw", 0),
+            };
             let file = format!("{}.{ext}", d.placed.disk.image_name);
             progress.phase(&file);
             let path = self.out_dir.join(&file);
             let size = d.placed.layout.sectors * mkdisk_gpt::SECTOR_SIZE;
-            let image = self.create(&path, size)?;
+            let image = self.create(&path, size, base)?;
             self.pool.install(|| write_disk(d, &image, progress))?;
             timings.push((format!("write {}", d.placed.disk.name), start.elapsed()));
             let start = Instant::now();
@@ -107,23 +112,26 @@ impl ImagePlan {
         Ok(Written { images: mkdisk_tree::persist_all(outputs)?, timings })
     }
 
-    /// An unnamed file in the output directory that becomes `path` when the build succeeds.
-    fn create(&self, path: &std::path::Path, size: u64) -> Result<Image, BuildError> {
-        Image::create(path, size).map_err(|e| BuildError::Out { path: self.out_dir.clone(), message: e.to_string() })
+    /// An unnamed file in the output directory that becomes `path` when the build succeeds,
+    /// `size` bytes from `base` on.
+    fn create(&self, path: &std::path::Path, size: u64, base: u64) -> Result<Image, BuildError> {
+        Image::create_at(path, size, base)
+            .map_err(|e| BuildError::Out { path: self.out_dir.clone(), message: e.to_string() })
     }
 
     /// The disk's output files, made from its finished raw image: the image in the output
-    /// format (the raw image itself for `raw`, with the footer for `vhd`; otherwise it is
-    /// dropped, unnamed), then the bmap.
+    /// format (the raw image itself for `raw`, with the footer for `vhd`, with its tables for
+    /// `qcow2`; otherwise it is dropped, unnamed), then the bmap.
     fn convert(&self, d: &DiskImagePlan, raw: Image, progress: &dyn Progress) -> Result<Vec<Image>, BuildError> {
         let name = &d.placed.disk.image_name;
         let err = |source| BuildError::Output { disk: d.placed.disk.name.clone(), source };
-        let src = Named::new(raw.file(), raw.path());
+        let src = Named::at(raw.file(), raw.path(), raw.base());
         let bmap = if self.output.bmap {
             progress.phase(&format!("{name}.raw.bmap"));
-            let out = self.create(&self.out_dir.join(format!("{name}.raw.bmap")), 0)?;
+            let out = self.create(&self.out_dir.join(format!("{name}.raw.bmap")), 0, 0)?;
             let ranges = zero_ranges(d);
-            // (A VHD gets its footer only after this, so the bmap sees exactly the raw disk.)
+            // (A VHD gets its footer and a qcow2 its tables only after this, so the bmap sees
+            // exactly the raw disk.)
             mkdisk_outputs::bmap_into(src, &format!("{name}.raw"), &ranges, Named::new(out.file(), out.path()))
                 .map_err(err)?;
             Some(out)
@@ -139,10 +147,14 @@ impl ImagePlan {
                 mkdisk_outputs::vhd_finish(src, size, self.vhd_uuid(&d.placed.disk.name), ts).map_err(err)?;
                 raw
             }
+            OutputFormat::Qcow2 => {
+                mkdisk_outputs::qcow2_finish(src, raw.size()).map_err(err)?;
+                raw
+            }
             _ => {
                 let file = format!("{name}.{}", format.extension());
                 progress.phase(&file);
-                let out = self.create(&self.out_dir.join(file), 0)?;
+                let out = self.create(&self.out_dir.join(file), 0, 0)?;
                 self.encode(format, src, Named::new(out.file(), out.path())).map_err(err)?;
                 out
             }
@@ -157,8 +169,7 @@ impl ImagePlan {
         mkdisk_outputs::vhd_uuid(&key)
     }
 
-    /// Encode the raw image `src` as a compressed stream or qcow2 into `out` on the build's
-    /// threads.
+    /// Encode the raw image `src` as a compressed stream into `out` on the build's threads.
     fn encode(&self, format: OutputFormat, src: Named<'_>, out: Named<'_>) -> Result<(), mkdisk_outputs::OutputError> {
         let threads = u32::try_from(self.pool.current_num_threads()).unwrap_or(u32::MAX);
         match format {
@@ -168,10 +179,7 @@ impl ImagePlan {
             OutputFormat::RawGz => {
                 mkdisk_outputs::gzip_into(src, out, GZIP_LEVEL, threads)?;
             }
-            OutputFormat::Qcow2 => {
-                mkdisk_outputs::qcow2_into(src, out)?;
-            }
-            OutputFormat::Raw | OutputFormat::Vhd => {}
+            OutputFormat::Raw | OutputFormat::Vhd | OutputFormat::Qcow2 => {}
         }
         Ok(())
     }

@@ -13,8 +13,8 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::ranges::{read_exact_at, touched_units};
-use crate::{data_ranges, io_err, overflow, to_usize, Named, OutputError};
+use crate::ranges::{data_ranges_in, read_exact_at, touched_units};
+use crate::{io_err, overflow, to_usize, Named, OutputError};
 
 /// The block size written (`BlockSize`).
 pub const BMAP_BLOCK_SIZE: u64 = 4096;
@@ -34,7 +34,8 @@ fn block_ranges(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
 }
 
 /// The hex SHA-256 of bytes `first*bs .. min((last+1)*bs, size)` of `src`.
-fn range_sha256(src: &File, raw: &Path, size: u64, (first, last): (u64, u64)) -> Result<String, OutputError> {
+fn range_sha256(src: Named<'_>, size: u64, (first, last): (u64, u64)) -> Result<String, OutputError> {
+    let raw = src.path;
     let start = first.checked_mul(BMAP_BLOCK_SIZE).ok_or_else(|| overflow(raw, "bmap range"))?;
     let end = last.saturating_add(1).saturating_mul(BMAP_BLOCK_SIZE).min(size);
     let mut h = Sha256::new();
@@ -42,7 +43,7 @@ fn range_sha256(src: &File, raw: &Path, size: u64, (first, last): (u64, u64)) ->
     let mut off = start;
     while off < end {
         let n = to_usize(raw, CHUNK.min(end - off))?;
-        read_exact_at(src, &mut buf[..n], off).map_err(io_err(raw, "reading the raw image"))?;
+        read_exact_at(src.file, &mut buf[..n], src.base + off).map_err(io_err(raw, "reading the raw image"))?;
         h.update(&buf[..n]);
         off += n as u64;
     }
@@ -116,14 +117,14 @@ pub fn write_bmap(raw: &Path, image_name: &str, out: &Path) -> Result<(), Output
 /// # Errors
 /// As [`write_bmap`].
 pub fn bmap_into(raw: Named<'_>, image_name: &str, extra: &[(u64, u64)], out: Named<'_>) -> Result<(), OutputError> {
-    let (src, path) = (raw.file, raw.path);
-    let size = src.metadata().map_err(io_err(path, "reading the raw image's size"))?.len();
-    let mut ranges = data_ranges(src).map_err(io_err(path, "finding data extents (SEEK_DATA)"))?;
+    let (src, path, base) = (raw.file, raw.path, raw.base);
+    let size = src.metadata().map_err(io_err(path, "reading the raw image's size"))?.len().saturating_sub(base);
+    let mut ranges = data_ranges_in(src, base, size).map_err(io_err(path, "finding data extents (SEEK_DATA)"))?;
     ranges.extend(extra.iter().map(|&(o, l)| (o.min(size), l.min(size.saturating_sub(o)))).filter(|r| r.1 > 0));
     ranges.sort_unstable();
     let mut hashed = Vec::new();
     for r in block_ranges(&ranges) {
-        hashed.push((r, range_sha256(src, path, size, r)?));
+        hashed.push((r, range_sha256(raw, size, r)?));
     }
     let text = bmap_text(image_name, size, &hashed);
     let mut w = out.file;

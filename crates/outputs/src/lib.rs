@@ -1,6 +1,7 @@
 //! mkdisk's output formats, written from a finished sparse raw image (`<imageName>.raw`):
 //! qcow2 v3 ([`write_qcow2`]), a fixed VHD ([`write_vhd`]), a bmap 2.0 file ([`write_bmap`])
-//! and compressed streams ([`write_zstd`], [`write_gzip`]).
+//! and compressed streams ([`write_zstd`], [`write_gzip`]); or, for qcow2 and VHD, around a
+//! raw disk written in place into the output file ([`qcow2_finish`], [`vhd_finish`]).
 //!
 //! It sits after the image writers: it depends on no other mkdisk crate and reads nothing but
 //! the raw file. Every writer finds the data extents with `SEEK_DATA`/`SEEK_HOLE`
@@ -18,8 +19,8 @@ mod vhd;
 use std::path::{Path, PathBuf};
 
 pub use bmap::{bmap_into, write_bmap, BMAP_BLOCK_SIZE};
-pub use qcow2::{qcow2_into, write_qcow2, Qcow2Layout, QCOW2_CLUSTER_SIZE};
-pub use ranges::data_ranges;
+pub use qcow2::{qcow2_finish, qcow2_into, write_qcow2, Qcow2Layout, QCOW2_CLUSTER_SIZE, QCOW2_DATA_OFFSET};
+pub use ranges::{data_ranges, data_ranges_in};
 pub use stream::{gzip_into, write_gzip, write_zstd, zstd_into, GZIP_MEMBER_SIZE};
 pub use vhd::{
     footer as vhd_footer, vhd_checksum, vhd_finish, vhd_geometry, vhd_into, vhd_uuid, write_vhd, Geometry,
@@ -34,13 +35,22 @@ pub struct Named<'a> {
     pub file: &'a std::fs::File,
     /// Its (final) path, for error messages.
     pub path: &'a Path,
+    /// Where the raw disk starts in the file (0, or [`QCOW2_DATA_OFFSET`] in a qcow2 being
+    /// written in place); it runs to the file's end. Only [`bmap_into`] reads at an offset.
+    pub base: u64,
 }
 
 impl<'a> Named<'a> {
     /// `file`, named `path` in errors.
     #[must_use]
     pub fn new(file: &'a std::fs::File, path: &'a Path) -> Self {
-        Named { file, path }
+        Named { file, path, base: 0 }
+    }
+
+    /// `file`, named `path` in errors, holding the raw disk from byte `base` to its end.
+    #[must_use]
+    pub fn at(file: &'a std::fs::File, path: &'a Path, base: u64) -> Self {
+        Named { file, path, base }
     }
 }
 

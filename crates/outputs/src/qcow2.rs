@@ -1,20 +1,25 @@
 //! qcow2 version 3 (`docs/interop/qcow2.txt`; `shared/docs/outputs.md` §1): 64 KiB clusters,
-//! 16-bit refcounts, every refcount 1, only non-zero guest clusters stored.
+//! 16-bit refcounts, every refcount 0 or 1, only allocated guest clusters stored.
 //!
-//! The raw image is read once, front to back, and each output byte written once. Which guest
-//! clusters are non-zero is only known after reading them, so this writer cannot put the
-//! tables first as §1.4's plan-driven layout does; it puts them last:
+//! Two writers share one table layout, which puts the tables after the data:
 //!
 //! | host clusters | contents |
 //! |---|---|
 //! | 0 | header, end-of-extensions marker, zeros |
-//! | 1 ..= n_data | data clusters in ascending guest order (the last one zero-padded) |
+//! | 1 .. `tables_start` | data clusters |
 //! | next n_l2 | L2 tables in guest-region order |
 //! | next l1_clusters | L1 table |
-//! | next n_rb | refcount blocks: `1` for every host cluster `0 .. N` |
 //! | next rt_clusters | refcount table |
+//! | then | refcount blocks, only those covering a used cluster, ascending |
 //!
-//! Every offset is a pure function of (virtual size, the set of non-zero guest clusters)
+//! - [`qcow2_finish`] (in place): the raw disk was written at host offset
+//!   [`QCOW2_DATA_OFFSET`], so guest cluster `g` is host cluster `1 + g`; the clusters the
+//!   file has data in (`SEEK_DATA`) are mapped, the holes stay holes with refcount 0, and only
+//!   the tables are appended. Nothing is read or written twice.
+//! - [`qcow2_into`] (conversion): the raw image is read once, front to back, and each
+//!   non-zero guest cluster appended in guest order (host cluster `1 + i`).
+//!
+//! Every offset is a pure function of (virtual size, where the data clusters are)
 //! ([`Qcow2Layout::plan`]), so the bytes are deterministic.
 
 use std::fs::File;
@@ -22,11 +27,13 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::ranges::{read_exact_at, touched_units};
+use crate::ranges::{data_ranges_in, read_exact_at, touched_units};
 use crate::{data_ranges, io_err, is_zero, overflow, to_usize, Named, OutputError};
 
 /// The cluster size written (`cluster_bits` 16, QEMU's default).
 pub const QCOW2_CLUSTER_SIZE: u64 = 1 << CLUSTER_BITS;
+/// Where [`qcow2_finish`] expects the raw disk in the file: right after the header cluster.
+pub const QCOW2_DATA_OFFSET: u64 = QCOW2_CLUSTER_SIZE;
 const CLUSTER_BITS: u32 = 16;
 /// Entries in one L2 table (8-byte entries in one cluster): one L2 maps 512 MiB of guest.
 const L2_ENTRIES: u64 = QCOW2_CLUSTER_SIZE / 8;
@@ -40,8 +47,8 @@ const QCOW_MAX_REFTABLE_SIZE: u64 = 8 << 20;
 const MAX_HOST_OFFSET: u64 = 1 << 56;
 const HEADER_LENGTH: u32 = 104;
 
-/// Where everything goes, in clusters (see the module table). Pure: sizes only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where everything goes, in clusters (see the module table). Pure: sizes and positions only.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Qcow2Layout {
     /// Guest size in bytes (the raw image's length).
     pub virtual_size: u64,
@@ -50,70 +57,66 @@ pub struct Qcow2Layout {
     /// Clusters holding the L1 table (none for an empty guest: an unreferenced cluster would
     /// be a leak; `l1_table_offset` then points at the next structure and is never read).
     pub l1_clusters: u64,
-    /// Stored data clusters.
-    pub n_data: u64,
+    /// The first host cluster after the data clusters: the first L2 table.
+    pub tables_start: u64,
     /// L2 tables (512 MiB guest regions holding a stored cluster).
     pub n_l2: u64,
-    /// Refcount blocks.
-    pub n_rb: u64,
     /// Refcount table clusters.
     pub rt_clusters: u64,
+    /// The refcount blocks written, by index (block `k` covers host clusters
+    /// `k * 32768 ..`), ascending; the others are absent (all refcounts 0).
+    pub refblocks: Vec<u64>,
 }
 
 impl Qcow2Layout {
-    /// The layout for `n_data` stored clusters in `n_l2` regions of a `virtual_size` guest;
-    /// `None` where QEMU's limits (L1 ≤ 32 MiB, refcount table ≤ 8 MiB, host offsets
-    /// < 2^56) or `u64` arithmetic are exceeded.
+    /// The layout for a `virtual_size` guest whose `n_l2` regions hold data clusters at the
+    /// ascending host clusters `data` (all below `tables_start`); `None` where QEMU's limits
+    /// (L1 ≤ 32 MiB, refcount table ≤ 8 MiB, host offsets < 2^56) or `u64` arithmetic are
+    /// exceeded.
     #[must_use]
-    pub fn plan(virtual_size: u64, n_data: u64, n_l2: u64) -> Option<Self> {
+    pub fn plan(virtual_size: u64, tables_start: u64, n_l2: u64, data: &[u64]) -> Option<Self> {
         let l1_entries = virtual_size.div_ceil(QCOW2_CLUSTER_SIZE.checked_mul(L2_ENTRIES)?);
-        if l1_entries.checked_mul(8)? > QCOW_MAX_L1_SIZE || n_l2 > l1_entries {
+        let data_ok = data.last().is_none_or(|&h| h < tables_start) && data.first().is_none_or(|&h| h > 0);
+        if l1_entries.checked_mul(8)? > QCOW_MAX_L1_SIZE || n_l2 > l1_entries || !data_ok {
             return None;
         }
         let l1_clusters = l1_entries.checked_mul(8)?.div_ceil(QCOW2_CLUSTER_SIZE);
-        let fixed = 1u64.checked_add(n_data)?.checked_add(n_l2)?.checked_add(l1_clusters)?;
-        let (mut n_rb, mut rt_clusters) = (1u64, 1u64);
-        loop {
-            // Grows monotonically with (n_rb, rt_clusters), so this reaches a fixed point.
-            let total = fixed.checked_add(n_rb)?.checked_add(rt_clusters)?;
-            let need_rb = total.div_ceil(RB_ENTRIES);
-            let need_rt = need_rb.checked_mul(8)?.div_ceil(QCOW2_CLUSTER_SIZE);
-            if (need_rb, need_rt) == (n_rb, rt_clusters) {
-                break;
+        let rt_start = tables_start.checked_add(n_l2)?.checked_add(l1_clusters)?;
+        let mut rt_clusters = 1u64;
+        let refblocks = loop {
+            let blocks = refblocks_for(data, tables_start, rt_start.checked_add(rt_clusters)?)?;
+            let need_rt = blocks.last().map_or(0, |&k| k + 1).checked_mul(8)?.div_ceil(QCOW2_CLUSTER_SIZE);
+            if need_rt <= rt_clusters {
+                break blocks;
             }
-            (n_rb, rt_clusters) = (need_rb.max(n_rb), need_rt.max(rt_clusters));
-        }
+            rt_clusters = need_rt; // grows monotonically, so this ends
+        };
         let l1_size = u32::try_from(l1_entries).ok()?;
-        let layout = Self { virtual_size, l1_size, l1_clusters, n_data, n_l2, n_rb, rt_clusters };
+        let layout = Self { virtual_size, l1_size, l1_clusters, tables_start, n_l2, rt_clusters, refblocks };
         let ok = rt_clusters.checked_mul(QCOW2_CLUSTER_SIZE)? <= QCOW_MAX_REFTABLE_SIZE
             && layout.file_size()? <= MAX_HOST_OFFSET;
         ok.then_some(layout)
     }
 
-    /// First cluster of the L2 tables.
-    #[must_use]
-    pub fn l2_start(&self) -> u64 {
-        1 + self.n_data
-    }
     /// First cluster of the L1 table.
     #[must_use]
     pub fn l1_start(&self) -> u64 {
-        self.l2_start() + self.n_l2
-    }
-    /// First refcount block.
-    #[must_use]
-    pub fn rb_start(&self) -> u64 {
-        self.l1_start() + self.l1_clusters
+        self.tables_start + self.n_l2
     }
     /// First refcount table cluster.
     #[must_use]
     pub fn rt_start(&self) -> u64 {
-        self.rb_start() + self.n_rb
+        self.l1_start() + self.l1_clusters
     }
-    /// Every host cluster (all refcount 1).
+    /// First refcount block.
+    #[must_use]
+    pub fn rb_start(&self) -> u64 {
+        self.rt_start() + self.rt_clusters
+    }
+    /// The host clusters in the file (the used ones have refcount 1, the holes 0).
     #[must_use]
     pub fn total_clusters(&self) -> u64 {
-        self.rt_start() + self.rt_clusters
+        self.rb_start() + self.refblocks.len() as u64
     }
     /// The output file's length in bytes; `None` on overflow (never for a planned layout).
     #[must_use]
@@ -139,6 +142,30 @@ impl Qcow2Layout {
         h[100..104].copy_from_slice(&HEADER_LENGTH.to_be_bytes()); // header_length
         h // 104..112: end-of-extensions marker (type 0, length 0)
     }
+
+    /// Whether host cluster `c` is used (refcount 1): the header, a data cluster, a table.
+    fn used(&self, data: &[u64], c: u64) -> bool {
+        c == 0 || (self.tables_start..self.total_clusters()).contains(&c) || data.binary_search(&c).is_ok()
+    }
+}
+
+/// The refcount blocks that cover host cluster 0, the `data` clusters and the tables
+/// `tables_start .. rb_start` plus the blocks themselves (placed from `rb_start` on).
+fn refblocks_for(data: &[u64], tables_start: u64, rb_start: u64) -> Option<Vec<u64>> {
+    let mut fixed: Vec<u64> = std::iter::once(0).chain(data.iter().map(|h| h / RB_ENTRIES)).collect();
+    fixed.dedup();
+    let mut n = 0u64;
+    loop {
+        let end = rb_start.checked_add(n)?; // one past the last used cluster
+        let mut blocks = fixed.clone();
+        blocks.extend(tables_start / RB_ENTRIES..=(end - 1) / RB_ENTRIES);
+        blocks.sort_unstable();
+        blocks.dedup();
+        if blocks.len() as u64 == n {
+            return Some(blocks);
+        }
+        n = blocks.len() as u64; // grows monotonically with n, so this ends
+    }
 }
 
 /// Converts the raw image `raw` into a qcow2 v3 image `out` (created or truncated) of the
@@ -155,6 +182,19 @@ pub fn write_qcow2(raw: &Path, out: &Path) -> Result<u64, OutputError> {
     qcow2_into(Named::new(&src, raw), Named::new(&dst, out))
 }
 
+/// Refuses a guest size QEMU cannot take: not whole sectors, or over its limits even with
+/// every cluster stored.
+fn check_size(size: u64, path: &Path) -> Result<(), OutputError> {
+    if size % 512 != 0 {
+        let what = format!("qcow2 needs a whole number of 512-byte sectors, the image has {size} bytes");
+        return Err(OutputError::Unsupported { path: path.to_path_buf(), what });
+    }
+    let clusters = size.div_ceil(QCOW2_CLUSTER_SIZE);
+    let all: Vec<u64> = if clusters > 1 << 20 { Vec::new() } else { (1..=clusters).collect() };
+    let n_l2 = size.div_ceil(QCOW2_CLUSTER_SIZE * L2_ENTRIES);
+    Qcow2Layout::plan(size, clusters + 1, n_l2, &all).map(|_| ()).ok_or_else(|| overflow(path, "qcow2 layout"))
+}
+
 /// [`write_qcow2`] between open files: `dst` must be empty.
 ///
 /// # Errors
@@ -163,20 +203,40 @@ pub fn qcow2_into(raw: Named<'_>, out: Named<'_>) -> Result<u64, OutputError> {
     let (src, dst) = (raw.file, out.file);
     let (raw, out) = (raw.path, out.path);
     let size = src.metadata().map_err(io_err(raw, "reading the raw image's size"))?.len();
-    if size % 512 != 0 {
-        let what = format!("qcow2 needs a whole number of 512-byte sectors, the image has {size} bytes");
-        return Err(OutputError::Unsupported { path: raw.to_path_buf(), what });
-    }
-    // Refuse early what cannot fit even with every cluster stored.
-    Qcow2Layout::plan(size, size.div_ceil(QCOW2_CLUSTER_SIZE), 0).ok_or_else(|| overflow(raw, "qcow2 layout"))?;
+    check_size(size, raw)?;
     let ranges = data_ranges(src).map_err(io_err(raw, "finding data extents (SEEK_DATA)"))?;
-    let stored = write_data_clusters(src, raw, size, &ranges, dst, out)?;
-    let n_l2 = count_regions(&stored);
-    let n_data = u64::try_from(stored.len()).map_err(|_| overflow(raw, "cluster count"))?;
-    let layout = Qcow2Layout::plan(size, n_data, n_l2).ok_or_else(|| overflow(raw, "qcow2 layout"))?;
-    write_tables(&layout, &stored, dst, out)?;
-    dst.write_all_at(&layout.header(), 0).map_err(io_err(out, "writing the qcow2 header"))?;
-    layout.file_size().ok_or_else(|| overflow(raw, "qcow2 file size"))
+    let guest = write_data_clusters(src, raw, size, &ranges, dst, out)?;
+    let host: Vec<u64> = (1..=guest.len() as u64).collect();
+    finish(size, &guest, &host, 1 + guest.len() as u64, Named::new(dst, out))
+}
+
+/// Makes the file holding a raw disk of `size` bytes at [`QCOW2_DATA_OFFSET`] (and nothing
+/// after it) a qcow2 v3 image of that disk: maps every cluster with data in the file
+/// (`SEEK_DATA`) to itself, appends the tables and writes the header into the first cluster.
+/// Returns the file's new length.
+///
+/// # Errors
+/// As [`write_qcow2`].
+pub fn qcow2_finish(image: Named<'_>, size: u64) -> Result<u64, OutputError> {
+    let (file, path) = (image.file, image.path);
+    check_size(size, path)?;
+    let ranges =
+        data_ranges_in(file, QCOW2_DATA_OFFSET, size).map_err(io_err(path, "finding data extents (SEEK_DATA)"))?;
+    let guest: Vec<u64> = touched_units(&ranges, QCOW2_CLUSTER_SIZE).collect();
+    let host: Vec<u64> = guest.iter().map(|g| g + 1).collect();
+    finish(size, &guest, &host, 1 + size.div_ceil(QCOW2_CLUSTER_SIZE), image)
+}
+
+/// Plans the layout for guest clusters `guest` stored at host clusters `host` (both
+/// ascending, pairwise), the tables from host cluster `tables_start` on, then writes the
+/// tables and the header. Returns the file's length.
+fn finish(size: u64, guest: &[u64], host: &[u64], tables_start: u64, out: Named<'_>) -> Result<u64, OutputError> {
+    let n_l2 = count_regions(guest);
+    let layout = Qcow2Layout::plan(size, tables_start, n_l2, host).ok_or_else(|| overflow(out.path, "qcow2 layout"))?;
+    write_tables(&layout, guest, host, out)?;
+    let e = io_err(out.path, "writing the qcow2 header");
+    out.file.write_all_at(&layout.header(), 0).map_err(e)?;
+    layout.file_size().ok_or_else(|| overflow(out.path, "qcow2 file size"))
 }
 
 /// Reads every cluster a data extent touches, once, in guest order, and appends the non-zero
@@ -222,97 +282,111 @@ fn count_regions(clusters: &[u64]) -> u64 {
     n
 }
 
-/// Writes the L2 tables, L1 table, refcount blocks and refcount table where `layout` puts
-/// them (stored data cluster `i` is host cluster `1 + i`), checking the plan as it goes.
-fn write_tables(layout: &Qcow2Layout, stored: &[u64], dst: &File, out: &Path) -> Result<(), OutputError> {
+/// Writes the L2 tables, the L1 table, the refcount table and the refcount blocks where
+/// `layout` puts them (guest cluster `guest[i]` is host cluster `host[i]`), checking the plan
+/// as it goes.
+fn write_tables(layout: &Qcow2Layout, guest: &[u64], host: &[u64], out: Named<'_>) -> Result<(), OutputError> {
     let cs = QCOW2_CLUSTER_SIZE;
-    let mut w = BufWriter::with_capacity(1 << 20, dst);
-    let mut pos = layout.l2_start();
-    w.seek(SeekFrom::Start(pos * cs)).map_err(io_err(out, "seeking in the qcow2 image"))?;
-    let mut l1 = vec![0u64; to_usize(out, layout.l1_clusters * L2_ENTRIES)?];
-    let mut l2 = vec![0u64; to_usize(out, L2_ENTRIES)?];
+    let path = out.path;
+    let put = |cluster: u64, entries: &[u64]| -> Result<(), OutputError> {
+        let bytes: Vec<u8> = entries.iter().flat_map(|e| e.to_be_bytes()).collect();
+        out.file.write_all_at(&bytes, cluster * cs).map_err(io_err(path, "writing the qcow2 tables"))
+    };
+    let mut l1 = vec![0u64; to_usize(path, layout.l1_clusters * L2_ENTRIES)?];
+    let mut l2 = vec![0u64; to_usize(path, L2_ENTRIES)?];
+    let mut pos = layout.tables_start;
     let mut i = 0usize;
-    while i < stored.len() {
-        let region = stored[i] / L2_ENTRIES;
+    while i < guest.len() {
+        let region = guest[i] / L2_ENTRIES;
         l2.fill(0);
-        while i < stored.len() && stored[i] / L2_ENTRIES == region {
-            let host = (1 + i as u64) * cs; // < 2^56 by plan()
-            l2[to_usize(out, stored[i] % L2_ENTRIES)?] = host | QCOW_OFLAG_COPIED;
+        while i < guest.len() && guest[i] / L2_ENTRIES == region {
+            l2[to_usize(path, guest[i] % L2_ENTRIES)?] = (host[i] * cs) | QCOW_OFLAG_COPIED; // < 2^56 by plan()
             i += 1;
         }
-        l1[to_usize(out, region)?] = (pos * cs) | QCOW_OFLAG_COPIED;
-        write_be(&mut w, &l2).map_err(io_err(out, "writing the qcow2 tables"))?;
+        l1[to_usize(path, region)?] = (pos * cs) | QCOW_OFLAG_COPIED;
+        put(pos, &l2)?;
         pos += 1;
     }
-    debug_assert_eq!(pos, layout.l1_start());
-    write_be(&mut w, &l1).map_err(io_err(out, "writing the qcow2 tables"))?;
-    let rb_slots = to_usize(out, layout.n_rb * RB_ENTRIES)?;
-    let total = to_usize(out, layout.total_clusters())?;
-    let mut refs = vec![0u8; rb_slots * 2];
-    for r in refs.chunks_exact_mut(2).take(total) {
-        r.copy_from_slice(&1u16.to_be_bytes());
+    assert_eq!(pos, layout.l1_start(), "qcow2: L2 tables as planned");
+    put(pos, &l1)?;
+    let mut rt = vec![0u64; to_usize(path, layout.rt_clusters * L2_ENTRIES)?];
+    for (n, &k) in layout.refblocks.iter().enumerate() {
+        rt[to_usize(path, k)?] = (layout.rb_start() + n as u64) * cs;
     }
-    w.write_all(&refs).map_err(io_err(out, "writing the qcow2 tables"))?;
-    let rt: Vec<u64> = (0..layout.rt_clusters * L2_ENTRIES)
-        .map(|k| if k < layout.n_rb { (layout.rb_start() + k) * cs } else { 0 })
-        .collect();
-    write_be(&mut w, &rt).map_err(io_err(out, "writing the qcow2 tables"))?;
-    w.flush().map_err(io_err(out, "writing the qcow2 tables"))?;
-    debug_assert_eq!(dst.metadata().map(|m| m.len()).ok(), layout.file_size());
+    put(layout.rt_start(), &rt)?;
+    let mut rb = vec![0u8; to_usize(path, cs)?];
+    for (n, &k) in layout.refblocks.iter().enumerate() {
+        for (j, r) in rb.chunks_exact_mut(2).enumerate() {
+            let used = layout.used(host, k * RB_ENTRIES + j as u64);
+            r.copy_from_slice(&u16::from(used).to_be_bytes());
+        }
+        let e = io_err(path, "writing the qcow2 tables");
+        out.file.write_all_at(&rb, (layout.rb_start() + n as u64) * cs).map_err(e)?;
+    }
     Ok(())
-}
-
-/// Writes `entries` as big-endian u64s.
-fn write_be(w: &mut impl Write, entries: &[u64]) -> std::io::Result<()> {
-    let bytes: Vec<u8> = entries.iter().flat_map(|e| e.to_be_bytes()).collect();
-    w.write_all(&bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn dense(n: u64) -> Vec<u64> {
+        (1..=n).collect()
+    }
+
     /// §1.3's worked example: 8 GiB virtual, 24 576 data clusters in all 16 regions. With the
     /// tables after the data the cluster count is the same (only the order differs).
     #[test]
     fn worked_example() {
-        let l = Qcow2Layout::plan(8 << 30, 24_576, 16).unwrap();
-        assert_eq!((l.l1_size, l.l1_clusters, l.n_rb, l.rt_clusters), (16, 1, 1, 1));
+        let l = Qcow2Layout::plan(8 << 30, 24_577, 16, &dense(24_576)).unwrap();
+        assert_eq!((l.l1_size, l.l1_clusters, l.refblocks.len(), l.rt_clusters), (16, 1, 1, 1));
         assert_eq!(l.total_clusters(), 24_596);
         assert_eq!(l.file_size(), Some(1_611_923_456));
     }
 
-    /// Swept over sizes from empty to QEMU's limits: every host cluster has a refcount
-    /// slot, the refcount table holds every block, the L1 covers the guest, nothing overlaps.
+    /// Swept over sizes from empty to QEMU's limits, dense and in place: every used host
+    /// cluster has a refcount block, the refcount table holds every block, the L1 covers the
+    /// guest, nothing overlaps.
     #[test]
     fn sweep_sizes() {
         let sizes = [0u64, 512, 65_536, 65_536 + 512, 512 << 20, (512 << 20) + 512, 2 << 30, 1 << 40, 1 << 50];
         for &size in &sizes {
             let clusters = size.div_ceil(QCOW2_CLUSTER_SIZE);
-            for n_data in [0, 1, clusters / 3, clusters] {
+            for n_data in [0, 1, clusters / 3, clusters].map(|n| n.min(clusters).min(1 << 20)) {
                 let n_l2 = n_data.min(size.div_ceil(512 << 20));
-                let Some(l) = Qcow2Layout::plan(size, n_data, n_l2) else {
-                    assert!(size > (1 << 46), "refused {size} {n_data}");
-                    continue;
-                };
-                assert!(u64::from(l.l1_size) * (512 << 20) >= size);
-                assert!(l.l1_clusters * L2_ENTRIES >= u64::from(l.l1_size));
-                assert!(l.n_rb * RB_ENTRIES >= l.total_clusters());
-                assert!((l.n_rb - 1) * RB_ENTRIES < l.total_clusters(), "no spare refblock");
-                assert!(l.rt_clusters * L2_ENTRIES >= l.n_rb);
-                assert_eq!(l.total_clusters(), 1 + n_data + n_l2 + l.l1_clusters + l.n_rb + l.rt_clusters);
+                let inplace: Vec<u64> = (0..n_data).map(|i| 1 + i * (clusters / n_data.max(1))).collect();
+                for (start, data) in [(n_data + 1, dense(n_data)), (clusters + 1, inplace)] {
+                    let Some(l) = Qcow2Layout::plan(size, start, n_l2, &data) else {
+                        assert!(size > (1 << 46), "refused {size} {n_data}");
+                        continue;
+                    };
+                    assert!(u64::from(l.l1_size) * (512 << 20) >= size);
+                    assert!(l.l1_clusters * L2_ENTRIES >= u64::from(l.l1_size));
+                    assert!(l.rt_clusters * L2_ENTRIES > *l.refblocks.last().unwrap());
+                    let covered = |c: u64| l.refblocks.binary_search(&(c / RB_ENTRIES)).is_ok();
+                    assert!(covered(0) && data.iter().all(|&c| covered(c)));
+                    assert!((l.tables_start..l.total_clusters()).all(covered));
+                    assert!(l
+                        .refblocks
+                        .iter()
+                        .all(|&k| (k * RB_ENTRIES..(k + 1) * RB_ENTRIES).any(|c| l.used(&data, c))));
+                    assert_eq!(
+                        l.total_clusters(),
+                        start + n_l2 + l.l1_clusters + l.rt_clusters + l.refblocks.len() as u64
+                    );
+                }
             }
         }
-        assert!(Qcow2Layout::plan(1 << 60, 0, 0).is_none(), "L1 over 32 MiB");
+        assert!(Qcow2Layout::plan(1 << 60, 1, 0, &[]).is_none(), "L1 over 32 MiB");
     }
 
     #[test]
     fn header_fields() {
-        let l = Qcow2Layout::plan(64 << 20, 3, 1).unwrap();
+        let l = Qcow2Layout::plan(64 << 20, 4, 1, &dense(3)).unwrap();
         let h = l.header();
         assert_eq!(&h[0..4], b"QFI\xfb");
         assert_eq!(u64::from_be_bytes(h[40..48].try_into().unwrap()), 5 * QCOW2_CLUSTER_SIZE);
-        assert_eq!(u64::from_be_bytes(h[48..56].try_into().unwrap()), 7 * QCOW2_CLUSTER_SIZE);
+        assert_eq!(u64::from_be_bytes(h[48..56].try_into().unwrap()), 6 * QCOW2_CLUSTER_SIZE);
         assert_eq!(l.total_clusters(), 8);
     }
 

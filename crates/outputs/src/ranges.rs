@@ -15,8 +15,19 @@ use rustix::fs::SeekFrom;
 /// `fstat` or `lseek` failing with anything but `ENXIO` (no data past the offset).
 pub fn data_ranges(file: &File) -> io::Result<Vec<(u64, u64)>> {
     let size = file.metadata()?.len();
+    data_ranges_in(file, 0, size)
+}
+
+/// [`data_ranges`] of the window `base .. base + size` of `file` (a disk stored at an offset,
+/// as in a qcow2 written in place), as offsets from `base`.
+///
+/// # Errors
+/// As [`data_ranges`].
+pub fn data_ranges_in(file: &File, base: u64, size: u64) -> io::Result<Vec<(u64, u64)>> {
+    let end_of = base.checked_add(size).ok_or_else(|| io::Error::other("window overflows"))?;
+    let size = file.metadata()?.len().min(end_of);
     let mut out: Vec<(u64, u64)> = Vec::new();
-    let mut pos = 0u64;
+    let mut pos = base;
     while pos < size {
         let start = match rustix::fs::seek(file, SeekFrom::Data(pos)) {
             Ok(s) => s,
@@ -39,7 +50,7 @@ pub fn data_ranges(file: &File) -> io::Result<Vec<(u64, u64)>> {
         push_merged(&mut out, start, end);
         pos = end;
     }
-    Ok(out.into_iter().map(|(s, e)| (s, e - s)).collect())
+    Ok(out.into_iter().map(|(s, e)| (s - base, e - s)).collect())
 }
 
 /// Appends `[start, end)` to sorted `[start, end)` pairs, merging with the last when they touch.

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use mkdisk_outputs::{
-    data_ranges, write_bmap, write_gzip, write_qcow2, write_vhd, write_zstd, OutputError, BMAP_BLOCK_SIZE,
+    bmap_into, data_ranges, qcow2_finish, write_bmap, write_gzip, write_qcow2, write_vhd, write_zstd, Named,
+    OutputError, BMAP_BLOCK_SIZE, QCOW2_DATA_OFFSET,
 };
 use mkdisk_testkit::{assert_ok, noise, skip_or_fail};
 use sha2::{Digest, Sha256};
@@ -18,6 +19,9 @@ const CLUSTER: u64 = 65_536;
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
 }
+
+/// Writes into a sparse file: (offset, bytes).
+type Writes = Vec<(u64, Vec<u8>)>;
 
 /// A sparse file of `size` bytes with `writes` (offset, bytes) written, nothing else.
 fn sparse(path: &Path, size: u64, writes: &[(u64, Vec<u8>)]) -> PathBuf {
@@ -124,6 +128,53 @@ fn qcow2_empty_and_all_holes() {
         let tables = if size == 0 { 3 } else { 4 }; // header, [L1,] refblock, reftable
         assert_eq!(write_qcow2(&raw, &q).unwrap(), tables * CLUSTER);
         qemu_qcow2_ok(&raw, &q, size);
+    }
+}
+
+/// `qcow2_finish`: the disk written at 64 KiB into the file becomes a qcow2 image in place —
+/// the data clusters keep their bytes, only tables are appended, holes stay holes — for
+/// the standard image, several regions with an unaligned size, a 64 GiB mostly empty guest
+/// (its refcount blocks are sparse too) and an all-holes guest. The bmap of the disk inside
+/// is the raw image's.
+#[test]
+fn qcow2_in_place() {
+    let d = tmp();
+    let big = vec![(0, noise(4096, 8)), (40 << 30, noise(70_000, 9)), ((64 << 30) - 512, noise(512, 10))];
+    let odd = 1536 * MIB + 3 * 512; // regions 0, 1 (empty), 2, 3; not a cluster multiple
+    let unaligned = vec![(0, noise(4096, 5)), (1100 * MIB, noise(CLUSTER as usize * 2, 6)), (odd - 512, noise(512, 7))];
+    let cases: [(&str, u64, Writes); 4] = [
+        ("std", 64 * MIB, Vec::new()),
+        ("unaligned", odd, unaligned),
+        ("big", 64 << 30, big),
+        ("empty", 8 * MIB, Vec::new()),
+    ];
+    for (name, size, writes) in cases {
+        let raw = if name == "std" {
+            standard_image(d.path(), size)
+        } else {
+            sparse(&d.path().join(format!("{name}.raw")), size, &writes)
+        };
+        // The same bytes 64 KiB further on, holes kept (copied extent by extent).
+        let q = d.path().join(format!("{name}.qcow2"));
+        let src = File::open(&raw).unwrap();
+        let dst = File::options().read(true).write(true).create(true).truncate(true).open(&q).unwrap();
+        dst.set_len(QCOW2_DATA_OFFSET + size).unwrap();
+        for (off, len) in data_ranges(&src).unwrap() {
+            let mut buf = vec![0u8; usize::try_from(len).unwrap()];
+            src.read_exact_at(&mut buf, off).unwrap();
+            dst.write_all_at(&buf, QCOW2_DATA_OFFSET + off).unwrap();
+        }
+        let b1 = d.path().join(format!("{name}.bmap1"));
+        write_bmap(&raw, "x", &b1).unwrap();
+        let b2 = File::create(d.path().join(format!("{name}.bmap2"))).unwrap();
+        let inside = Named::at(&dst, &q, QCOW2_DATA_OFFSET);
+        bmap_into(inside, "x", &[], Named::new(&b2, &q)).unwrap();
+        assert_eq!(fs::read(&b1).unwrap(), fs::read(d.path().join(format!("{name}.bmap2"))).unwrap(), "{name}: bmap");
+        let len = qcow2_finish(Named::at(&dst, &q, QCOW2_DATA_OFFSET), size).unwrap();
+        assert_eq!(len, fs::metadata(&q).unwrap().len(), "{name}");
+        let check = qemu_qcow2_ok(&raw, &q, size);
+        eprintln!("{name}: {len} bytes, {} allocated\n{check}", fs::metadata(&q).unwrap().blocks() * 512);
+        assert!(fs::metadata(&q).unwrap().blocks() * 512 < 8 * MIB, "{name}: holes were filled");
     }
 }
 

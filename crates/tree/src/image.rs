@@ -57,6 +57,8 @@ pub struct Image {
     tmp: Temp,
     path: PathBuf,
     size: u64,
+    /// Where the disk starts in the file (room for a container's header before it).
+    base: u64,
 }
 
 fn dir_of(path: &Path) -> PathBuf {
@@ -105,6 +107,16 @@ impl Image {
     /// # Errors
     /// The directory is not writable or the size cannot be set.
     pub fn create(path: &Path, size: u64) -> Result<Image, ImageError> {
+        Image::create_at(path, size, 0)
+    }
+
+    /// [`Image::create`] with the disk starting `base` bytes into the file (a container
+    /// format's header goes before it, as in a qcow2 written in place): the file is
+    /// `base + size` bytes, all holes, and every [`Region`] is relative to `base`.
+    ///
+    /// # Errors
+    /// As [`Image::create`]; `base + size` overflows.
+    pub fn create_at(path: &Path, size: u64, base: u64) -> Result<Image, ImageError> {
         let dir = dir_of(path);
         let create_err = |e: io::Error| ImageError::Create { path: dir.clone(), source: e };
         let (file, tmp) = match open_unnamed(&dir).map_err(create_err)? {
@@ -117,14 +129,16 @@ impl Image {
                 (file, Temp::Named(tmp))
             }
         };
-        let image = Image { file: Arc::new(file), tmp, path: path.to_path_buf(), size };
+        let image = Image { file: Arc::new(file), tmp, path: path.to_path_buf(), size, base };
         // Temporary files are created 0600; a finished image is an ordinary file.
         use std::os::unix::fs::PermissionsExt;
         image
             .file
             .set_permissions(std::fs::Permissions::from_mode(0o644))
             .map_err(|e| ImageError::Create { path: path.to_path_buf(), source: e })?;
-        image.file.set_len(size).map_err(|e| ImageError::Create { path: path.to_path_buf(), source: e })?;
+        let len = base.checked_add(size).ok_or_else(|| io::Error::other("image size overflows"));
+        let len = len.map_err(|e| ImageError::Create { path: path.to_path_buf(), source: e })?;
+        image.file.set_len(len).map_err(|e| ImageError::Create { path: path.to_path_buf(), source: e })?;
         Ok(image)
     }
 
@@ -140,13 +154,19 @@ impl Image {
             .open(path)
             .map_err(|e| ImageError::Create { path: path.to_path_buf(), source: e })?;
         let size = file.metadata().map_err(|e| ImageError::Create { path: path.to_path_buf(), source: e })?.len();
-        Ok(Image { file: Arc::new(file), tmp: Temp::InPlace, path: path.to_path_buf(), size })
+        Ok(Image { file: Arc::new(file), tmp: Temp::InPlace, path: path.to_path_buf(), size, base: 0 })
     }
 
     /// Size in bytes.
     #[must_use]
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Where the disk starts in the file.
+    #[must_use]
+    pub fn base(&self) -> u64 {
+        self.base
     }
 
     /// The open file (to read the finished image back, e.g. to convert it).
@@ -164,7 +184,7 @@ impl Image {
     /// The whole image as one region.
     #[must_use]
     pub fn whole(&self) -> Region {
-        Region { file: Arc::clone(&self.file), name: Arc::from("disk"), base: 0, len: self.size }
+        Region { file: Arc::clone(&self.file), name: Arc::from("disk"), base: self.base, len: self.size }
     }
 
     /// A region `offset..offset+len` named `name` (used in error messages).
