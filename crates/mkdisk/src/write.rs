@@ -77,6 +77,21 @@ pub(crate) fn zero_ranges(d: &DiskImagePlan) -> Vec<(u64, u64)> {
     v
 }
 
+/// The disk byte ranges holding already-compressed data (btrfs's zstd frames), which the
+/// zstd stream stores rather than compresses again.
+fn compressed_ranges(d: &DiskImagePlan) -> Vec<(u64, u64)> {
+    let layout = &d.placed.layout;
+    let mut v = Vec::new();
+    for p in &d.partitions {
+        if let ContentPlan::Btrfs(l, _) = &p.content {
+            let off = layout.partitions[p.index].offset_bytes();
+            v.extend(l.frame_ranges().into_iter().map(|(o, n)| (off + o, n)));
+        }
+    }
+    v.sort_unstable();
+    v
+}
+
 impl ImagePlan {
     /// Write every disk of the plan into the output directory, in the output format.
     ///
@@ -155,7 +170,7 @@ impl ImagePlan {
                 let file = format!("{name}.{}", format.extension());
                 progress.phase(&file);
                 let out = self.create(&self.out_dir.join(file), 0, 0)?;
-                self.encode(format, src, Named::new(out.file(), out.path())).map_err(err)?;
+                self.encode(format, d, src, Named::new(out.file(), out.path())).map_err(err)?;
                 out
             }
         };
@@ -170,11 +185,17 @@ impl ImagePlan {
     }
 
     /// Encode the raw image `src` as a compressed stream into `out` on the build's threads.
-    fn encode(&self, format: OutputFormat, src: Named<'_>, out: Named<'_>) -> Result<(), mkdisk_outputs::OutputError> {
+    fn encode(
+        &self,
+        format: OutputFormat,
+        d: &DiskImagePlan,
+        src: Named<'_>,
+        out: Named<'_>,
+    ) -> Result<(), mkdisk_outputs::OutputError> {
         let threads = u32::try_from(self.pool.current_num_threads()).unwrap_or(u32::MAX);
         match format {
             OutputFormat::RawZst => {
-                mkdisk_outputs::zstd_into(src, out, ZSTD_LEVEL, threads)?;
+                mkdisk_outputs::zstd_into(src, out, ZSTD_LEVEL, threads, &compressed_ranges(d))?;
             }
             OutputFormat::RawGz => {
                 mkdisk_outputs::gzip_into(src, out, GZIP_LEVEL, threads)?;

@@ -15,17 +15,19 @@ mod qcow2;
 mod ranges;
 mod stream;
 mod vhd;
+mod zst;
 
 use std::path::{Path, PathBuf};
 
 pub use bmap::{bmap_into, write_bmap, BMAP_BLOCK_SIZE};
 pub use qcow2::{qcow2_finish, qcow2_into, write_qcow2, Qcow2Layout, QCOW2_CLUSTER_SIZE, QCOW2_DATA_OFFSET};
 pub use ranges::{data_ranges, data_ranges_in};
-pub use stream::{gzip_into, write_gzip, write_zstd, zstd_into, GZIP_MEMBER_SIZE};
+pub use stream::{gzip_into, write_gzip, GZIP_MEMBER_SIZE};
 pub use vhd::{
     footer as vhd_footer, vhd_checksum, vhd_finish, vhd_geometry, vhd_into, vhd_uuid, write_vhd, Geometry,
     VHD_FOOTER_SIZE,
 };
+pub use zst::{stored_segments, write_zstd, zstd_into};
 
 /// An open file and the path its errors name (the `*_into` functions take these, so that a
 /// caller can write into an unnamed file that gets its name only when the build succeeds).
@@ -94,7 +96,8 @@ pub(crate) fn to_usize(path: &Path, v: u64) -> Result<usize, OutputError> {
     usize::try_from(v).map_err(|_| overflow(path, "buffer length"))
 }
 
-/// Whether every byte of `buf` is zero (an OR-fold, which the compiler vectorises).
+/// Whether every byte of `buf` is zero: an OR-fold (which the compiler vectorises) per 4 KiB,
+/// stopping at the first chunk with data.
 pub(crate) fn is_zero(buf: &[u8]) -> bool {
-    buf.iter().fold(0u8, |a, &b| a | b) == 0
+    buf.chunks(4096).all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use mkdisk_outputs::{
-    bmap_into, data_ranges, qcow2_finish, write_bmap, write_gzip, write_qcow2, write_vhd, write_zstd, Named,
+    bmap_into, data_ranges, qcow2_finish, write_bmap, write_gzip, write_qcow2, write_vhd, write_zstd, zstd_into, Named,
     OutputError, BMAP_BLOCK_SIZE, QCOW2_DATA_OFFSET,
 };
 use mkdisk_testkit::{assert_ok, noise, skip_or_fail};
@@ -267,6 +267,39 @@ fn zstd_stream() {
     }
     let holes = fs::metadata(d.path().join("c0.zst")).unwrap().len();
     assert!(holes < 512, "10 MiB of holes take {holes} bytes");
+}
+
+/// Named already-compressed ranges (noise here, btrfs's zstd frames in a build) are stored
+/// as raw blocks with their zero padding as RLE blocks: the stream still decompresses to the
+/// image, does not depend on the thread count, and is within 1 % of compressing everything.
+#[test]
+fn zstd_stores_compressed_ranges() {
+    let d = tmp();
+    let size = 40 * MIB;
+    let text: Vec<u8> = (0..4 * MIB).map(|i| b"store path /nix/store/abc-hello "[(i % 32) as usize]).collect();
+    let mut writes: Writes = vec![(0, text.clone()), (30 * MIB, text)];
+    // 20 MiB of 40 KiB "frames" every 44 KiB from 6 MiB, 4 KiB of zero padding after each.
+    let frames: Vec<(u64, u64)> = (0..465).map(|i| (6 * MIB + i * 44 * 1024, 40 * 1024)).collect();
+    writes.extend(frames.iter().enumerate().map(|(i, &(o, l))| (o, noise(l as usize, 100 + i as u64))));
+    let raw = sparse(&d.path().join("frames.raw"), size, &writes);
+    let src = File::open(&raw).unwrap();
+    let zst = |name: &str, threads: u32, hints: &[(u64, u64)]| {
+        let p = d.path().join(name);
+        let f = File::create(&p).unwrap();
+        zstd_into(Named::new(&src, &raw), Named::new(&f, &p), 3, threads, hints).unwrap();
+        p
+    };
+    let (z1, z2, plain) = (zst("s1.zst", 1, &frames), zst("s2.zst", 2, &frames), zst("p.zst", 2, &[]));
+    decompresses_to("zstd", &z2, &raw);
+    assert_eq!(sha(&z1), sha(&z2), "zstd output depends on the thread count");
+    let (stored, all) = (fs::metadata(&z2).unwrap().len(), fs::metadata(&plain).unwrap().len());
+    eprintln!(
+        "stored {stored}, all compressed {all}\n{}",
+        String::from_utf8_lossy(&run("zstd", &["-lv", s(&z2)]).stdout)
+    );
+    assert!(stored * 100 <= all * 101, "stored {stored} vs {all}");
+    assert!(stored >= 465 * 40 * 1024, "frames lost? {stored}");
+    assert_eq!(mkdisk_outputs::stored_segments(&frames, size), [(6 * MIB, 6 * MIB + 20 * MIB)]);
 }
 
 #[test]

@@ -138,7 +138,12 @@ impl Image {
             .map_err(|e| ImageError::Create { path: path.to_path_buf(), source: e })?;
         let len = base.checked_add(size).ok_or_else(|| io::Error::other("image size overflows"));
         let len = len.map_err(|e| ImageError::Create { path: path.to_path_buf(), source: e })?;
-        image.file.set_len(len).map_err(|e| ImageError::Create { path: path.to_path_buf(), source: e })?;
+        // A new file is empty: truncating it to 0 would only make ext4 flush it on close
+        // (its `auto_da_alloc` rule for truncate-then-rewrite), which costs a synchronous
+        // block allocation of everything written (0.4 s for an 800 MB stream).
+        if len > 0 {
+            image.file.set_len(len).map_err(|e| ImageError::Create { path: path.to_path_buf(), source: e })?;
+        }
         Ok(image)
     }
 

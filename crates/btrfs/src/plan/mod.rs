@@ -168,14 +168,25 @@ impl BtrfsLayout {
     /// length), for verifying frames.
     #[must_use]
     pub fn compressed_extent_ranges(&self) -> Vec<(u64, u64, u64)> {
-        self.extents
-            .iter()
-            .filter(|e| e.zstd.is_some())
-            .filter_map(|e| {
-                let c = self.chunks.iter().find(|c| e.logical >= c.logical && e.logical < c.end())?;
-                Some((c.stripes[0] + (e.logical - c.logical), e.disk_len, e.ram_len))
-            })
-            .collect()
+        self.compressed().map(|(off, e, _)| (off, e.disk_len, e.ram_len)).collect()
+    }
+
+    /// Every compressed extent's zstd frame as (byte offset in the partition, frame length
+    /// without the sector padding), ascending: bytes that compressing again does not shrink.
+    #[must_use]
+    pub fn frame_ranges(&self) -> Vec<(u64, u64)> {
+        let mut v: Vec<(u64, u64)> = self.compressed().map(|(off, _, len)| (off, len)).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The compressed extents with their byte offset in the partition and frame length.
+    fn compressed(&self) -> impl Iterator<Item = (u64, &DataExtent, u64)> {
+        self.extents.iter().filter_map(|e| {
+            let frame = e.zstd.as_ref()?;
+            let c = self.chunks.iter().find(|c| e.logical >= c.logical && e.logical < c.end())?;
+            Some((c.stripes[0] + (e.logical - c.logical), e, frame.len))
+        })
     }
 
     /// Number of tree blocks (each written twice: DUP).

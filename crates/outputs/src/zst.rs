@@ -1,0 +1,444 @@
+//! zstd streams of the raw image (`shared/docs/outputs.md` §4): the whole image, holes fed as
+//! zeros, so decompressing gives the raw bytes. Concatenated frames (RFC 8878 §3.1, which every
+//! decoder reads as one stream) of three kinds:
+//!
+//! - **data frames**: each run of 4 MiB windows holding a non-zero byte (with the zero runs
+//!   shorter than 64 MiB inside it) is one frame from libzstd's multithreaded mode with at
+//!   least one worker, which gives the same bytes for every worker count (§4), with a content
+//!   checksum;
+//! - **zero frames**: each run of at least 64 MiB of all-zero windows (holes above all), and
+//!   any before the first data, is one frame of RLE blocks written directly;
+//! - **stored frames**: the caller may name byte ranges that are already compressed (btrfs's
+//!   zstd extents), which compressing again only costs time. The 128 KiB blocks mostly inside
+//!   them, joined over gaps under 1 MiB and kept where the run is at least 1 MiB
+//!   ([`stored_segments`]), are written as frames of raw blocks, with RLE blocks for the zero
+//!   runs of 64 bytes or more inside them (the sector padding after each extent).
+//!
+//! Where frames are cut depends on the bytes and the named ranges only, never on how the host
+//! file system reports holes.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use crate::stream::{ranges_of, Windows};
+use crate::{io_err, is_zero, to_usize, Named, OutputError};
+
+/// Bytes per window read (and the cut between stored pieces).
+const WINDOW: u64 = 4 << 20;
+/// The shortest run of all-zero bytes (whole windows) that ends a data frame and becomes a
+/// frame of RLE blocks; shorter runs are compressed inside the data frame, so that holes
+/// between files do not cut the multithreaded compression into small frames.
+const ZSTD_ZERO_FRAME_MIN: u64 = 64 << 20;
+/// zstd's largest block (and the window the hand-written frames declare).
+const BLOCK: u64 = 128 << 10;
+/// [`BLOCK`] as a `usize`.
+const MAX_BLOCK: usize = 128 << 10;
+/// Stored runs shorter than this stay compressed; compressed gaps shorter than this between
+/// stored runs are stored too (each switch ends a frame).
+const STORED_MIN: u64 = 1 << 20;
+/// The granule at which zero runs inside stored pieces become RLE blocks.
+const ZERO_GRANULE: usize = 64;
+
+/// Compresses `raw` into the zstd file `out` (created or truncated) at `level` with
+/// `threads` workers (0 counts as 1). Returns the compressed length.
+///
+/// # Errors
+/// [`OutputError::Io`] for a failed read, write or libzstd call.
+pub fn write_zstd(raw: &Path, out: &Path, level: i32, threads: u32) -> Result<u64, OutputError> {
+    let src = File::open(raw).map_err(io_err(raw, "opening the raw image"))?;
+    let dst = File::create(out).map_err(io_err(out, "creating the zstd file"))?;
+    zstd_into(Named::new(&src, raw), Named::new(&dst, out), level, threads, &[])
+}
+
+/// [`write_zstd`] between open files (`dst` must be empty), storing without compressing the
+/// blocks mostly inside the byte ranges `(offset, len)` of `compressed` (already-compressed
+/// data; see the module documentation).
+///
+/// # Errors
+/// As [`write_zstd`].
+pub fn zstd_into(
+    raw: Named<'_>,
+    out: Named<'_>,
+    level: i32,
+    threads: u32,
+    compressed: &[(u64, u64)],
+) -> Result<u64, OutputError> {
+    let ranges = ranges_of(raw)?;
+    let mut win = Windows::open(raw.file, raw.path, &ranges, WINDOW)?;
+    let size = win.size;
+    let segments = stored_segments(compressed, size);
+    let zeros = vec![0u8; to_usize(raw.path, WINDOW)?];
+    let mut enc = Encoder {
+        state: Some(Zstd::Idle(BufWriter::with_capacity(1 << 20, out.file))),
+        zero_run: 0,
+        level,
+        threads,
+        zeros: &zeros,
+        out: out.path,
+    };
+    let mut hints = compressed.to_vec();
+    hints.sort_unstable();
+    let mut blocks = Blocks::default();
+    let mut buf = Vec::new();
+    let (mut off, mut seg) = (0u64, 0usize);
+    while off < size {
+        while segments.get(seg).is_some_and(|s| s.1 <= off) {
+            seg += 1;
+        }
+        let stored = segments.get(seg).is_some_and(|s| s.0 <= off);
+        let window_end = ((off / WINDOW + 1) * WINDOW).min(size);
+        let end = match segments.get(seg) {
+            Some(s) if stored => s.1.min(window_end),
+            Some(s) => s.0.min(window_end),
+            None => window_end,
+        };
+        let data = win.read(off, end - off, &mut buf)?;
+        let n = to_usize(raw.path, end - off)?;
+        let bytes = if data { &buf[..n] } else { &zeros[..n] };
+        if stored {
+            blocks.plan(bytes, off, &hints);
+            enc.stored(&blocks, bytes, off == segments[seg].0, segments[seg].1 - off, end == segments[seg].1)?;
+        } else {
+            enc.compressed(bytes)?;
+        }
+        off = end;
+    }
+    enc.finish(size)?;
+    Ok(out.file.metadata().map_err(io_err(out.path, "reading the zstd file's size"))?.len())
+}
+
+/// The 128 KiB-aligned byte ranges `[start, end)` of a `size`-byte image to store: the blocks
+/// at least half inside `compressed`, joined over gaps shorter than 1 MiB, in runs of at
+/// least 1 MiB. Pure; ascending.
+#[must_use]
+pub fn stored_segments(compressed: &[(u64, u64)], size: u64) -> Vec<(u64, u64)> {
+    let mut hints = compressed.to_vec();
+    hints.sort_unstable();
+    let mut cover: Vec<(u64, u64)> = Vec::new(); // (block, bytes inside), ascending
+    for (off, len) in hints {
+        let end = off.saturating_add(len).min(size);
+        let mut p = off;
+        while p < end {
+            let b = p / BLOCK;
+            let e = b.saturating_add(1).saturating_mul(BLOCK).min(end);
+            match cover.last_mut() {
+                Some((lb, c)) if *lb == b => *c += e - p,
+                _ => cover.push((b, e - p)),
+            }
+            p = e;
+        }
+    }
+    let mut runs: Vec<(u64, u64)> = Vec::new(); // block ranges
+    for (b, c) in cover {
+        if c.saturating_mul(2) < BLOCK {
+            continue;
+        }
+        match runs.last_mut() {
+            Some(r) if (b - r.1) * BLOCK < STORED_MIN => r.1 = b + 1,
+            _ => runs.push((b, b + 1)),
+        }
+    }
+    runs.into_iter()
+        .map(|(a, b)| (a * BLOCK, b.saturating_mul(BLOCK).min(size)))
+        .filter(|(a, b)| b - a >= STORED_MIN)
+        .collect()
+}
+
+/// The output between frames, or inside a data frame, or inside a stored frame.
+enum Zstd<'a> {
+    Idle(BufWriter<&'a File>),
+    Frame(zstd::stream::Encoder<'static, BufWriter<&'a File>>),
+    Stored(BufWriter<&'a File>),
+}
+
+/// The stream being written: the open frame and the zero bytes not yet written.
+struct Encoder<'a> {
+    /// `None` only inside a call that is switching frames.
+    state: Option<Zstd<'a>>,
+    zero_run: u64,
+    level: i32,
+    threads: u32,
+    /// A window of zeros.
+    zeros: &'a [u8],
+    out: &'a Path,
+}
+
+impl<'a> Encoder<'a> {
+    fn err(&self, what: &'static str) -> impl FnOnce(std::io::Error) -> OutputError + 'a {
+        io_err(self.out, what)
+    }
+
+    /// The writer with no frame open (ending a data frame); the caller sets the next state.
+    fn idle(&mut self) -> Result<BufWriter<&'a File>, OutputError> {
+        match self.state.take() {
+            Some(Zstd::Idle(w) | Zstd::Stored(w)) => Ok(w),
+            Some(Zstd::Frame(enc)) => enc.finish().map_err(self.err("finishing a zstd frame")),
+            None => Err(self.err("writing the zstd file")(std::io::Error::other("no output"))),
+        }
+    }
+
+    /// Bytes outside every stored segment.
+    fn compressed(&mut self, bytes: &[u8]) -> Result<(), OutputError> {
+        if is_zero(bytes) {
+            self.zero_run += bytes.len() as u64;
+            return Ok(());
+        }
+        if self.zero_run >= ZSTD_ZERO_FRAME_MIN || !matches!(self.state, Some(Zstd::Frame(_))) {
+            // A long zero run (or one before data) becomes its own RLE frame.
+            let mut w = self.idle()?;
+            if self.zero_run > 0 {
+                w.write_all(&zero_frame(self.zero_run)).map_err(self.err("writing the zstd file"))?;
+            }
+            let mut enc = zstd::stream::Encoder::new(w, self.level).map_err(self.err("setting up zstd"))?;
+            enc.multithread(self.threads.max(1)).map_err(self.err("setting up zstd"))?;
+            enc.include_checksum(true).map_err(self.err("setting up zstd"))?;
+            self.state = Some(Zstd::Frame(enc));
+        } else {
+            // A short one stays in the data frame (no sync point in the middle of the data).
+            self.feed_zeros()?;
+        }
+        self.zero_run = 0;
+        if let Some(Zstd::Frame(enc)) = &mut self.state {
+            enc.write_all(bytes).map_err(io_err(self.out, "compressing into the zstd file"))?;
+        }
+        Ok(())
+    }
+
+    /// The pending zero run into the open data frame.
+    fn feed_zeros(&mut self) -> Result<(), OutputError> {
+        let Some(Zstd::Frame(enc)) = &mut self.state else { return Ok(()) };
+        while self.zero_run > 0 {
+            let k = usize::try_from(self.zero_run).map_or(self.zeros.len(), |n| n.min(self.zeros.len()));
+            enc.write_all(&self.zeros[..k]).map_err(io_err(self.out, "compressing into the zstd file"))?;
+            self.zero_run -= k as u64;
+        }
+        Ok(())
+    }
+
+    /// A piece of a stored segment, as `blocks` of `bytes`; `first`: it starts the segment,
+    /// whose bytes from here on number `left`; `last`: it ends it. The pending zero run opens
+    /// the stored frame.
+    fn stored(&mut self, blocks: &Blocks, bytes: &[u8], first: bool, left: u64, last: bool) -> Result<(), OutputError> {
+        let e = |what| io_err(self.out, what);
+        if first {
+            let mut w = self.idle()?;
+            w.write_all(&frame_header(self.zero_run + left)).map_err(e("writing the zstd file"))?;
+            rle_zeros(&mut w, self.zero_run).map_err(e("writing the zstd file"))?;
+            self.zero_run = 0;
+            self.state = Some(Zstd::Stored(w));
+        }
+        let Some(Zstd::Stored(w)) = &mut self.state else {
+            return Err(e("writing the zstd file")(std::io::Error::other("stored piece outside its frame")));
+        };
+        blocks.write(w, bytes, last).map_err(e("writing the zstd file"))?;
+        if last {
+            let w = self.idle()?;
+            self.state = Some(Zstd::Idle(w));
+        }
+        Ok(())
+    }
+
+    /// Ends the stream: the last zero run, in the data frame when short, else as a frame.
+    fn finish(mut self, size: u64) -> Result<(), OutputError> {
+        if self.zero_run > 0 && self.zero_run < ZSTD_ZERO_FRAME_MIN {
+            self.feed_zeros()?;
+        }
+        let mut w = self.idle()?;
+        if self.zero_run > 0 || size == 0 {
+            w.write_all(&zero_frame(self.zero_run)).map_err(self.err("writing the zstd file"))?;
+        }
+        w.flush().map_err(self.err("writing the zstd file"))
+    }
+}
+
+/// The header of a frame of hand-written blocks holding `len` bytes (RFC 8878 §3.1.1): the
+/// content size in 8 bytes, no Single_Segment_flag (a single segment's window is the whole
+/// content, which decoders refuse above 128 MiB: `zstd -d` "Window size larger than
+/// maximum"), a 128 KiB window (Exponent 7, Mantissa 0), which is all raw and RLE blocks need.
+fn frame_header(len: u64) -> [u8; 14] {
+    let mut h = [0u8; 14];
+    h[..4].copy_from_slice(&0xFD2F_B528u32.to_le_bytes());
+    h[4] = 0b1100_0000; // Frame_Content_Size_flag 3
+    h[5] = 7 << 3;
+    h[6..].copy_from_slice(&len.to_le_bytes());
+    h
+}
+
+/// A block header: `kind` 0 raw, 1 RLE; `size` ≤ 128 KiB.
+fn block_header(last: bool, kind: u64, size: u64) -> [u8; 3] {
+    let h = u64::from(last) | (kind << 1) | (size << 3);
+    let b = h.to_le_bytes();
+    [b[0], b[1], b[2]]
+}
+
+/// `len` zero bytes as RLE blocks (not the last block of the frame).
+fn rle_zeros(w: &mut impl Write, mut len: u64) -> std::io::Result<()> {
+    while len > 0 {
+        let n = len.min(BLOCK);
+        w.write_all(&block_header(false, 1, n))?;
+        w.write_all(&[0])?;
+        len -= n;
+    }
+    Ok(())
+}
+
+/// The blocks of one stored piece: raw blocks over the named compressed ranges, and over the
+/// bytes between them RLE blocks for each run of zero 64-byte granules and raw blocks for the
+/// rest; each block at most 128 KiB. Reused from piece to piece.
+#[derive(Default)]
+struct Blocks {
+    /// (start in the piece, length, RLE) per block.
+    list: Vec<(usize, usize, bool)>,
+    /// Index of the first named range that may reach this piece or a later one.
+    next_hint: usize,
+}
+
+impl Blocks {
+    /// Plans the blocks of `bytes`, the image bytes from `off` on, given the ascending named
+    /// ranges `hints`. Pure: the blocks depend on the bytes and the ranges only.
+    fn plan(&mut self, bytes: &[u8], off: u64, hints: &[(u64, u64)]) {
+        self.list.clear();
+        let end = off + bytes.len() as u64;
+        let mut at = 0usize; // planned up to here
+        let mut i = self.next_hint;
+        while let Some(&(h, len)) = hints.get(i) {
+            let h_end = h.saturating_add(len);
+            if h >= end {
+                break;
+            }
+            let (s, e) = (h.max(off + at as u64), h_end.min(end));
+            if s < e {
+                let (s, e) = (usize::try_from(s - off).unwrap_or(at), usize::try_from(e - off).unwrap_or(at));
+                self.gap(bytes, at, s);
+                self.raw(s, e);
+                at = e;
+            }
+            if h_end > end {
+                break; // continues into the next piece
+            }
+            i += 1;
+        }
+        self.next_hint = i;
+        self.gap(bytes, at, bytes.len());
+    }
+
+    /// Raw blocks over `start..end`.
+    fn raw(&mut self, start: usize, end: usize) {
+        let mut p = start;
+        while p < end {
+            let n = (end - p).min(MAX_BLOCK);
+            self.list.push((p, n, false));
+            p += n;
+        }
+    }
+
+    /// Bytes `start..end` between named ranges: zero granule runs as RLE, the rest raw.
+    fn gap(&mut self, bytes: &[u8], start: usize, end: usize) {
+        let granule_zero = |p: usize| is_zero(&bytes[p..end.min(p + ZERO_GRANULE)]);
+        let mut p = start;
+        while p < end {
+            let zero = granule_zero(p);
+            let mut q = end.min(p + ZERO_GRANULE);
+            while q < end && granule_zero(q) == zero {
+                q = end.min(q + ZERO_GRANULE);
+            }
+            if zero {
+                let mut z = p;
+                while z < q {
+                    let n = (q - z).min(MAX_BLOCK);
+                    self.list.push((z, n, true));
+                    z += n;
+                }
+            } else {
+                self.raw(p, q);
+            }
+            p = q;
+        }
+    }
+
+    /// Writes the planned blocks (then, when `last`, the frame's empty last block) to `w`.
+    /// (Through a buffer: vectored writes of the 3-byte headers and the payloads straight
+    /// from `bytes` leave the kernel copying to misaligned destinations, which measured
+    /// slower than one user-space copy into aligned 1 MiB writes.)
+    fn write(&self, w: &mut impl Write, bytes: &[u8], last: bool) -> std::io::Result<()> {
+        for &(p, n, rle) in &self.list {
+            w.write_all(&block_header(false, u64::from(rle), n as u64))?;
+            w.write_all(if rle { &[0] } else { &bytes[p..p + n] })?;
+        }
+        if last {
+            w.write_all(&block_header(true, 0, 0))?;
+        }
+        Ok(())
+    }
+}
+
+/// A zstd frame of `len` zero bytes made of RLE blocks: 2 GiB of holes cost 64 KiB and no
+/// compression work. `len` 0 gives one empty raw block (a valid, empty frame).
+fn zero_frame(len: u64) -> Vec<u8> {
+    let mut f = frame_header(len).to_vec();
+    let _ = rle_zeros(&mut f, len); // writing into a Vec cannot fail
+    f.extend_from_slice(&block_header(true, 0, 0));
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K: u64 = BLOCK;
+
+    #[test]
+    fn segments_join_gaps_and_drop_short_runs() {
+        assert!(stored_segments(&[], 1 << 30).is_empty());
+        // 2 MiB of extents from 1 MiB, 40 KiB frames every 44 KiB: one run.
+        let frames: Vec<(u64, u64)> = (0..47).map(|i| ((1 << 20) + i * 44 * 1024, 40 * 1024)).collect();
+        assert_eq!(stored_segments(&frames, 1 << 30), [(1 << 20, 3 << 20)]);
+        // Under half a block covered: not stored; a run of 4 blocks: too short.
+        assert!(stored_segments(&[(0, K / 2 - 1)], 1 << 30).is_empty());
+        assert!(stored_segments(&[(0, 4 * K)], 1 << 30).is_empty());
+        // Two runs 512 KiB apart are joined; 2 MiB apart they are not.
+        assert_eq!(stored_segments(&[(0, 8 * K), (12 * K, 8 * K)], 1 << 30), [(0, 20 * K)]);
+        assert_eq!(stored_segments(&[(0, 8 * K), (24 * K, 8 * K)], 1 << 30), [(0, 8 * K), (24 * K, 32 * K)]);
+        // Clipped to the image.
+        assert_eq!(stored_segments(&[(0, 100 * K)], 9 * K + 5), [(0, 9 * K)]);
+        assert_eq!(stored_segments(&[(0, 100 * K)], 9 * K + K / 2), [(0, 9 * K + K / 2)]);
+    }
+
+    #[test]
+    fn blocks_split_at_zero_granules() {
+        let mut bytes = vec![7u8; 300_000];
+        bytes[1000..5000].fill(0); // whole zero granules from 1024 to 4992
+        let mut b = Blocks::default();
+        b.plan(&bytes, 0, &[]);
+        let m = MAX_BLOCK;
+        assert_eq!(
+            b.list,
+            [
+                (0, 1024, false),
+                (1024, 3968, true),
+                (4992, m, false),
+                (4992 + m, m, false),
+                (4992 + 2 * m, 300_000 - 4992 - 2 * m, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn blocks_follow_named_ranges_across_pieces() {
+        // The piece starts at 1000: zeros, a frame of 5000 bytes at 100 (zeros inside it stay
+        // raw), 3092 bytes of padding, a frame from 8192 running past the piece's end.
+        let mut bytes = vec![0u8; 10_000];
+        bytes[100..5100].fill(9);
+        bytes[2000..2500].fill(0);
+        bytes[8192..].fill(5);
+        let hints = [(1100, 5000), (9192, 4000)];
+        let mut b = Blocks::default();
+        b.plan(&bytes, 1000, &hints);
+        assert_eq!(b.list, [(0, 100, true), (100, 5000, false), (5100, 3092, true), (8192, 1808, false)]);
+        assert_eq!(b.next_hint, 1, "the second range goes on in the next piece");
+        let mut v = Vec::new();
+        b.write(&mut v, &bytes, true).unwrap();
+        assert_eq!(v.len(), 2 * 4 + (3 + 5000) + (3 + 1808) + 3);
+    }
+}
