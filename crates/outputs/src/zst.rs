@@ -24,12 +24,18 @@ use std::path::Path;
 use crate::stream::{ranges_of, Windows};
 use crate::{io_err, is_zero, to_usize, Named, OutputError};
 
-/// Bytes per window read (and the cut between stored pieces).
+/// Bytes per window read.
 const WINDOW: u64 = 4 << 20;
+/// Bytes per window read inside stored segments.
+const STORED_WINDOW: u64 = 512 << 10;
 /// The shortest run of all-zero bytes (whole windows) that ends a data frame and becomes a
 /// frame of RLE blocks; shorter runs are compressed inside the data frame, so that holes
 /// between files do not cut the multithreaded compression into small frames.
 const ZSTD_ZERO_FRAME_MIN: u64 = 64 << 20;
+/// The output buffer. Small windows and buffers keep stored bytes in the cache between the
+/// read, the copy into the buffer and the write (with 4 MiB windows and a 1 MiB buffer the
+/// conversion of the seed image took 1.5–1.8 s instead of 0.95 s).
+const OUT_BUF: usize = 256 << 10;
 /// zstd's largest block (and the window the hand-written frames declare).
 const BLOCK: u64 = 128 << 10;
 /// [`BLOCK`] as a `usize`.
@@ -70,7 +76,7 @@ pub fn zstd_into(
     let segments = stored_segments(compressed, size);
     let zeros = vec![0u8; to_usize(raw.path, WINDOW)?];
     let mut enc = Encoder {
-        state: Some(Zstd::Idle(BufWriter::with_capacity(1 << 20, out.file))),
+        state: Some(Zstd::Idle(BufWriter::with_capacity(OUT_BUF, out.file))),
         zero_run: 0,
         level,
         threads,
@@ -87,7 +93,10 @@ pub fn zstd_into(
             seg += 1;
         }
         let stored = segments.get(seg).is_some_and(|s| s.0 <= off);
-        let window_end = ((off / WINDOW + 1) * WINDOW).min(size);
+        // Stored pieces are read in smaller windows, so that they are still in the cache when
+        // copied into the output buffer and written.
+        let window = if stored { STORED_WINDOW } else { WINDOW };
+        let window_end = ((off / window + 1) * window).min(size);
         let end = match segments.get(seg) {
             Some(s) if stored => s.1.min(window_end),
             Some(s) => s.0.min(window_end),
