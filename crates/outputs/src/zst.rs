@@ -75,14 +75,8 @@ pub fn zstd_into(
     let size = win.size;
     let segments = stored_segments(compressed, size);
     let zeros = vec![0u8; to_usize(raw.path, WINDOW)?];
-    let mut enc = Encoder {
-        state: Some(Zstd::Idle(BufWriter::with_capacity(OUT_BUF, out.file))),
-        zero_run: 0,
-        level,
-        threads,
-        zeros: &zeros,
-        out: out.path,
-    };
+    let w = BufWriter::with_capacity(OUT_BUF, out.file);
+    let mut enc = Encoder::new(w, level, threads, &zeros, out.path)?;
     let mut hints = compressed.to_vec();
     hints.sort_unstable();
     let mut blocks = Blocks::default();
@@ -154,37 +148,82 @@ pub fn stored_segments(compressed: &[(u64, u64)], size: u64) -> Vec<(u64, u64)> 
         .collect()
 }
 
-/// The output between frames, or inside a data frame, or inside a stored frame.
-enum Zstd<'a> {
-    Idle(BufWriter<&'a File>),
-    Frame(zstd::stream::Encoder<'static, BufWriter<&'a File>>),
-    Stored(BufWriter<&'a File>),
+/// Which frame is open.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Frame {
+    None,
+    /// A libzstd frame in the encoder's context.
+    Data,
+    /// A hand-written frame of raw and RLE blocks.
+    Stored,
 }
 
-/// The stream being written: the open frame and the zero bytes not yet written.
+/// The stream being written: one libzstd context for every data frame (its buffers and
+/// worker threads are made once), the open frame and the zero bytes not yet written.
 struct Encoder<'a> {
-    /// `None` only inside a call that is switching frames.
-    state: Option<Zstd<'a>>,
+    w: BufWriter<&'a File>,
+    cctx: zstd::zstd_safe::CCtx<'static>,
+    /// libzstd's output, copied into `w`.
+    obuf: Vec<u8>,
+    frame: Frame,
     zero_run: u64,
-    level: i32,
-    threads: u32,
     /// A window of zeros.
     zeros: &'a [u8],
     out: &'a Path,
 }
 
 impl<'a> Encoder<'a> {
+    /// A context at `level` with `threads` workers (at least one: the same bytes for every
+    /// worker count) and content checksums.
+    fn new(
+        w: BufWriter<&'a File>,
+        level: i32,
+        threads: u32,
+        zeros: &'a [u8],
+        out: &'a Path,
+    ) -> Result<Self, OutputError> {
+        use zstd::zstd_safe::CParameter;
+        let mut cctx = zstd::zstd_safe::CCtx::create();
+        let params = [
+            CParameter::CompressionLevel(level),
+            CParameter::NbWorkers(threads.max(1)),
+            CParameter::ChecksumFlag(true),
+        ];
+        for p in params {
+            cctx.set_parameter(p).map_err(|c| zstd_err(out, "setting up zstd", c))?;
+        }
+        let obuf = vec![0u8; zstd::zstd_safe::CCtx::out_size()];
+        Ok(Self { w, cctx, obuf, frame: Frame::None, zero_run: 0, zeros, out })
+    }
+
     fn err(&self, what: &'static str) -> impl FnOnce(std::io::Error) -> OutputError + 'a {
         io_err(self.out, what)
     }
 
-    /// The writer with no frame open (ending a data frame); the caller sets the next state.
-    fn idle(&mut self) -> Result<BufWriter<&'a File>, OutputError> {
-        match self.state.take() {
-            Some(Zstd::Idle(w) | Zstd::Stored(w)) => Ok(w),
-            Some(Zstd::Frame(enc)) => enc.finish().map_err(self.err("finishing a zstd frame")),
-            None => Err(self.err("writing the zstd file")(std::io::Error::other("no output"))),
+    /// Feeds `input` into the open data frame; with `end`, then ends the frame.
+    fn data(&mut self, input: &[u8], end: bool) -> Result<(), OutputError> {
+        use zstd::zstd_safe::{zstd_sys::ZSTD_EndDirective, InBuffer, OutBuffer};
+        let directive = if end { ZSTD_EndDirective::ZSTD_e_end } else { ZSTD_EndDirective::ZSTD_e_continue };
+        let mut inb = InBuffer::around(input);
+        loop {
+            let mut outb = OutBuffer::around(&mut self.obuf[..]);
+            let left = self.cctx.compress_stream2(&mut outb, &mut inb, directive);
+            let left = left.map_err(|c| zstd_err(self.out, "compressing into the zstd file", c))?;
+            let n = outb.pos();
+            self.w.write_all(&self.obuf[..n]).map_err(io_err(self.out, "writing the zstd file"))?;
+            if (end && left == 0) || (!end && inb.pos == input.len()) {
+                return Ok(());
+            }
         }
+    }
+
+    /// Ends the open frame.
+    fn close(&mut self) -> Result<(), OutputError> {
+        if self.frame == Frame::Data {
+            self.data(&[], true)?;
+        }
+        self.frame = Frame::None;
+        Ok(())
     }
 
     /// Bytes outside every stored segment.
@@ -193,33 +232,26 @@ impl<'a> Encoder<'a> {
             self.zero_run += bytes.len() as u64;
             return Ok(());
         }
-        if self.zero_run >= ZSTD_ZERO_FRAME_MIN || !matches!(self.state, Some(Zstd::Frame(_))) {
+        if self.zero_run >= ZSTD_ZERO_FRAME_MIN || self.frame != Frame::Data {
             // A long zero run (or one before data) becomes its own RLE frame.
-            let mut w = self.idle()?;
+            self.close()?;
             if self.zero_run > 0 {
-                w.write_all(&zero_frame(self.zero_run)).map_err(self.err("writing the zstd file"))?;
+                self.w.write_all(&zero_frame(self.zero_run)).map_err(self.err("writing the zstd file"))?;
+                self.zero_run = 0;
             }
-            let mut enc = zstd::stream::Encoder::new(w, self.level).map_err(self.err("setting up zstd"))?;
-            enc.multithread(self.threads.max(1)).map_err(self.err("setting up zstd"))?;
-            enc.include_checksum(true).map_err(self.err("setting up zstd"))?;
-            self.state = Some(Zstd::Frame(enc));
+            self.frame = Frame::Data;
         } else {
             // A short one stays in the data frame (no sync point in the middle of the data).
             self.feed_zeros()?;
         }
-        self.zero_run = 0;
-        if let Some(Zstd::Frame(enc)) = &mut self.state {
-            enc.write_all(bytes).map_err(io_err(self.out, "compressing into the zstd file"))?;
-        }
-        Ok(())
+        self.data(bytes, false)
     }
 
     /// The pending zero run into the open data frame.
     fn feed_zeros(&mut self) -> Result<(), OutputError> {
-        let Some(Zstd::Frame(enc)) = &mut self.state else { return Ok(()) };
-        while self.zero_run > 0 {
+        while self.zero_run > 0 && self.frame == Frame::Data {
             let k = usize::try_from(self.zero_run).map_or(self.zeros.len(), |n| n.min(self.zeros.len()));
-            enc.write_all(&self.zeros[..k]).map_err(io_err(self.out, "compressing into the zstd file"))?;
+            self.data(&self.zeros[..k], false)?;
             self.zero_run -= k as u64;
         }
         Ok(())
@@ -229,36 +261,37 @@ impl<'a> Encoder<'a> {
     /// whose bytes from here on number `left`; `last`: it ends it. The pending zero run opens
     /// the stored frame.
     fn stored(&mut self, blocks: &Blocks, bytes: &[u8], first: bool, left: u64, last: bool) -> Result<(), OutputError> {
-        let e = |what| io_err(self.out, what);
+        let e = io_err(self.out, "writing the zstd file");
         if first {
-            let mut w = self.idle()?;
-            w.write_all(&frame_header(self.zero_run + left)).map_err(e("writing the zstd file"))?;
-            rle_zeros(&mut w, self.zero_run).map_err(e("writing the zstd file"))?;
+            self.close()?;
+            self.w.write_all(&frame_header(self.zero_run + left)).map_err(self.err("writing the zstd file"))?;
+            rle_zeros(&mut self.w, self.zero_run).map_err(self.err("writing the zstd file"))?;
             self.zero_run = 0;
-            self.state = Some(Zstd::Stored(w));
+            self.frame = Frame::Stored;
         }
-        let Some(Zstd::Stored(w)) = &mut self.state else {
-            return Err(e("writing the zstd file")(std::io::Error::other("stored piece outside its frame")));
-        };
-        blocks.write(w, bytes, last).map_err(e("writing the zstd file"))?;
+        blocks.write(&mut self.w, bytes, last).map_err(e)?;
         if last {
-            let w = self.idle()?;
-            self.state = Some(Zstd::Idle(w));
+            self.frame = Frame::None;
         }
         Ok(())
     }
 
     /// Ends the stream: the last zero run, in the data frame when short, else as a frame.
     fn finish(mut self, size: u64) -> Result<(), OutputError> {
-        if self.zero_run > 0 && self.zero_run < ZSTD_ZERO_FRAME_MIN {
+        if self.zero_run < ZSTD_ZERO_FRAME_MIN {
             self.feed_zeros()?;
         }
-        let mut w = self.idle()?;
+        self.close()?;
         if self.zero_run > 0 || size == 0 {
-            w.write_all(&zero_frame(self.zero_run)).map_err(self.err("writing the zstd file"))?;
+            self.w.write_all(&zero_frame(self.zero_run)).map_err(self.err("writing the zstd file"))?;
         }
-        w.flush().map_err(self.err("writing the zstd file"))
+        self.w.flush().map_err(self.err("writing the zstd file"))
     }
+}
+
+/// An [`OutputError::Io`] for a libzstd error code.
+fn zstd_err(out: &Path, what: &'static str, code: usize) -> OutputError {
+    io_err(out, what)(std::io::Error::other(zstd::zstd_safe::get_error_name(code)))
 }
 
 /// The header of a frame of hand-written blocks holding `len` bytes (RFC 8878 §3.1.1): the
