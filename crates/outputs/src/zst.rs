@@ -32,6 +32,9 @@ const STORED_WINDOW: u64 = 512 << 10;
 /// frame of RLE blocks; shorter runs are compressed inside the data frame, so that holes
 /// between files do not cut the multithreaded compression into small frames.
 const ZSTD_ZERO_FRAME_MIN: u64 = 64 << 20;
+/// Bytes of input per libzstd job (its default at level 3 is 8 MiB: the same speed, a stream
+/// 0.004–0.16 % smaller, and 50–70 MiB more peak memory for the workers' buffers).
+const JOB_SIZE: u32 = 4 << 20;
 /// The output buffer. Small windows and buffers keep stored bytes in the cache between the
 /// read, the copy into the buffer and the write (with 4 MiB windows and a 1 MiB buffer the
 /// conversion of the seed image took 1.5–1.8 s instead of 0.95 s).
@@ -188,6 +191,7 @@ impl<'a> Encoder<'a> {
             CParameter::CompressionLevel(level),
             CParameter::NbWorkers(threads.max(1)),
             CParameter::ChecksumFlag(true),
+            CParameter::JobSize(JOB_SIZE),
         ];
         for p in params {
             cctx.set_parameter(p).map_err(|c| zstd_err(out, "setting up zstd", c))?;
