@@ -53,7 +53,8 @@ pub enum OutputFormat {
     /// `<imageName>.raw`, a sparse file.
     #[default]
     Raw,
-    /// `<imageName>.raw.zst`: one zstd frame (level 3, multithreaded, content checksum).
+    /// `<imageName>.raw.zst`: zstd frames (level 3, multithreaded, content checksums; btrfs's
+    /// zstd extents stored, runs of holes as RLE blocks).
     RawZst,
     /// `<imageName>.raw.gz`: gzip members of 4 MiB, compressed in parallel (level 6).
     RawGz,
@@ -79,6 +80,18 @@ impl OutputFormat {
             OutputFormat::RawGz => "raw.gz",
             OutputFormat::Qcow2 => "qcow2",
             OutputFormat::Vhd => "vhd",
+        }
+    }
+
+    /// The file the disk itself is written into: its extension, and the byte of that file
+    /// where the disk starts. raw, vhd and qcow2 are written in place (a VHD is the raw disk
+    /// and a footer, a qcow2 a header cluster, the disk and its tables); the streams are made
+    /// from an unnamed raw image that is then dropped.
+    pub(crate) fn disk_file(self) -> (&'static str, u64) {
+        match self {
+            OutputFormat::Vhd => ("vhd", 0),
+            OutputFormat::Qcow2 => ("qcow2", mkdisk_outputs::QCOW2_DATA_OFFSET),
+            OutputFormat::Raw | OutputFormat::RawZst | OutputFormat::RawGz => ("raw", 0),
         }
     }
 }

@@ -13,12 +13,12 @@ use crate::error::BuildError;
 use crate::fsopts::{fs_options, FsOptions};
 use crate::nixos::{self, BootLoader, MountInfo};
 use crate::options::{BuildOptions, OutputFormat};
-
-const MIB: u64 = 1 << 20;
 use crate::partition::{plan_disks, warn_clamped_times, AutoPlace, DiskImagePlan, DiskSizing};
 use crate::place::{self, PlacedDisk};
 use crate::sources::{self, default_root_meta, Sources};
 use crate::spec::{Content, MountTarget, Spec};
+
+const MIB: u64 = 1 << 20;
 
 /// The whole image, decided: write it with [`ImagePlan::write`].
 #[derive(Debug)]

@@ -103,14 +103,7 @@ impl ImagePlan {
         let mut timings = Vec::new();
         for d in &self.disks {
             let start = Instant::now();
-            // raw, vhd and qcow2 are written in place (a VHD is the raw disk and a footer, a
-            // qcow2 a header cluster, the disk and its tables); the compressed streams are made
-            // from an unnamed raw image that is then dropped.
-            let (ext, base) = match self.output.format {
-                OutputFormat::Vhd => ("vhd", 0),
-                OutputFormat::Qcow2 => ("qcow2", mkdisk_outputs::QCOW2_DATA_OFFSET),
-                _ => ("raw", 0),
-            };
+            let (ext, base) = self.output.format.disk_file();
             let file = format!("{}.{ext}", d.placed.disk.image_name);
             progress.phase(&file);
             let path = self.out_dir.join(&file);

@@ -38,7 +38,8 @@ pub struct Named<'a> {
     /// Its (final) path, for error messages.
     pub path: &'a Path,
     /// Where the raw disk starts in the file (0, or [`QCOW2_DATA_OFFSET`] in a qcow2 being
-    /// written in place); it runs to the file's end. Only [`bmap_into`] reads at an offset.
+    /// written in place); it runs to the file's end. [`bmap_into`] and [`qcow2_finish`] read
+    /// at this offset; the other functions take the disk at 0.
     pub base: u64,
 }
 

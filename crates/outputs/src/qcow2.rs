@@ -182,17 +182,15 @@ pub fn write_qcow2(raw: &Path, out: &Path) -> Result<u64, OutputError> {
     qcow2_into(Named::new(&src, raw), Named::new(&dst, out))
 }
 
-/// Refuses a guest size QEMU cannot take: not whole sectors, or over its limits even with
-/// every cluster stored.
+/// Refuses a guest size QEMU cannot take: not whole sectors, or an L1 table over QEMU's limit.
+/// (The layout planned for the clusters actually stored checks every other limit.)
 fn check_size(size: u64, path: &Path) -> Result<(), OutputError> {
     if size % 512 != 0 {
         let what = format!("qcow2 needs a whole number of 512-byte sectors, the image has {size} bytes");
         return Err(OutputError::Unsupported { path: path.to_path_buf(), what });
     }
     let clusters = size.div_ceil(QCOW2_CLUSTER_SIZE);
-    let all: Vec<u64> = if clusters > 1 << 20 { Vec::new() } else { (1..=clusters).collect() };
-    let n_l2 = size.div_ceil(QCOW2_CLUSTER_SIZE * L2_ENTRIES);
-    Qcow2Layout::plan(size, clusters + 1, n_l2, &all).map(|_| ()).ok_or_else(|| overflow(path, "qcow2 layout"))
+    Qcow2Layout::plan(size, clusters + 1, 0, &[]).map(|_| ()).ok_or_else(|| overflow(path, "qcow2 layout"))
 }
 
 /// [`write_qcow2`] between open files: `dst` must be empty.
@@ -211,20 +209,55 @@ pub fn qcow2_into(raw: Named<'_>, out: Named<'_>) -> Result<u64, OutputError> {
 }
 
 /// Makes the file holding a raw disk of `size` bytes at [`QCOW2_DATA_OFFSET`] (and nothing
-/// after it) a qcow2 v3 image of that disk: maps every cluster with data in the file
-/// (`SEEK_DATA`) to itself, appends the tables and writes the header into the first cluster.
-/// Returns the file's new length.
+/// after it; `image.base` must say so) a qcow2 v3 image of that disk: maps every cluster that
+/// holds a non-zero byte to itself, appends the tables and writes the header into the first
+/// cluster. Returns the file's new length.
+///
+/// Which clusters are mapped depends on the disk's bytes only, not on how the host file system
+/// reports holes (one that turns zero blocks into holes, or reports none, gives the same
+/// file): `SEEK_DATA` only narrows what is read, and a cluster with data is told by its first
+/// 4 KiB holding a non-zero byte in nearly every case.
 ///
 /// # Errors
-/// As [`write_qcow2`].
+/// As [`write_qcow2`]; [`OutputError::Unsupported`] for another `image.base`.
 pub fn qcow2_finish(image: Named<'_>, size: u64) -> Result<u64, OutputError> {
     let (file, path) = (image.file, image.path);
+    if image.base != QCOW2_DATA_OFFSET {
+        let what = format!("a qcow2 written in place has its disk at byte {QCOW2_DATA_OFFSET}, not {}", image.base);
+        return Err(OutputError::Unsupported { path: path.to_path_buf(), what });
+    }
     check_size(size, path)?;
     let ranges =
         data_ranges_in(file, QCOW2_DATA_OFFSET, size).map_err(io_err(path, "finding data extents (SEEK_DATA)"))?;
-    let guest: Vec<u64> = touched_units(&ranges, QCOW2_CLUSTER_SIZE).collect();
+    let mut guest = Vec::new();
+    let mut buf = vec![0u8; PROBE];
+    for g in touched_units(&ranges, QCOW2_CLUSTER_SIZE) {
+        if cluster_has_data(image, size, g, &mut buf)? {
+            guest.push(g);
+        }
+    }
     let host: Vec<u64> = guest.iter().map(|g| g + 1).collect();
     finish(size, &guest, &host, 1 + size.div_ceil(QCOW2_CLUSTER_SIZE), image)
+}
+
+/// Bytes read at a time when looking for a non-zero byte in a cluster.
+const PROBE: usize = 4096;
+
+/// Whether guest cluster `g` of the `size`-byte disk in `image` holds a non-zero byte, read
+/// [`PROBE`] bytes at a time up to the first one that does.
+fn cluster_has_data(image: Named<'_>, size: u64, g: u64, buf: &mut [u8]) -> Result<bool, OutputError> {
+    let start = g.checked_mul(QCOW2_CLUSTER_SIZE).ok_or_else(|| overflow(image.path, "cluster offset"))?;
+    let end = start.saturating_add(QCOW2_CLUSTER_SIZE).min(size);
+    let mut off = start;
+    while off < end {
+        let n = to_usize(image.path, (end - off).min(PROBE as u64))?;
+        read_exact_at(image.file, &mut buf[..n], image.base + off).map_err(io_err(image.path, "reading the disk"))?;
+        if !is_zero(&buf[..n]) {
+            return Ok(true);
+        }
+        off += n as u64;
+    }
+    Ok(false)
 }
 
 /// Plans the layout for guest clusters `guest` stored at host clusters `host` (both

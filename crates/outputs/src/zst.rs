@@ -89,16 +89,7 @@ pub fn zstd_into(
         while segments.get(seg).is_some_and(|s| s.1 <= off) {
             seg += 1;
         }
-        let stored = segments.get(seg).is_some_and(|s| s.0 <= off);
-        // Stored pieces are read in smaller windows, so that they are still in the cache when
-        // copied into the output buffer and written.
-        let window = if stored { STORED_WINDOW } else { WINDOW };
-        let window_end = ((off / window + 1) * window).min(size);
-        let end = match segments.get(seg) {
-            Some(s) if stored => s.1.min(window_end),
-            Some(s) => s.0.min(window_end),
-            None => window_end,
-        };
+        let (end, stored) = next_piece(off, size, segments.get(seg).copied());
         let data = win.read(off, end - off, &mut buf)?;
         let n = to_usize(raw.path, end - off)?;
         let bytes = if data { &buf[..n] } else { &zeros[..n] };
@@ -112,6 +103,22 @@ pub fn zstd_into(
     }
     enc.finish(size)?;
     Ok(out.file.metadata().map_err(io_err(out.path, "reading the zstd file's size"))?.len())
+}
+
+/// The piece of a `size`-byte image read next from `off`, given the first stored segment not
+/// ending before it: its end, and whether it is stored. Pieces end at window boundaries and
+/// segment edges; stored ones are read in smaller windows, so that they are still in the cache
+/// when copied into the output buffer and written.
+fn next_piece(off: u64, size: u64, segment: Option<(u64, u64)>) -> (u64, bool) {
+    let stored = segment.is_some_and(|s| s.0 <= off);
+    let window = if stored { STORED_WINDOW } else { WINDOW };
+    let window_end = (off / window).saturating_add(1).saturating_mul(window).min(size);
+    let end = match segment {
+        Some(s) if stored => s.1.min(window_end),
+        Some(s) => s.0.min(window_end),
+        None => window_end,
+    };
+    (end, stored)
 }
 
 /// The 128 KiB-aligned byte ranges `[start, end)` of a `size`-byte image to store: the blocks
@@ -449,6 +456,18 @@ mod tests {
         // Clipped to the image.
         assert_eq!(stored_segments(&[(0, 100 * K)], 9 * K + 5), [(0, 9 * K)]);
         assert_eq!(stored_segments(&[(0, 100 * K)], 9 * K + K / 2), [(0, 9 * K + K / 2)]);
+    }
+
+    #[test]
+    fn pieces_end_at_windows_and_segment_edges() {
+        let m = 1 << 20;
+        assert_eq!(next_piece(0, 10 * m, None), (m, false));
+        assert_eq!(next_piece(m + 5, 10 * m, None), (2 * m, false));
+        assert_eq!(next_piece(9 * m + 1, 9 * m + 7, None), (9 * m + 7, false));
+        let seg = Some((3 * m + (256 << 10), 5 * m));
+        assert_eq!(next_piece(3 * m, 10 * m, seg), (3 * m + (256 << 10), false));
+        assert_eq!(next_piece(3 * m + (256 << 10), 10 * m, seg), (3 * m + (512 << 10), true));
+        assert_eq!(next_piece(4 * m + (512 << 10), 10 * m, seg), (5 * m, true));
     }
 
     #[test]

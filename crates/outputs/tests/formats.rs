@@ -176,6 +176,18 @@ fn qcow2_in_place() {
         eprintln!("{name}: {len} bytes, {} allocated\n{check}", fs::metadata(&q).unwrap().blocks() * 512);
         assert!(fs::metadata(&q).unwrap().blocks() * 512 < 8 * MIB, "{name}: holes were filled");
     }
+    // The same disk with no holes at all (as on a file system that reports none): the same
+    // qcow2 bytes. The written zero cluster at 10 MiB is not mapped in either.
+    let raw = d.path().join("disk.raw");
+    let dense = d.path().join("dense.qcow2");
+    let mut bytes = vec![0u8; usize::try_from(QCOW2_DATA_OFFSET).unwrap()];
+    bytes.extend(fs::read(&raw).unwrap());
+    fs::write(&dense, &bytes).unwrap();
+    let f = File::options().read(true).write(true).open(&dense).unwrap();
+    qcow2_finish(Named::at(&f, &dense, QCOW2_DATA_OFFSET), 64 * MIB).unwrap();
+    assert_eq!(sha(&dense), sha(&d.path().join("std.qcow2")), "qcow2 depends on the holes of the file");
+    let e = qcow2_finish(Named::new(&f, &dense), 64 * MIB).unwrap_err();
+    assert!(e.to_string().contains("at byte 65536, not 0"), "{e}");
 }
 
 #[test]
